@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import math
+
+from optuna.pruners import BasePruner
+from optuna.study import Study
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from optuna_fms import _attrs
+from optuna_fms import _claims
+
+
+class FMSPruner(BasePruner):
+    """Pause trials whose next step is not worth its compute, DyHPO-style.
+
+    At each report (or every ``interval`` steps) the surrogate forecasts the running trial's
+    score at its next step and computes its expected improvement over the best value observed
+    at that step. The trial keeps running while that is at least ``tolerance`` times the best
+    alternative use of the same compute: a fresh configuration at the first step, or a paused
+    trial at its next step. Otherwise it is *paused*: Optuna records it as PRUNED, and when
+    its checkpoint at the current step exists (see :func:`~optuna_fms.save_checkpoint`),
+    :class:`~optuna_fms.FMSSampler` may later continue it from there (freeze-thaw).
+
+    The pruner uses the surrogate of the study's :class:`~optuna_fms.FMSSampler` when there
+    is one (one fit per process), and its own otherwise. It never prunes during the first
+    ``n_startup_trials`` trials, before ``min_steps`` steps, at the last step, or while the
+    surrogate cannot be fitted.
+
+    Parameters
+    ----------
+    max_steps:
+        The full budget: the number of steps (epochs) a trial runs when never paused.
+    min_steps:
+        Steps every trial runs before it can be paused.
+    interval:
+        Decide every ``interval`` steps after ``min_steps``.
+    n_startup_trials:
+        Finished trials (complete or pruned) needed before pausing anything.
+    tolerance:
+        Keep running while the trial's expected improvement is at least this fraction of
+        the best alternative's. ``1.0`` is DyHPO's strict argmax; lower values pause less.
+    seed:
+        Seed of the pruner's own surrogate (used only without an FMSSampler).
+
+    Examples
+    --------
+    >>> import optuna, optuna_fms
+    >>> pruner = optuna_fms.FMSPruner(max_steps=20, min_steps=2)
+    >>> study = optuna.create_study(pruner=pruner)
+    >>> def objective(trial):
+    ...     lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+    ...     loss = 1.0
+    ...     for step in range(20):
+    ...         loss *= 1 - lr / 2
+    ...         trial.report(loss, step)
+    ...         if trial.should_prune():
+    ...             raise optuna.TrialPruned()
+    ...     return loss
+    >>> study.optimize(objective, n_trials=3)
+    """
+
+    def __init__(
+        self,
+        max_steps: int,
+        *,
+        min_steps: int = 1,
+        interval: int = 1,
+        n_startup_trials: int = 5,
+        tolerance: float = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}.")
+        if min_steps < 1 or interval < 1:
+            raise ValueError("min_steps and interval must be >= 1.")
+        if not 0.0 <= tolerance:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance}.")
+        from optuna_fms._surrogate import Forecaster
+
+        self.max_steps = max_steps
+        self._min_steps = min_steps
+        self._interval = interval
+        self._n_startup_trials = n_startup_trials
+        self._tolerance = tolerance
+        self._own = Forecaster(seed=seed)
+
+    def _forecaster(self, study: Study):  # type: ignore[no-untyped-def]
+        from optuna_fms._sampler import FMSSampler
+
+        sampler = study.sampler
+        return sampler._forecaster if isinstance(sampler, FMSSampler) else self._own
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        budget = step + 1
+        if budget < self._min_steps or budget >= self.max_steps:
+            return False
+        if (budget - self._min_steps) % self._interval:
+            return False
+        value = trial.intermediate_values[step]
+        finished = study._storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+        )
+        if len(finished) < self._n_startup_trials:
+            return False
+        forecaster = self._forecaster(study)
+        fit = forecaster.refresh(study, self.max_steps, eager=False)
+        if fit is None or not fit.encoder.contains(trial.params):
+            return False
+        ei, alternative, mean, std = forecaster.forecast(study, fit, trial)
+        storage = study._storage
+        storage.set_trial_user_attr(
+            trial._trial_id,
+            _attrs.FORECAST,
+            {"step": step, "mean": mean, "std": std},
+        )
+        if math.isnan(value) or ei >= self._tolerance * alternative:
+            # A NaN report carries no evidence either way: never pause on it.
+            return False
+        paused: dict[str, int] = {"step": step}
+        checkpoints = storage.get_trial_user_attrs(trial._trial_id).get(_attrs.CHECKPOINTS, {})
+        off = storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
+        if str(step) in checkpoints and not off:
+            claims_id = forecaster.claims_id(study)
+            paused["claim"] = _claims.open_claim(storage, claims_id, trial, step)
+        storage.set_trial_user_attr(trial._trial_id, _attrs.PAUSED, paused)
+        return True

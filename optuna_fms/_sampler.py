@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.artifacts._protocol import ArtifactStore
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.samplers import RandomSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from optuna_fms import _attrs
+from optuna_fms import _claims
+
+
+if TYPE_CHECKING:
+    from optuna_fms._surrogate import Forecaster
+
+
+_logger = logging.getLogger("optuna_fms")
+
+
+class FMSSampler(BaseSampler):
+    """Forecasting Model Search: multi-fidelity Bayesian optimisation on learning curves.
+
+    A deep-kernel Gaussian process (GPyTorch) forecasts a configuration's score at a budget
+    from its hyperparameters, the budget and the learning curve observed so far (DyHPO,
+    Wistuba et al. 2022; FMS, Mehta et al. 2024). For each new trial the sampler scores
+    fresh candidates at the first step and every paused trial at its next step with expected
+    improvement against the best value observed at that same step, and takes the argmax:
+    either a fresh configuration, or the *continuation* of a trial that
+    :class:`~optuna_fms.FMSPruner` paused, which then restores its checkpoint with
+    :func:`~optuna_fms.resume` (freeze-thaw).
+
+    The first ``n_startup_trials`` trials are sampled at random. Parameters that are not in
+    every trial (dynamic or conditional search spaces) are sampled by ``independent_sampler``,
+    as Optuna's own samplers do. The sampler shares one fitted surrogate with the study's
+    :class:`~optuna_fms.FMSPruner`; all state other workers need lives in the study's storage.
+
+    Parameters
+    ----------
+    seed:
+        Seed for candidate generation, the surrogate's initial weights and the random startup.
+    n_startup_trials:
+        Trials with reports needed before the surrogate is used.
+    max_steps:
+        The full budget in steps. Defaults to the study pruner's ``max_steps`` when it is an
+        :class:`~optuna_fms.FMSPruner`, else to the largest step reported so far plus one.
+    artifact_store:
+        Where :func:`~optuna_fms.save_checkpoint` writes checkpoints and where continuations
+        read them. Defaults to ``FileSystemArtifactStore("artifacts")``, created on first use.
+    independent_sampler:
+        Sampler for parameters outside the common search space (default: a seeded
+        :class:`~optuna.samplers.RandomSampler`).
+    n_candidates:
+        Quasi-random candidates scored per proposal (as many local moves are added).
+    max_train_rows:
+        Cap on the surrogate's training rows, which bounds the cost of a fit (cubic in it).
+        Above it, every trial's latest observation is kept and the others subsampled.
+    n_scratch_epochs, n_warm_epochs, lr:
+        Adam schedule of the surrogate: epochs from scratch (first fit and after a
+        failure), epochs of a warm-started refit, and the learning rate.
+    warn_independent_sampling:
+        Log a warning (once per parameter) when a parameter is sampled independently.
+
+    Examples
+    --------
+    >>> import optuna, optuna_fms
+    >>> def objective(trial):
+    ...     x = trial.suggest_float("x", -3, 3)
+    ...     for step in range(5):
+    ...         trial.report(-(x - 1) ** 2 * (5 - step), step)
+    ...         if trial.should_prune():
+    ...             raise optuna.TrialPruned()
+    ...     return -(x - 1) ** 2
+    >>> study = optuna.create_study(
+    ...     direction="maximize",
+    ...     sampler=optuna_fms.FMSSampler(seed=0, n_startup_trials=3, n_scratch_epochs=50),
+    ...     pruner=optuna_fms.FMSPruner(max_steps=5, n_startup_trials=3),
+    ... )
+    >>> study.optimize(objective, n_trials=6)
+    >>> len(study.trials)
+    6
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        n_startup_trials: int = 10,
+        max_steps: int | None = None,
+        artifact_store: ArtifactStore | None = None,
+        independent_sampler: BaseSampler | None = None,
+        n_candidates: int = 512,
+        max_train_rows: int = 512,
+        n_scratch_epochs: int = 1000,
+        n_warm_epochs: int = 50,
+        lr: float = 1e-3,
+        warn_independent_sampling: bool = True,
+    ) -> None:
+        from optuna_fms._surrogate import Forecaster
+
+        self._seed = seed
+        self._n_startup_trials = n_startup_trials
+        self._max_steps = max_steps
+        self._artifact_store = artifact_store
+        self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
+        self._warn_independent_sampling = warn_independent_sampling
+        self._warned_params: set[str] = set()
+        self._warned_no_resume = False
+        self._forecaster: Forecaster = Forecaster(
+            seed=seed,
+            max_train_rows=max_train_rows,
+            n_candidates=n_candidates,
+            surrogate_kwargs=dict(
+                lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs
+            ),
+        )
+
+    @property
+    def artifact_store(self) -> ArtifactStore:
+        """The store checkpoints go to (see :func:`~optuna_fms.save_checkpoint`)."""
+        if self._artifact_store is None:
+            base = Path("artifacts")
+            base.mkdir(parents=True, exist_ok=True)
+            self._artifact_store = optuna.artifacts.FileSystemArtifactStore(str(base))
+        return self._artifact_store
+
+    def reseed_rng(self) -> None:
+        self._forecaster.reseed()
+        self._independent_sampler.reseed_rng()
+
+    def max_steps(self, study: Study, trials: Sequence[FrozenTrial] | None = None) -> int:
+        """The full budget in steps, from the argument, the FMSPruner or the data."""
+        if self._max_steps is not None:
+            return self._max_steps
+        pruner_steps = getattr(study.pruner, "max_steps", None)
+        if isinstance(pruner_steps, int):
+            return pruner_steps
+        if trials is None:
+            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        last = [max(t.intermediate_values) for t in trials if t.intermediate_values]
+        return max(last) + 1 if last else 1
+
+    def _ready(self, study: Study) -> bool:
+        trials = study._storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+        )
+        return len(trials) >= self._n_startup_trials
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._independent_sampler.before_trial(study, trial)
+        if study._is_multi_objective() or not self._ready(study):
+            return
+        forecaster = self._forecaster
+        fit = forecaster.refresh(study, self.max_steps(study), eager=True)
+        if fit is None:
+            return
+        decision = forecaster.propose(study, fit)
+        storage = study._storage
+        params = decision.fresh
+        if decision.claim is not None and decision.paused is not None:
+            # A lost race (another worker took the claim first) falls back to the fresh pick.
+            if _claims.take_claim(storage, decision.claim._trial_id, trial):
+                parent = decision.paused.trial
+                params = dict(parent.params)
+                storage.set_trial_user_attr(
+                    trial._trial_id,
+                    _attrs.CONTINUES,
+                    {
+                        "trial": parent.number,
+                        "trial_id": parent._trial_id,
+                        "step": int(decision.claim.user_attrs["step"]),
+                    },
+                )
+        storage.set_trial_system_attr(
+            trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(params))
+        )
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._forecaster.search_space(study)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if study._is_multi_objective():
+            raise ValueError(
+                "FMSSampler supports single-objective studies only; use "
+                "optuna.samplers.TPESampler or NSGAIISampler for multi-objective studies."
+            )
+        if not search_space:
+            return {}
+        proposal = self._stored_proposal(study, trial)
+        if proposal is not None and all(
+            name in proposal and _is_valid(dist, proposal[name])
+            for name, dist in search_space.items()
+        ):
+            return {name: proposal[name] for name in search_space}
+        if self._ready(study):
+            fit = self._forecaster.refresh(study, self.max_steps(study), eager=True)
+            if fit is not None and fit.encoder.search_space == dict(sorted(search_space.items())):
+                return self._forecaster.propose_fresh_only(study, fit)
+        return self._forecaster.random_params(study, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if study._is_multi_objective():
+            raise ValueError("FMSSampler supports single-objective studies only.")
+        proposal = self._stored_proposal(study, trial)
+        if proposal is not None and _is_valid(param_distribution, proposal.get(param_name)):
+            return proposal[param_name]
+        if (
+            self._warn_independent_sampling
+            and param_name not in self._warned_params
+            and self._ready(study)
+        ):
+            self._warned_params.add(param_name)
+            _logger.warning(
+                "FMSSampler samples parameter '%s' with %s: it is not in every trial's search "
+                "space (dynamic or conditional), so the surrogate does not model it.",
+                param_name,
+                type(self._independent_sampler).__name__,
+            )
+        return self._independent_sampler.sample_independent(
+            study, trial, param_name, param_distribution
+        )
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._independent_sampler.after_trial(study, trial, state, values)
+        attrs = study._storage.get_trial(trial._trial_id).user_attrs
+        if _attrs.CONTINUES in attrs and not attrs.get(_attrs.RESUMED):
+            study._storage.set_study_system_attr(study._study_id, _attrs.CONTINUATION_OFF, True)
+            if not self._warned_no_resume:
+                self._warned_no_resume = True
+                _logger.warning(
+                    "Trial %d was chosen to continue paused trial %d but the objective never "
+                    "called optuna_fms.resume(trial, model, optimizer); continuation of paused "
+                    "trials is now off for this study. Call resume() before training to use "
+                    "freeze-thaw.",
+                    trial.number,
+                    attrs[_attrs.CONTINUES]["trial"],
+                )
+
+    @staticmethod
+    def _stored_proposal(study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
+        raw = study._storage.get_trial_system_attrs(trial._trial_id).get(_attrs.PROPOSAL)
+        return None if raw is None else json.loads(raw)
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+
+
+def _is_valid(dist: BaseDistribution, value: Any) -> bool:
+    if value is None:
+        return False
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False

@@ -1,0 +1,200 @@
+"""Turn a study's trials into learning curves and packed training rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from optuna_fms import _attrs
+from optuna_fms._surrogate._encoding import SpaceEncoder
+from optuna_fms._surrogate._model import RowLayout
+
+
+@dataclass
+class Curve:
+    """One configuration's observed learning curve, in "higher is better" units.
+
+    ``steps`` are Optuna's intermediate steps (budget = step + 1); for a trial that continues
+    a paused one, the curve already holds the parent's values (``resume`` copies them).
+    """
+
+    trial: FrozenTrial
+    steps: np.ndarray
+    values: np.ndarray
+    x: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ckpt: int = -1
+
+    @property
+    def last_step(self) -> int:
+        return int(self.steps[-1]) if len(self.steps) else -1
+
+
+def collect_curves(
+    trials: Sequence[FrozenTrial], encoder: SpaceEncoder, sign: float, max_steps: int
+) -> list[Curve]:
+    """Learning curves of the trials that fit ``encoder``'s search space.
+
+    A paused trial whose continuation has already restored its checkpoint is left out, since
+    the continuing trial's curve starts with the parent's values.
+    """
+    superseded = set()
+    for t in trials:
+        parent = t.user_attrs.get(_attrs.CONTINUES)
+        if parent is not None and t.user_attrs.get(_attrs.RESUMED):
+            superseded.add(parent["trial_id"])
+    curves = []
+    kept: list[FrozenTrial] = []
+    for t in trials:
+        if t._trial_id in superseded or t.state in (TrialState.FAIL, TrialState.WAITING):
+            continue
+        if not encoder.contains(t.params):
+            continue
+        if t.intermediate_values:
+            steps = np.array(sorted(t.intermediate_values), dtype=int)
+            values = np.array([t.intermediate_values[s] for s in steps], dtype=float)
+        elif t.state == TrialState.COMPLETE and t.value is not None:
+            steps = np.array([max_steps - 1])
+            values = np.array([t.value], dtype=float)
+        else:
+            continue
+        keep = steps < max_steps
+        curves.append(Curve(trial=t, steps=steps[keep], values=sign * values[keep]))
+        kept.append(t)
+    if curves:
+        xs = encoder.encode([t.params for t in kept])
+        for c, x in zip(curves, xs):
+            c.x = x
+    return [c for c in curves if len(c.steps)]
+
+
+@dataclass
+class Standardizer:
+    """Affine map to standard units; infinities are clipped to the finite range first."""
+
+    mean: float
+    std: float
+    low: float
+    high: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> Standardizer:
+        finite = values[np.isfinite(values)]
+        if len(finite) == 0:
+            return cls(0.0, 1.0, -1.0, 1.0)
+        std = float(finite.std())
+        return cls(float(finite.mean()), std if std > 1e-12 else 1.0, finite.min(), finite.max())
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        clipped = np.clip(values, self.low, self.high)
+        return (clipped - self.mean) / self.std
+
+
+def pack_rows(
+    layout: RowLayout,
+    x: np.ndarray,
+    budgets: np.ndarray,
+    histories: Sequence[np.ndarray],
+    max_steps: int,
+    scale: Standardizer,
+    ckpts: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pack inputs into the row layout the feature extractor reads.
+
+    ``histories[i]`` is the curve observed before the budget in row ``i`` (NaN = missing).
+    """
+    n = len(x)
+    rows = np.zeros((n, layout.width))
+    rows[:, : layout.x_dim] = x
+    rows[:, layout.budget] = budgets / max_steps
+    width = layout.curve_len
+    for i, hist in enumerate(histories):
+        tail = hist[-width:] if width else hist[:0]
+        if len(tail) == 0:
+            continue
+        finite = np.isfinite(tail) | np.isinf(tail)
+        vals = np.where(np.isnan(tail), 0.0, scale(np.nan_to_num(tail, nan=0.0)))
+        rows[i, layout.curve.start : layout.curve.start + len(tail)] = vals
+        rows[i, layout.mask.start : layout.mask.start + len(tail)] = finite
+    rows[:, layout.ckpt] = -1 if ckpts is None else ckpts
+    return rows
+
+
+@dataclass
+class TrainingSet:
+    """Packed rows and standardised targets, with the incumbent per budget."""
+
+    rows: np.ndarray
+    y: np.ndarray
+    scale: Standardizer
+    best_at_budget: dict[int, float]
+    n_observations: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def incumbent(self, budget: int) -> float:
+        """Best observed value (standardised) at ``budget``, or overall if none there yet."""
+        if budget in self.best_at_budget:
+            return self.best_at_budget[budget]
+        return float(np.max(self.y)) if len(self.y) else 0.0
+
+
+def build_training_set(
+    curves: Sequence[Curve],
+    layout: RowLayout,
+    max_steps: int,
+    max_rows: int,
+    rng: np.random.RandomState,
+) -> TrainingSet:
+    """All (configuration, budget, curve so far) -> value rows, capped at ``max_rows``.
+
+    When the cap binds, each curve's latest observation is kept first (what the pruner and
+    the continuation decisions read), then the rest are drawn at random with ``rng``.
+    """
+    owner, index = [], []
+    for ci, c in enumerate(curves):
+        for j in range(len(c.steps)):
+            if not np.isnan(c.values[j]):
+                owner.append(ci)
+                index.append(j)
+    owner_a = np.asarray(owner, dtype=int)
+    index_a = np.asarray(index, dtype=int)
+    all_values = np.array([curves[o].values[j] for o, j in zip(owner, index)], dtype=float)
+    scale = Standardizer.fit(all_values)
+    best: dict[int, float] = {}
+    y_all = scale(all_values)
+    for o, j, v in zip(owner_a, index_a, y_all):
+        b = int(curves[o].steps[j]) + 1
+        best[b] = max(best.get(b, -np.inf), float(v))
+
+    chosen = np.arange(len(owner_a))
+    if len(chosen) > max_rows:
+        is_last = np.zeros(len(owner_a), dtype=bool)
+        last_pos: dict[int, int] = {}
+        for pos, o in enumerate(owner_a):
+            last_pos[int(o)] = pos
+        is_last[list(last_pos.values())] = True
+        lasts = np.flatnonzero(is_last)
+        if len(lasts) >= max_rows:
+            chosen = np.sort(rng.choice(lasts, size=max_rows, replace=False))
+        else:
+            others = np.flatnonzero(~is_last)
+            extra = rng.choice(others, size=max_rows - len(lasts), replace=False)
+            chosen = np.sort(np.concatenate([lasts, extra]))
+
+    x = np.stack([curves[o].x for o in owner_a[chosen]]) if len(chosen) else np.zeros((0, 0))
+    budgets = np.array([curves[o].steps[j] + 1 for o, j in zip(owner_a[chosen], index_a[chosen])])
+    hist = [curves[o].values[:j] for o, j in zip(owner_a[chosen], index_a[chosen])]
+    ckpts = np.array([curves[o].ckpt for o in owner_a[chosen]], dtype=float)
+    rows = pack_rows(layout, x, budgets, hist, max_steps, scale, ckpts)
+    return TrainingSet(
+        rows=rows,
+        y=y_all[chosen],
+        scale=scale,
+        best_at_budget=best,
+        n_observations=len(owner_a),
+    )

@@ -1,0 +1,116 @@
+"""The deep-kernel Gaussian process: a feature extractor feeding a GPyTorch ExactGP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gpytorch
+import torch
+from torch import nn
+
+
+WeightEncoder = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a column of checkpoint indices (``-1`` = no weights) to an ``(n, d)`` embedding."""
+
+
+class RowLayout:
+    """Column layout of the packed input rows ``[x | budget | curve | mask | ckpt]``.
+
+    GPyTorch's ExactGP takes one tensor per row, so every input of the feature extractor is
+    packed side by side; the layout says where each part lives.
+    """
+
+    def __init__(self, x_dim: int, curve_len: int) -> None:
+        self.x_dim = x_dim
+        self.curve_len = curve_len
+        self.budget = x_dim
+        self.curve = slice(x_dim + 1, x_dim + 1 + curve_len)
+        self.mask = slice(self.curve.stop, self.curve.stop + curve_len)
+        self.ckpt = self.mask.stop
+        self.width = self.ckpt + 1
+
+
+class FeatureExtractor(nn.Module):
+    """DyHPO's feature extractor, with one place for a weight embedding to join.
+
+    The hyperparameters (encoded), the budget fraction and a Conv1d summary of the learning
+    curve so far are concatenated, together with an optional embedding of the trial's latest
+    checkpoint, and mapped by an MLP to the space the GP kernel works in.
+
+    Parameters
+    ----------
+    layout:
+        Where each input lives in a packed row.
+    out_dim:
+        Size of the learned representation.
+    weight_encoder:
+        Optional module mapping checkpoint indices to an embedding of size ``weight_dim``.
+    weight_dim:
+        Size of the weight embedding (0 when there is none).
+    """
+
+    def __init__(
+        self,
+        layout: RowLayout,
+        *,
+        out_dim: int = 16,
+        weight_encoder: nn.Module | None = None,
+        weight_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        self.layout = layout
+        self.curve_conv = nn.Sequential(
+            nn.Conv1d(2, 8, kernel_size=3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool1d(1)
+        )
+        self.weight_encoder = weight_encoder
+        self.weight_dim = weight_dim if weight_encoder is not None else 0
+        in_dim = layout.x_dim + 1 + 8 + self.weight_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, out_dim)
+        )
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        lead = rows.shape[:-1]
+        flat = rows.reshape(-1, lay.width)
+        curve = torch.stack([flat[:, lay.curve], flat[:, lay.mask]], dim=1)
+        if lay.curve_len > 0:
+            curve_feat = self.curve_conv(curve).squeeze(-1)
+        else:
+            curve_feat = flat.new_zeros(flat.shape[0], 8)
+        parts = [flat[:, : lay.x_dim], flat[:, lay.budget : lay.budget + 1], curve_feat]
+        if self.weight_encoder is not None:
+            parts.append(self.weight_encoder(flat[:, lay.ckpt]))
+        return self.mlp(torch.cat(parts, dim=-1)).reshape(*lead, -1)
+
+
+class DeepKernelGP(gpytorch.models.ExactGP):
+    """Exact GP with a Matern-5/2 kernel on learned features (deep kernel learning).
+
+    Parameters
+    ----------
+    train_x, train_y:
+        Packed rows and standardised targets.
+    likelihood:
+        A Gaussian likelihood.
+    extractor:
+        The feature extractor trained jointly with the kernel.
+    """
+
+    def __init__(
+        self,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        likelihood: gpytorch.likelihoods.GaussianLikelihood,
+        extractor: FeatureExtractor,
+    ) -> None:
+        super().__init__(train_x, train_y, likelihood)
+        self.extractor = extractor
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5))
+
+    def forward(self, rows: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        z = self.extractor(rows)
+        return gpytorch.distributions.MultivariateNormal(
+            self.mean_module(z), self.covar_module(z)
+        )
