@@ -1,8 +1,34 @@
-"""Parameter graphs and graph metanetworks: featurising checkpoints for the FMS surrogate."""
+"""Parameter graphs and graph metanetworks: featurising checkpoints for the FMS surrogate.
+
+- :func:`describe_module` records a module's structure (stored with each checkpoint);
+- :func:`build_graph` turns ``(state_dict, structure)`` into a :class:`ParamGraph`;
+- :class:`GraphMetanetwork` embeds a batch of parameter graphs (invariant to permutations of
+  hidden neurons);
+- :func:`weight_statistics` and :class:`StatsFeaturizer` are the fallback for networks the
+  graph cannot express (:class:`UnsupportedArchitectureError`).
+"""
 
 from __future__ import annotations
 
+from optuna_fms.metanet._errors import UnsupportedArchitectureError
+from optuna_fms.metanet._graph import DEFAULT_MAX_EDGES_PER_LAYER
+from optuna_fms.metanet._graph import EDGE_FEATURES
+from optuna_fms.metanet._graph import EDGE_TYPES
+from optuna_fms.metanet._graph import NODE_FEATURES
+from optuna_fms.metanet._graph import NODE_TYPES
+from optuna_fms.metanet._graph import ParamGraph
+from optuna_fms.metanet._graph import build_graph
 from optuna_fms.metanet._structure import describe_module
 
 
-__all__ = ["describe_module"]
+__all__ = [
+    "DEFAULT_MAX_EDGES_PER_LAYER",
+    "EDGE_FEATURES",
+    "EDGE_TYPES",
+    "NODE_FEATURES",
+    "NODE_TYPES",
+    "ParamGraph",
+    "UnsupportedArchitectureError",
+    "build_graph",
+    "describe_module",
+]

@@ -55,7 +55,8 @@ def describe_module(module: torch.nn.Module) -> dict[str, Any]:
         - for modules: ``path`` (qualified name in the model), ``params`` (local name ->
           state-dict key, buffers included), ``shapes`` (local name -> shape) and ``attrs``
           (kernel size, stride, groups, number of heads, eps, ...);
-        - for functions and methods: ``args`` (literals, with ``{"node": name}`` for tensors).
+        - for functions, methods and traced module calls: ``args`` and ``kwargs`` (literals,
+          with ``{"node": name}`` standing for a node's output).
 
     Examples
     --------
@@ -132,7 +133,10 @@ def _describe_fx(module: torch.nn.Module) -> list[dict[str, Any]]:
                     raise ValueError("transformer block without input")
                 alias[node.name] = _expand_transformer(sub, path, src, out)
             else:
-                out.append(_module_node(node.name, path, sub, inputs))
+                entry = _module_node(node.name, path, sub, inputs)
+                entry["args"] = [_jsonable(a, ref) for a in node.args]
+                entry["kwargs"] = {k: _jsonable(v, ref) for k, v in node.kwargs.items()}
+                out.append(entry)
         elif node.op == "get_attr":
             path = str(node.target)
             out.append(
