@@ -1,0 +1,33 @@
+"""Training-loop integrations (optional extras).
+
+- :class:`optuna_fms.integration.lightning.FMSCallback` for Lightning
+  (``pip install optuna-fms[lightning]``);
+- :class:`optuna_fms.integration.transformers.FMSTrainerCallback` for Hugging Face
+  ``transformers.Trainer`` (``pip install optuna-fms[transformers]``).
+
+The submodules are imported on first use, so importing this package needs neither library.
+
+Example:
+    .. code-block:: python
+
+        from optuna_fms.integration import FMSCallback  # imports Lightning here
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+__all__ = ["FMSCallback", "FMSTrainerCallback"]
+
+_LAZY = {
+    "FMSCallback": "optuna_fms.integration.lightning",
+    "FMSTrainerCallback": "optuna_fms.integration.transformers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,141 @@
+"""Lightning callback that reports to an FMS trial, checkpoints it and prunes it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+import warnings
+
+import optuna
+
+
+try:
+    from lightning.pytorch import Callback
+except ImportError as e:  # pragma: no cover - exercised only without the extra.
+    raise ImportError(
+        "optuna_fms.integration.lightning needs Lightning (the 'lightning' package): "
+        "pip install optuna-fms[lightning]"
+    ) from e
+
+from optuna_fms._checkpoint import DEFAULT_KEEP_LAST
+from optuna_fms._checkpoint import save_checkpoint
+
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch import Trainer
+    from optuna.artifacts._protocol import ArtifactStore
+
+
+__all__ = ["FMSCallback"]
+
+
+class FMSCallback(Callback):
+    """Report a validation metric to a trial each epoch, checkpoint the model, and prune.
+
+    At the end of each validation run (sanity checks excluded) the callback, in this order,
+
+    1. saves the checkpoint of ``pl_module`` (and of the optimizer) at
+       ``step = step_offset + trainer.current_epoch`` with :func:`optuna_fms.save_checkpoint`,
+    2. reports ``trainer.callback_metrics[monitor]`` at that step with ``trial.report``,
+    3. asks ``trial.should_prune()``; if so, it stops the trainer and raises
+       :class:`optuna.TrialPruned`, which Lightning lets through ``trainer.fit`` to the
+       objective, so Optuna records the trial as pruned (the FMS pruner's "paused").
+
+    The checkpoint is saved before the pruner is asked, so a paused trial always has the
+    checkpoint it would resume from. Use one validation per epoch (the default
+    ``val_check_interval``): a second report at the same step is ignored by Optuna.
+
+    Args:
+        trial:
+            The running trial.
+        monitor:
+            The logged metric to report, e.g. ``"val_acc"`` (``self.log("val_acc", ...)``).
+        save_checkpoints:
+            Save a checkpoint at each validation end.
+        save_optimizer:
+            Include the optimizer's state (one optimizer: its state dict; several:
+            ``{"optimizers": [state dict, ...]}``).
+        artifact_store, keep_last, keep_every:
+            Passed to :func:`optuna_fms.save_checkpoint`.
+        step_offset:
+            Added to ``trainer.current_epoch``; set it to the step returned by
+            :func:`optuna_fms.resume` when a trial continues a paused one, so that steps
+            continue where the paused trial stopped.
+
+    Only the global rank zero reports and saves; multi-process (DDP) training is not tested.
+
+    Example:
+        .. code-block:: python
+
+            import lightning.pytorch as pl
+            import optuna
+            from optuna_fms.integration.lightning import FMSCallback
+
+
+            def objective(trial):
+                model = MyLightningModule(lr=trial.suggest_float("lr", 1e-4, 1e-1, log=True))
+                trainer = pl.Trainer(max_epochs=30, callbacks=[FMSCallback(trial, "val_acc")])
+                trainer.fit(model, datamodule=data)  # raises optuna.TrialPruned when pruned
+                return trainer.callback_metrics["val_acc"].item()
+    """
+
+    def __init__(
+        self,
+        trial: optuna.trial.Trial,
+        monitor: str = "val_acc",
+        *,
+        save_checkpoints: bool = True,
+        save_optimizer: bool = True,
+        artifact_store: ArtifactStore | None = None,
+        keep_last: int | None = DEFAULT_KEEP_LAST,
+        keep_every: int | None = None,
+        step_offset: int = 0,
+    ) -> None:
+        super().__init__()
+        self.trial = trial
+        self.monitor = monitor
+        self.save_checkpoints = save_checkpoints
+        self.save_optimizer = save_optimizer
+        self.artifact_store = artifact_store
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+        self.step_offset = step_offset
+        self.pruned_step: int | None = None
+        """The step at which the trial was pruned, or ``None``."""
+
+    def _optimizer_state(self, trainer: Trainer) -> Any:
+        optimizers = list(getattr(trainer, "optimizers", []) or [])
+        if not self.save_optimizer or not optimizers:
+            return None
+        if len(optimizers) == 1:
+            return optimizers[0].state_dict()
+        return {"optimizers": [o.state_dict() for o in optimizers]}
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        step = self.step_offset + trainer.current_epoch
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            warnings.warn(
+                f"The metric {self.monitor!r} is not in trainer.callback_metrics "
+                f"({sorted(trainer.callback_metrics)}); nothing reported at step {step}.",
+                stacklevel=2,
+            )
+            return
+        if self.save_checkpoints:
+            save_checkpoint(
+                self.trial,
+                pl_module,
+                step,
+                optimizer=self._optimizer_state(trainer),
+                artifact_store=self.artifact_store,
+                keep_last=self.keep_last,
+                keep_every=self.keep_every,
+            )
+        self.trial.report(float(value), step=step)
+        if self.trial.should_prune():
+            self.pruned_step = step
+            trainer.should_stop = True
+            raise optuna.TrialPruned(f"Trial was pruned at step {step}.")
