@@ -1,0 +1,188 @@
+"""Hugging Face ``transformers.Trainer`` callback: report to an FMS trial, checkpoint it."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+from typing import Any
+import warnings
+
+import optuna
+
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # pragma: no cover - exercised only without the extra.
+    raise ImportError(
+        "optuna_fms.integration.transformers needs Hugging Face transformers: "
+        "pip install optuna-fms[transformers]"
+    ) from e
+
+from optuna_fms._checkpoint import DEFAULT_KEEP_LAST
+from optuna_fms._checkpoint import save_checkpoint
+
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+    from transformers import TrainerControl
+    from transformers import TrainerState
+    from transformers import TrainingArguments
+
+
+__all__ = ["FMSTrainerCallback"]
+
+
+def _epoch_index(epoch: float) -> int:
+    """0-based index of the epoch an evaluation at ``state.epoch == epoch`` belongs to.
+
+    ``state.epoch`` is 1.0 at the end of the first epoch (index 0) and 0.5 in its middle.
+    """
+    nearest = round(epoch)
+    whole = nearest if abs(epoch - nearest) < 1e-6 else math.ceil(epoch)
+    return max(int(whole) - 1, 0)
+
+
+class FMSTrainerCallback(TrainerCallback):
+    """Report an evaluation metric to a trial, checkpoint the model, and stop when pruned.
+
+    On each ``on_evaluate`` (on the main process) the callback, in this order,
+
+    1. saves the model's checkpoint (and the optimizer's state) at the current step with
+       :func:`optuna_fms.save_checkpoint`,
+    2. reports ``metrics[metric]`` at that step with ``trial.report``,
+    3. asks ``trial.should_prune()``; if so, it sets ``control.should_training_stop`` so the
+       Trainer ends cleanly, and remembers it in :attr:`pruned_step`.
+
+    The Trainer does not know about Optuna, so the objective raises the pruning itself after
+    ``trainer.train()`` returns, with :meth:`check_pruned` (see the example). Forgetting it
+    records a stopped trial as COMPLETE.
+
+    The step is, with ``step="epoch"`` (default), the 0-based index of the epoch the
+    evaluation belongs to (use ``eval_strategy="epoch"``: then 0 after the first epoch, like a
+    hand-written ``for epoch in range(n)`` loop); with ``step="global_step"``,
+    ``state.global_step`` (optimizer steps so far; for ``eval_strategy="steps"``). Either way
+    ``step_offset`` is added.
+
+    Args:
+        trial:
+            The running trial.
+        metric:
+            Key of the metric in the evaluation's ``metrics``, e.g. ``"eval_accuracy"`` (the
+            Trainer prefixes ``compute_metrics``' keys with ``eval_``).
+        step:
+            ``"epoch"`` or ``"global_step"``, as above.
+        save_checkpoints:
+            Save a checkpoint at each evaluation.
+        save_optimizer:
+            Include the Trainer's optimizer state in the checkpoint.
+        artifact_store, keep_last, keep_every:
+            Passed to :func:`optuna_fms.save_checkpoint`.
+        step_offset:
+            Added to the step; the step returned by :func:`optuna_fms.resume` when the trial
+            continues a paused one.
+
+    Example:
+        .. code-block:: python
+
+            from transformers import Trainer, TrainingArguments
+            from optuna_fms.integration.transformers import FMSTrainerCallback
+
+
+            def objective(trial):
+                args = TrainingArguments(
+                    "out",
+                    learning_rate=trial.suggest_float("lr", 1e-5, 1e-3, log=True),
+                    num_train_epochs=10,
+                    eval_strategy="epoch",
+                    save_strategy="no",
+                )
+                callback = FMSTrainerCallback(trial, metric="eval_accuracy")
+                trainer = Trainer(model=build_model(), args=args, callbacks=[callback], ...)
+                trainer.train()
+                callback.check_pruned()  # raises optuna.TrialPruned if the trial was pruned
+                return trainer.evaluate()["eval_accuracy"]
+    """
+
+    def __init__(
+        self,
+        trial: optuna.trial.Trial,
+        metric: str = "eval_accuracy",
+        *,
+        step: str = "epoch",
+        save_checkpoints: bool = True,
+        save_optimizer: bool = True,
+        artifact_store: ArtifactStore | None = None,
+        keep_last: int | None = DEFAULT_KEEP_LAST,
+        keep_every: int | None = None,
+        step_offset: int = 0,
+    ) -> None:
+        if step not in ("epoch", "global_step"):
+            raise ValueError(f"step must be 'epoch' or 'global_step', got {step!r}.")
+        self.trial = trial
+        self.metric = metric
+        self.step = step
+        self.save_checkpoints = save_checkpoints
+        self.save_optimizer = save_optimizer
+        self.artifact_store = artifact_store
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+        self.step_offset = step_offset
+        self.pruned_step: int | None = None
+        """The step at which the trial was pruned, or ``None``."""
+
+    def _current_step(self, state: TrainerState) -> int:
+        if self.step == "global_step":
+            return self.step_offset + int(state.global_step)
+        return self.step_offset + _epoch_index(float(state.epoch or 0.0))
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        model: Any = None,
+        optimizer: Any = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        if not state.is_world_process_zero:
+            return control
+        step = self._current_step(state)
+        value = (metrics or {}).get(self.metric)
+        if value is None:
+            warnings.warn(
+                f"The metric {self.metric!r} is not in the evaluation metrics "
+                f"({sorted(metrics or {})}); nothing reported at step {step}.",
+                stacklevel=2,
+            )
+            return control
+        if self.save_checkpoints and model is not None:
+            module = getattr(model, "module", model)  # DistributedDataParallel wrapper.
+            save_checkpoint(
+                self.trial,
+                module,
+                step,
+                optimizer=optimizer if self.save_optimizer else None,
+                artifact_store=self.artifact_store,
+                keep_last=self.keep_last,
+                keep_every=self.keep_every,
+            )
+        self.trial.report(float(value), step=step)
+        if self.trial.should_prune():
+            self.pruned_step = step
+            control.should_training_stop = True
+        return control
+
+    def check_pruned(self) -> None:
+        """Raise :class:`optuna.TrialPruned` if the trial was pruned during training.
+
+        Call it right after ``trainer.train()`` in the objective.
+
+        Example:
+            .. code-block:: python
+
+                trainer.train()
+                callback.check_pruned()
+        """
+        if self.pruned_step is not None:
+            raise optuna.TrialPruned(f"Trial was pruned at step {self.pruned_step}.")

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from pathlib import Path
+import warnings
+
+import numpy as np
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+import pytest
+import torch
+
+
+transformers = pytest.importorskip("transformers")
+
+from optuna_fms import _attrs  # noqa: E402
+from optuna_fms._checkpoint import _load_checkpoint_full  # noqa: E402
+from optuna_fms.integration.transformers import FMSTrainerCallback  # noqa: E402
+from optuna_fms.integration.transformers import _epoch_index  # noqa: E402
+
+
+class _PruneFrom(optuna.pruners.BasePruner):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return (trial.last_step or 0) >= self.step
+
+
+class _Data(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, 50, (16, 8), generator=g)
+        self.labels = (self.ids[:, 0] > 25).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones(8, dtype=torch.long),
+            "labels": self.labels[i],
+        }
+
+
+def _model() -> torch.nn.Module:
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config)
+
+
+def _accuracy(pred) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
+
+
+def _run(tmp_path: Path, pruner: optuna.pruners.BasePruner):  # type: ignore[no-untyped-def]
+    (tmp_path / "artifacts").mkdir(exist_ok=True)
+    store = FileSystemArtifactStore(tmp_path / "artifacts")
+    study = optuna.create_study(
+        direction="maximize", storage=f"sqlite:///{tmp_path / 'db.sqlite3'}", pruner=pruner
+    )
+    seen: dict[str, object] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            num_train_epochs=3,
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=16,
+            learning_rate=1e-3,
+            eval_strategy="epoch",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        callback = FMSTrainerCallback(trial, metric="eval_accuracy", artifact_store=store)
+        model = _model()
+        trainer = transformers.Trainer(
+            model=model,
+            args=args,
+            train_dataset=_Data(),
+            eval_dataset=_Data(),
+            compute_metrics=_accuracy,
+            callbacks=[callback],
+        )
+        seen["model"], seen["trainer"] = model, trainer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.train()
+        callback.check_pruned()
+        evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
+        return float(evals[-1]["eval_accuracy"])
+
+    study.optimize(objective, n_trials=1)
+    return study, store, seen
+
+
+def test_reports_and_checkpoints_each_epoch(tmp_path: Path) -> None:
+    study, store, seen = _run(tmp_path, optuna.pruners.NopPruner())
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [0, 1, 2]
+    assert sorted(trial.user_attrs[_attrs.CHECKPOINTS]) == ["1", "2"]
+
+    tensors, opt_state, meta = _load_checkpoint_full(trial, artifact_store=store)
+    assert meta["step"] == 2 and opt_state is not None
+    fresh = _model()
+    fresh.load_state_dict(tensors)
+    for (k, a), b in zip(seen["model"].state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    trained_opt = seen["trainer"].optimizer.state_dict()
+    assert opt_state["param_groups"][0]["lr"] == trained_opt["param_groups"][0]["lr"]
+    assert torch.equal(opt_state["state"][0]["exp_avg"], trained_opt["state"][0]["exp_avg"])
+
+
+def test_pruning_stops_training(tmp_path: Path) -> None:
+    study, store, seen = _run(tmp_path, _PruneFrom(1))
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert sorted(trial.intermediate_values) == [0, 1]
+    assert seen["trainer"].state.epoch == pytest.approx(2.0)  # The third epoch never ran.
+    assert trial.user_attrs[_attrs.CHECKPOINTS].keys() == {"0", "1"}
+
+
+def test_epoch_index() -> None:
+    assert [_epoch_index(e) for e in (0.5, 1.0, 1.0000001, 1.5, 2.0, 3.0)] == [0, 0, 0, 1, 1, 2]
