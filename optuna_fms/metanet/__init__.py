@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from optuna_fms.metanet._errors import UnsupportedArchitectureError
+from optuna_fms.metanet._gmn import GraphMetanetwork
 from optuna_fms.metanet._graph import DEFAULT_MAX_EDGES_PER_LAYER
 from optuna_fms.metanet._graph import EDGE_FEATURES
 from optuna_fms.metanet._graph import EDGE_TYPES
@@ -18,6 +19,11 @@ from optuna_fms.metanet._graph import NODE_FEATURES
 from optuna_fms.metanet._graph import NODE_TYPES
 from optuna_fms.metanet._graph import ParamGraph
 from optuna_fms.metanet._graph import build_graph
+from optuna_fms.metanet._stats import NUM_DEPTH_SLOTS
+from optuna_fms.metanet._stats import QUANTILES
+from optuna_fms.metanet._stats import STATS_DIM
+from optuna_fms.metanet._stats import StatsFeaturizer
+from optuna_fms.metanet._stats import weight_statistics
 from optuna_fms.metanet._structure import describe_module
 
 
@@ -25,10 +31,16 @@ __all__ = [
     "DEFAULT_MAX_EDGES_PER_LAYER",
     "EDGE_FEATURES",
     "EDGE_TYPES",
+    "GraphMetanetwork",
     "NODE_FEATURES",
     "NODE_TYPES",
+    "NUM_DEPTH_SLOTS",
+    "QUANTILES",
+    "STATS_DIM",
+    "StatsFeaturizer",
     "ParamGraph",
     "UnsupportedArchitectureError",
     "build_graph",
     "describe_module",
+    "weight_statistics",
 ]

@@ -662,33 +662,7 @@ class _Builder:
 
     # -- subsampling -------------------------------------------------------------------------
     def _select(self, flat: torch.Tensor) -> torch.Tensor | None:
-        k = self.max_edges
-        n = flat.numel()
-        if k is None or n <= k:
-            return None
-        # Keys are (nearly) uniform on the int32 range: a value-independent pre-filter keeps about
-        # 4k candidates, among which the k-th smallest key is found exactly.
-        span = min(2.0**32, 2.0**32 * 4.0 * k / n)
-        bound = int(-(2.0**31) + span) if span < 2.0**32 else None
-        for prefilter in (bound, None):
-            cand_keys = []
-            cand_idx = []
-            for start in range(0, n, _HASH_CHUNK):
-                keys = _hash_values(flat[start : start + _HASH_CHUNK])
-                if prefilter is not None:
-                    idx = torch.nonzero(keys < prefilter).reshape(-1)
-                    top = keys[idx]
-                else:
-                    top, idx = torch.topk(keys, min(k, keys.numel()), largest=False, sorted=False)
-                cand_keys.append(top)
-                cand_idx.append(idx + start)
-            keys = torch.cat(cand_keys)
-            if keys.numel() >= k:
-                break
-        idx = torch.cat(cand_idx)
-        threshold = torch.kthvalue(keys, k).values
-        keep = idx[keys < threshold]
-        return torch.sort(keep).values
+        return _hash_subsample(flat, self.max_edges)
 
     # -- output ------------------------------------------------------------------------------
     def finish(self) -> ParamGraph:
@@ -770,6 +744,40 @@ class _Builder:
             num_params=int(num_params),
             num_edges_full=self.num_edges_full,
         )
+
+
+def _hash_subsample(flat: torch.Tensor, k: int | None) -> torch.Tensor | None:
+    """Sorted indices of the entries whose value-hash key is below the k-th smallest key.
+
+    ``None`` when ``flat`` has at most ``k`` entries (keep all). The selection depends only on
+    the multiset of values, hence is invariant to any permutation of the entries.
+    """
+    n = flat.numel()
+    if k is None or n <= k:
+        return None
+    # Keys are (nearly) uniform on the int32 range: a value-independent pre-filter keeps about
+    # 4k candidates, among which the k-th smallest key is found exactly.
+    span = min(2.0**32, 2.0**32 * 4.0 * k / n)
+    bound = int(-(2.0**31) + span) if span < 2.0**32 else None
+    for prefilter in (bound, None):
+        cand_keys = []
+        cand_idx = []
+        for start in range(0, n, _HASH_CHUNK):
+            keys = _hash_values(flat[start : start + _HASH_CHUNK])
+            if prefilter is not None:
+                idx = torch.nonzero(keys < prefilter).reshape(-1)
+                top = keys[idx]
+            else:
+                top, idx = torch.topk(keys, min(k, keys.numel()), largest=False, sorted=False)
+            cand_keys.append(top)
+            cand_idx.append(idx + start)
+        keys = torch.cat(cand_keys)
+        if keys.numel() >= k:
+            break
+    idx = torch.cat(cand_idx)
+    threshold = torch.kthvalue(keys, k).values
+    keep = idx[keys < threshold]
+    return torch.sort(keep).values
 
 
 def _node_args(node: Mapping[str, Any], names: Sequence[str]) -> list[str | None]:
