@@ -1,0 +1,175 @@
+"""The small networks trained in the benchmark hubs.
+
+All of them map a batch of 8x8 grey images ``[B, 1, 8, 8]`` to 10 logits, and are traceable by
+:mod:`torch.fx` (no data-dependent control flow) so that
+:func:`optuna_fms.metanet.describe_module` can describe them. A network is identified by an
+architecture name and a JSON-serialisable ``spec`` of constructor arguments, both stored in the
+hub index, so that :func:`build_module` can rebuild it when a hub is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+N_CLASSES = 10
+
+
+class SimpleCNN(nn.Module):
+    """Three 3x3 convolutions (the last two with stride 2), global average pooling, a linear head.
+
+    The shape of the CNN zoos of Unterthiner et al. (2020) used by the FMS paper, sized for
+    8x8 inputs.
+    """
+
+    def __init__(
+        self, channels: tuple[int, int, int] | list[int] = (8, 16, 16), n_classes: int = N_CLASSES
+    ) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c3, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.act(self.conv3(x))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+class MLP(nn.Module):
+    """Flatten, then fully connected layers with ReLU."""
+
+    def __init__(
+        self, hidden: tuple[int, ...] | list[int] = (64, 64), n_classes: int = N_CLASSES
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = 64
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.act = nn.ReLU()
+        if stride != 1 or c_in != c_out:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A conv stem with BatchNorm, one residual block per stage, average pooling, linear head."""
+
+    def __init__(
+        self, widths: tuple[int, ...] | list[int] = (16, 32), n_classes: int = N_CLASSES
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        blocks = []
+        c = widths[0]
+        for i, w in enumerate(widths):
+            blocks.append(BasicBlock(c, w, stride=1 if i == 0 else 2))
+            c = w
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.blocks(self.stem(x)))))
+
+
+class PatchTransformer(nn.Module):
+    """A small vision transformer: 2x2 patches, pre-norm encoder layers, mean pooling.
+
+    The encoder layers are standard :class:`torch.nn.TransformerEncoderLayer` modules, whose
+    attention and feed-forward projections are linear layers.
+    """
+
+    def __init__(
+        self,
+        dim: int = 32,
+        depth: int = 2,
+        heads: int = 4,
+        mlp: int = 64,
+        n_classes: int = N_CLASSES,
+    ) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 2, stride=2)  # 8x8 -> 4x4 = 16 tokens
+        self.pos = nn.Parameter(torch.zeros(1, 16, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                dim, heads, mlp, dropout=0.0, batch_first=True, norm_first=True
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        for layer in self.layers:
+            tokens = layer(tokens)
+        return self.fc(self.norm(tokens.mean(dim=1)))
+
+
+_ARCHS: dict[str, type[nn.Module]] = {
+    "simple_cnn": SimpleCNN,
+    "mlp": MLP,
+    "resnet": ResNet,
+    "transformer": PatchTransformer,
+}
+
+
+def build_module(arch: str, spec: dict[str, Any] | None = None) -> nn.Module:
+    """A freshly initialised network of architecture ``arch`` (see the module docstring).
+
+    Parameters
+    ----------
+    arch:
+        ``"simple_cnn"``, ``"mlp"``, ``"resnet"`` or ``"transformer"``.
+    spec:
+        Keyword arguments of the constructor (widths, depth...).
+    """
+    try:
+        cls = _ARCHS[arch]
+    except KeyError:
+        raise ValueError(f"Unknown architecture {arch!r}; expected one of {sorted(_ARCHS)}.")
+    return cls(**(spec or {}))
+
+
+def n_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

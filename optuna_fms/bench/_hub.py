@@ -1,0 +1,331 @@
+"""Reading (and the low-level writing) of benchmark hubs.
+
+A hub is a directory::
+
+    <hub>/
+      index.json                  # what the hub is: search space, configurations, starts, tasks
+      curves.npz                  # learning curves, arrays [n_configs, n_epochs]
+      starts/<key>.safetensors    # the pretrained weights each configuration starts from
+      checkpoints/c<id>.safetensors  # every epoch's weights of one configuration
+
+``index.json`` holds ``format`` (= :data:`FORMAT_VERSION`), ``name``, ``size``, ``seed``,
+``n_epochs``, ``search_space`` (parameter -> ``optuna.distributions.distribution_to_json``),
+``configs`` (list of parameter dicts; the position is the config id), ``config_start`` (the
+start each config fine-tunes), ``start_param`` (the parameter that selects the start),
+``starts`` (list of ``{"key", "arch", "file", "pretrain", "info"}``), ``archs`` (architecture
+name -> ``{"spec", "n_params", "structure"}``), ``tasks`` (``source``/``target`` split specs,
+see :class:`optuna_fms.bench._data.TaskSpec`) and ``build`` (timing, workers, versions).
+
+``curves.npz`` holds ``val_accuracy`` (the hub's score), ``val_loss`` and ``train_loss``, all
+``[n_configs, n_epochs]`` float64, and ``seconds`` ``[n_configs]`` (fine-tuning wall time).
+
+A checkpoint file holds, for every state-dict key, one tensor of shape ``[n_epochs, *shape]``:
+row ``e`` is the weights after epoch ``e`` (0-based), the weights ``val_accuracy[c, e]`` was
+measured with. Floating tensors are stored as float16 (the score is measured on the fp16
+weights, so a stored checkpoint reproduces its score exactly); integer buffers (BatchNorm's
+``num_batches_tracked``) keep their dtype. Start files hold a plain state dict in the same
+dtypes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+import warnings
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+import safetensors
+import safetensors.torch
+import torch
+
+from optuna_fms.bench._arch import build_module
+from optuna_fms.bench._data import TaskSpec
+from optuna_fms.bench._data import make_task
+from optuna_fms.bench._train import evaluate
+
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+CURVES_FILE = "curves.npz"
+
+
+def checkpoint_file(config_id: int) -> str:
+    return f"checkpoints/c{config_id:05d}.safetensors"
+
+
+def start_file(key: str) -> str:
+    return f"starts/{key}.safetensors"
+
+
+def describe_structure(module: torch.nn.Module) -> dict[str, Any] | None:
+    """The structure description stored per architecture in the hub index.
+
+    THE single place where :func:`optuna_fms.metanet.describe_module` is called, both when a hub
+    is written and, lazily, when an index holds ``None`` (a hub written before the metanet
+    package existed). Returns ``None`` if the metanet package is missing or fails.
+    """
+    try:
+        from optuna_fms.metanet import describe_module
+    except ImportError:
+        return None
+    try:
+        return describe_module(module)
+    except Exception as e:  # noqa: BLE001 - a hub stays usable without a structure
+        warnings.warn(f"describe_module failed on {type(module).__name__}: {e!r}", stacklevel=2)
+        return None
+
+
+def save_checkpoints(path: Path, states: list[dict[str, torch.Tensor]]) -> None:
+    """Write the per-epoch state dicts of one configuration (stacked along a new dim 0)."""
+    stacked = {k: torch.stack([s[k] for s in states]).contiguous() for k in states[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(stacked, str(path), metadata={"n_epochs": str(len(states))})
+
+
+def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def _as_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
+class Hub:
+    """A benchmark hub: every configuration's learning curve and per-epoch checkpoints.
+
+    A hub was computed once by really fine-tuning every configuration for ``n_epochs`` epochs
+    from a pretrained start; replaying it answers "what score would this configuration have after
+    epoch ``e``, and what would its weights be" without training. Use :meth:`load` to open one
+    (built by :func:`optuna_fms.bench.build_hub` or ``optuna-fms build-hub``).
+
+    Epochs are 0-based throughout: ``scores[c, e]`` and ``checkpoint(c, e)`` are the validation
+    accuracy and the weights after ``e + 1`` passes over the training data.
+
+    Attributes
+    ----------
+    name:
+        ``"zoo"``, ``"arch"`` or ``"tiny"``.
+    search_space:
+        Parameter name -> :class:`optuna.distributions.BaseDistribution`.
+    configs:
+        Parameter dicts; the position in the list is the config id.
+    n_epochs:
+        Length of every learning curve.
+    scores:
+        Validation accuracy (higher is better), ``numpy`` array ``[n_configs, n_epochs]``.
+    curves:
+        All stored curves by name (``val_accuracy``, ``val_loss``, ``train_loss``).
+    index:
+        The raw ``index.json`` (tasks, starts and their pretraining recipes, build info).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from optuna_fms.bench import Hub, build_hub
+    >>> path = build_hub("tiny", Path(tempfile.mkdtemp()), workers=1)  # doctest: +SKIP
+    >>> hub = Hub.load(path)  # doctest: +SKIP
+    >>> hub.scores.shape  # doctest: +SKIP
+    (12, 6)
+    >>> c = int(hub.final_scores().argmax())  # doctest: +SKIP
+    >>> hub.find_config(hub.configs[c]) == c  # doctest: +SKIP
+    True
+    >>> net = hub.module(c)  # doctest: +SKIP
+    >>> _ = net.load_state_dict(hub.checkpoint(c, hub.n_epochs - 1))  # doctest: +SKIP
+    >>> hub.evaluate(net) == hub.best_final_score  # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, path: Path, index: dict[str, Any], curves: dict[str, np.ndarray]) -> None:
+        if index.get("format") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has hub format {index.get('format')!r}; this reader reads "
+                f"{FORMAT_VERSION}. Rebuild the hub."
+            )
+        self.path = Path(path)
+        self.index = index
+        self.name: str = index["name"]
+        self.n_epochs: int = int(index["n_epochs"])
+        self.search_space: dict[str, BaseDistribution] = {
+            k: optuna.distributions.json_to_distribution(v)
+            for k, v in index["search_space"].items()
+        }
+        self.configs: list[dict[str, Any]] = [dict(c) for c in index["configs"]]
+        self.curves = curves
+        self.scores: np.ndarray = curves["val_accuracy"]
+        self._config_start: list[int] = list(index["config_start"])
+        self._starts: list[dict[str, Any]] = index["starts"]
+        self._structures: dict[str, dict[str, Any] | None] = {
+            a: v.get("structure") for a, v in index["archs"].items()
+        }
+        self._lookup = {self._key(c): i for i, c in enumerate(self.configs)}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Hub:
+        """Open the hub stored in directory ``path``."""
+        path = Path(path).expanduser()
+        with open(path / INDEX_FILE) as f:
+            index = json.load(f)
+        with np.load(path / CURVES_FILE) as z:
+            curves = {k: z[k] for k in z.files}
+        return cls(path, index, curves)
+
+    def __repr__(self) -> str:
+        return (
+            f"Hub(name={self.name!r}, n_configs={self.n_configs}, n_epochs={self.n_epochs}, "
+            f"path='{self.path}')"
+        )
+
+    # ------------------------------------------------------------------ scores and configs
+    @property
+    def n_configs(self) -> int:
+        return len(self.configs)
+
+    def final_scores(self) -> np.ndarray:
+        """Score of every configuration after its last epoch, ``[n_configs]``."""
+        return self.scores[:, -1]
+
+    @property
+    def best_final_score(self) -> float:
+        """The best final score in the hub (the reference for regret)."""
+        return float(self.final_scores().max())
+
+    def _key(self, params: Mapping[str, Any]) -> tuple:
+        key = []
+        for name in self.search_space:
+            if name not in params:
+                raise KeyError(f"Parameter {name!r} missing; expected {list(self.search_space)}.")
+            v = params[name]
+            if isinstance(v, float) and not isinstance(v, bool):
+                v = float(f"{v:.12g}")
+            key.append(v)
+        return tuple(key)
+
+    def find_config(self, params: Mapping[str, Any]) -> int:
+        """The id of the configuration with exactly these parameters.
+
+        Floats are compared to 12 significant digits. Extra keys are ignored.
+
+        Raises
+        ------
+        KeyError
+            If no configuration of the hub has these parameters.
+        """
+        try:
+            return self._lookup[self._key(params)]
+        except KeyError:
+            raise KeyError(f"No configuration of hub {self.name!r} has parameters {params}.")
+
+    def nearest_config(self, params: Mapping[str, Any]) -> int:
+        """The id of the configuration closest to ``params`` (for samplers that propose points
+        outside the hub's finite table).
+
+        Distance: categorical parameters must match (a mismatch costs 1 per parameter, more
+        than any numeric difference can); numeric ones are compared after scaling each
+        distribution's range (log range for ``log=True``) to ``[0, 1]``.
+        """
+        target = self._embed(params)
+        table = self._embedded_configs()
+        return int(np.argmin(((table - target) ** 2).sum(axis=1)))
+
+    def _embed(self, params: Mapping[str, Any]) -> np.ndarray:
+        out = []
+        for name, d in self.search_space.items():
+            v = params[name]
+            if isinstance(d, optuna.distributions.CategoricalDistribution):
+                # Mismatch costs 2 > squared distance of all numeric params together (<= n).
+                w = 2.0 * math.sqrt(len(self.search_space))
+                out.extend(w * float(v == c) for c in d.choices)
+            else:
+                lo, hi, x = float(d.low), float(d.high), float(v)
+                if getattr(d, "log", False):
+                    lo, hi, x = math.log(lo), math.log(hi), math.log(x)
+                out.append((x - lo) / (hi - lo) if hi > lo else 0.0)
+        return np.asarray(out)
+
+    @functools.cached_property
+    def _table(self) -> np.ndarray:
+        return np.stack([self._embed(c) for c in self.configs])
+
+    def _embedded_configs(self) -> np.ndarray:
+        return self._table
+
+    # ------------------------------------------------------------------ weights and modules
+    def _start(self, config_id: int) -> dict[str, Any]:
+        return self._starts[self._config_start[config_id]]
+
+    def arch(self, config_id: int) -> str:
+        """The architecture name of a configuration's network."""
+        return self._start(config_id)["arch"]
+
+    def module(self, config_id: int) -> torch.nn.Module:
+        """A freshly initialised network of the configuration's architecture (float32).
+
+        Load :meth:`checkpoint` or :meth:`start_weights` into it with ``load_state_dict``.
+        """
+        arch = self.arch(config_id)
+        return build_module(arch, self.index["archs"][arch]["spec"])
+
+    def checkpoint(self, config_id: int, epoch: int) -> dict[str, torch.Tensor]:
+        """The state dict after epoch ``epoch`` (0-based) of configuration ``config_id``.
+
+        Floating tensors are returned as float32.
+        """
+        if not 0 <= epoch < self.n_epochs:
+            raise IndexError(f"epoch {epoch} out of range [0, {self.n_epochs}).")
+        if not 0 <= config_id < self.n_configs:
+            raise IndexError(f"config_id {config_id} out of range [0, {self.n_configs}).")
+        out = {}
+        with safetensors.safe_open(self.path / checkpoint_file(config_id), "pt") as f:
+            for k in f.keys():
+                out[k] = _as_float32(f.get_slice(k)[epoch : epoch + 1][0].clone())
+        return out
+
+    def start_weights(self, config_id: int) -> dict[str, torch.Tensor]:
+        """The pretrained state dict that configuration ``config_id`` starts fine-tuning from.
+
+        It is the zoo member (zoo hub) or the pretrained architecture (arch hub), exactly as
+        fine-tuning loaded it; float32.
+        """
+        st = safetensors.torch.load_file(str(self.path / self._start(config_id)["file"]))
+        return {k: _as_float32(v) for k, v in st.items()}
+
+    def start_key(self, config_id: int) -> str:
+        """Name of the configuration's start (``"m007"``, ``"resnet"``...)."""
+        return self._start(config_id)["key"]
+
+    def structure(self, config_id: int) -> dict[str, Any] | None:
+        """Description of the configuration's network for the graph metanetwork.
+
+        The output of :func:`optuna_fms.metanet.describe_module` on :meth:`module`, stored per
+        architecture when the hub was built (computed now if the index holds none), or ``None``
+        if the metanet package is unavailable.
+        """
+        arch = self.arch(config_id)
+        if self._structures.get(arch) is None:
+            self._structures[arch] = describe_structure(self.module(config_id))
+        return self._structures[arch]
+
+    # ------------------------------------------------------------------ validation data
+    @functools.cached_property
+    def _target(self):
+        return make_task(TaskSpec.from_json(self.index["tasks"]["target"]))
+
+    def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [n, 1, 8, 8], labels [n])`` of the target task's validation split."""
+        return self._target.x_val, self._target.y_val
+
+    def evaluate(self, module: torch.nn.Module) -> float:
+        """Validation accuracy of ``module`` on the target task, as the hub's scores measure it.
+
+        Run with one torch thread for bit-identical results to the stored scores.
+        """
+        x, y = self.validation_data()
+        return evaluate(module, x, y)[0]
