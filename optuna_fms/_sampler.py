@@ -99,10 +99,10 @@ class FMSSampler(BaseSampler):
         artifact_store: ArtifactStore | None = None,
         independent_sampler: BaseSampler | None = None,
         n_candidates: int = 512,
-        max_train_rows: int = 512,
-        n_scratch_epochs: int = 1000,
+        max_train_rows: int = 256,
+        n_scratch_epochs: int = 300,
         n_warm_epochs: int = 50,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         warn_independent_sampling: bool = True,
     ) -> None:
         from optuna_fms._surrogate import Forecaster

@@ -94,7 +94,7 @@ class Forecaster:
         self,
         *,
         seed: int | None = None,
-        max_train_rows: int = 512,
+        max_train_rows: int = 256,
         n_candidates: int = 512,
         surrogate_kwargs: dict[str, Any] | None = None,
     ) -> None:

@@ -70,8 +70,8 @@ class Surrogate:
         self,
         *,
         seed: int | None = None,
-        lr: float = 1e-3,
-        n_scratch_epochs: int = 1000,
+        lr: float = 1e-2,
+        n_scratch_epochs: int = 300,
         n_warm_epochs: int = 50,
         weight_encoder_factory: Callable[[], tuple[torch.nn.Module, int]] | None = None,
     ) -> None:

@@ -167,7 +167,9 @@ def build_module(arch: str, spec: dict[str, Any] | None = None) -> nn.Module:
     try:
         cls = _ARCHS[arch]
     except KeyError:
-        raise ValueError(f"Unknown architecture {arch!r}; expected one of {sorted(_ARCHS)}.")
+        raise ValueError(
+            f"Unknown architecture {arch!r}; expected one of {sorted(_ARCHS)}."
+        ) from None
     return cls(**(spec or {}))
 
 

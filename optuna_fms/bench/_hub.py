@@ -218,10 +218,13 @@ class Hub:
         KeyError
             If no configuration of the hub has these parameters.
         """
+        key = self._key(params)
         try:
-            return self._lookup[self._key(params)]
+            return self._lookup[key]
         except KeyError:
-            raise KeyError(f"No configuration of hub {self.name!r} has parameters {params}.")
+            raise KeyError(
+                f"No configuration of hub {self.name!r} has parameters {dict(params)}."
+            ) from None
 
     def nearest_config(self, params: Mapping[str, Any]) -> int:
         """The id of the configuration closest to ``params`` (for samplers that propose points

@@ -283,6 +283,7 @@ class _Builder:
             raise UnsupportedArchitectureError(
                 f"bias of {bias.numel()} entries for a layer with {out.size} outputs"
             )
+        assert out.ids is not None
         node = self._nodes(1, layer, _N_BIAS)
         self._edges(node.expand(out.size), out.ids, bias.reshape(-1), layer, _E["bias"])
 
@@ -438,6 +439,7 @@ class _Builder:
             return self._get(params.get(local), shapes.get(local))
 
         in_w, in_b = get("in_proj_weight"), get("in_proj_bias")
+        ws: list[torch.Tensor | None]
         if in_w is not None:
             ws = list(in_w.chunk(3, 0))
         else:

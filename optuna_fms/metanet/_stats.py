@@ -130,7 +130,7 @@ class StatsFeaturizer(torch.nn.Module):
 
     def forward(self, stats: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Embed statistics vectors (a sequence of them or a ``[n, in_dim]`` tensor)."""
-        device = self.mlp[0].weight.device
+        device = next(self.parameters()).device
         if isinstance(stats, torch.Tensor):
             batch = stats
         elif len(stats) == 0:
