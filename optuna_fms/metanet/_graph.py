@@ -620,7 +620,11 @@ class _Builder:
             tensors = {k: self.sd[v] for k, v in locals_.items()}
             float_keys = {k for k, t in tensors.items() if t.is_floating_point()}
             weight = tensors.get("weight")
-            extra = sorted(float_keys - {"weight", "bias"} - _STAT_BUFFERS)
+            extra = [
+                k
+                for k in locals_
+                if k in float_keys and k not in {"weight", "bias", *_STAT_BUFFERS}
+            ]
             if extra:
                 raise UnsupportedArchitectureError(
                     f"cannot infer the role of '{locals_[extra[0]]}' without the structure; "
