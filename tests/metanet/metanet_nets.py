@@ -121,17 +121,25 @@ def _permute(sd: dict[str, torch.Tensor], perm: torch.Tensor, targets: list[_Tar
         sd[key] = t.index_select(dim, idx)
 
 
+def _randperm(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random permutation that is not the identity."""
+    while True:
+        p = torch.randperm(n, generator=generator)
+        if not torch.equal(p, torch.arange(n)):
+            return p
+
+
 def permute_mlp(sd: dict[str, torch.Tensor], g: torch.Generator) -> None:
-    p = torch.randperm(7, generator=g)
+    p = _randperm(7, generator=g)
     _permute(sd, p, [("0.weight", 0), ("0.bias", 0), ("2.weight", 1)])
-    p = torch.randperm(6, generator=g)
+    p = _randperm(6, generator=g)
     _permute(sd, p, [("2.weight", 0), ("2.bias", 0), ("4.weight", 1)])
 
 
 def permute_cnn(sd: dict[str, torch.Tensor], g: torch.Generator) -> None:
-    p = torch.randperm(4, generator=g)
+    p = _randperm(4, generator=g)
     _permute(sd, p, [("0.weight", 0), ("0.bias", 0), ("2.weight", 1)])
-    p = torch.randperm(3, generator=g)
+    p = _randperm(3, generator=g)
     _permute(sd, p, [("2.weight", 0), ("2.bias", 0), ("5.weight", 1)])  # 4 columns/channel
 
 
@@ -141,7 +149,7 @@ def _bn(prefix: str) -> list[_Target]:
 
 def permute_resnet(sd: dict[str, torch.Tensor], g: torch.Generator) -> None:
     # Residual stream of width 4: stem, block1's output, block2's inputs.
-    p = torch.randperm(4, generator=g)
+    p = _randperm(4, generator=g)
     _permute(
         sd,
         p,
@@ -149,11 +157,11 @@ def permute_resnet(sd: dict[str, torch.Tensor], g: torch.Generator) -> None:
         + [("block1.conv2.weight", 0), *_bn("block1.bn2")]
         + [("block2.conv1.weight", 1), ("block2.downsample.0.weight", 1)],
     )
-    p = torch.randperm(4, generator=g)  # inside block1
+    p = _randperm(4, generator=g)  # inside block1
     _permute(sd, p, [("block1.conv1.weight", 0), *_bn("block1.bn1"), ("block1.conv2.weight", 1)])
-    p = torch.randperm(6, generator=g)  # inside block2
+    p = _randperm(6, generator=g)  # inside block2
     _permute(sd, p, [("block2.conv1.weight", 0), *_bn("block2.bn1"), ("block2.conv2.weight", 1)])
-    p = torch.randperm(6, generator=g)  # block2's output stream
+    p = _randperm(6, generator=g)  # block2's output stream
     _permute(
         sd,
         p,
@@ -169,7 +177,7 @@ def _permute_rows(sd: dict[str, torch.Tensor], key: str, rows: torch.Tensor) -> 
 def permute_transformer(sd: dict[str, torch.Tensor], g: torch.Generator) -> None:
     e, heads, hd = 8, 2, 4
     # Residual stream (d_model): every tensor reading or writing it.
-    p = torch.randperm(e, generator=g)
+    p = _randperm(e, generator=g)
     stream: list[_Target] = [("inp.weight", 0), ("inp.bias", 0), ("head.weight", 1)]
     for i in range(2):
         pre = f"encoder.layers.{i}"
@@ -185,15 +193,15 @@ def permute_transformer(sd: dict[str, torch.Tensor], g: torch.Generator) -> None
     for i in range(2):
         pre = f"encoder.layers.{i}"
         # Feed-forward hidden neurons.
-        p = torch.randperm(16, generator=g)
+        p = _randperm(16, generator=g)
         _permute(
             sd, p, [(f"{pre}.linear1.weight", 0), (f"{pre}.linear1.bias", 0),
                     (f"{pre}.linear2.weight", 1)]
         )  # fmt: skip
         # Heads, and dims inside each head (the same for q and k; another one for v).
-        head_perm = torch.randperm(heads, generator=g)
-        qk = torch.cat([torch.randperm(hd, generator=g) + h * hd for h in range(heads)])
-        v = torch.cat([torch.randperm(hd, generator=g) + h * hd for h in range(heads)])
+        head_perm = _randperm(heads, generator=g)
+        qk = torch.cat([_randperm(hd, generator=g) + h * hd for h in range(heads)])
+        v = torch.cat([_randperm(hd, generator=g) + h * hd for h in range(heads)])
         qk = torch.cat([qk[h * hd : (h + 1) * hd] for h in head_perm.tolist()])
         v = torch.cat([v[h * hd : (h + 1) * hd] for h in head_perm.tolist()])
         rows = torch.cat([qk, qk + e, v + 2 * e])
