@@ -6,12 +6,12 @@ from metanet_nets import sample_input
 import pytest
 import torch
 
-from optuna_fms.metanet import build_graph
-from optuna_fms.metanet import describe_module
+from optuna_fms.metanet import STATS_DIM
 from optuna_fms.metanet import GraphMetanetwork
 from optuna_fms.metanet import ParamGraph
-from optuna_fms.metanet import STATS_DIM
 from optuna_fms.metanet import StatsFeaturizer
+from optuna_fms.metanet import build_graph
+from optuna_fms.metanet import describe_module
 from optuna_fms.metanet import weight_statistics
 
 

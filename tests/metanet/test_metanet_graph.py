@@ -2,22 +2,22 @@ from __future__ import annotations
 
 import json
 
+from metanet_nets import NETS
 from metanet_nets import cnn
 from metanet_nets import mlp
-from metanet_nets import NETS
 from metanet_nets import resnet
 from metanet_nets import transformer
 import pytest
 import torch
 
-from optuna_fms.metanet import build_graph
-from optuna_fms.metanet import describe_module
 from optuna_fms.metanet import EDGE_FEATURES
 from optuna_fms.metanet import EDGE_TYPES
 from optuna_fms.metanet import NODE_FEATURES
 from optuna_fms.metanet import NODE_TYPES
 from optuna_fms.metanet import ParamGraph
 from optuna_fms.metanet import UnsupportedArchitectureError
+from optuna_fms.metanet import build_graph
+from optuna_fms.metanet import describe_module
 
 
 def _graph(net: torch.nn.Module, **kwargs: object) -> ParamGraph:
