@@ -106,7 +106,8 @@ def _child(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - t0
             results.append((seconds, _peak_kib(reset_ok) - before, reset_ok))
         if args.method == "ours":
-            size = os.path.getsize(work / "artifacts" / trial.user_attrs["fms:checkpoints"]["0"])
+            latest = trial.user_attrs["fms:checkpoints"][str(args.repeat - 1)]
+            size = os.path.getsize(work / "artifacts" / latest)
             study.tell(trial, 0.0)
         else:
             size = os.path.getsize(torch_path)
@@ -118,7 +119,7 @@ def _child(args: argparse.Namespace) -> None:
             reset_ok = _reset_peak()
             t0 = time.perf_counter()
             if args.method == "ours":
-                loaded = load_checkpoint(frozen, 0, artifact_store=store)
+                loaded = load_checkpoint(frozen, artifact_store=store)
             else:
                 loaded = torch.load(torch_path, weights_only=True)
             # Read every byte (safetensors maps the file lazily; torch.load reads eagerly).
@@ -148,8 +149,10 @@ def _run_child(op: str, method: str, params: int, work: Path, repeat: int) -> di
         "--repeat",
         str(repeat),
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{op}/{method}/{params} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _fmt_size(n: int) -> str:

@@ -280,6 +280,46 @@ def _write_safetensors(
     save_file(tensors, path, metadata=metadata)
 
 
+def _local_store_dir(store: Any) -> str | None:
+    """The directory of a plain :class:`~optuna.artifacts.FileSystemArtifactStore` on POSIX.
+
+    There the temporary file is written inside the store's directory and renamed into place
+    (see :class:`_RenameIntoStore`); elsewhere it goes to the system's temporary directory and
+    the store copies it.
+    """
+    if os.name != "posix" or type(store) is not optuna.artifacts.FileSystemArtifactStore:
+        return None
+    if not hasattr(store, "_get_filepath") or not hasattr(store, "_base_path"):
+        return None  # A future Optuna changed the class: take the portable path.
+    return str(store._base_path)
+
+
+class _RenameIntoStore:
+    """Adapter given to ``upload_artifact`` for a local FileSystemArtifactStore.
+
+    ``write`` moves the (already complete) temporary file into place with an atomic
+    ``os.replace`` instead of copying its bytes: the data is written once, and no reader can
+    ever see a half-written artifact. ``upload_artifact`` still records the artifact.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        source = getattr(content_body, "name", None)
+        target = self._store._get_filepath(artifact_id)
+        if isinstance(source, str) and os.path.isfile(source):
+            os.replace(source, target)
+        else:  # pragma: no cover - upload_artifact always passes the opened file.
+            self._store.write(artifact_id, content_body)
+
+    def open_reader(self, artifact_id: str) -> Any:  # pragma: no cover - protocol only
+        return self._store.open_reader(artifact_id)
+
+    def remove(self, artifact_id: str) -> None:  # pragma: no cover - protocol only
+        self._store.remove(artifact_id)
+
+
 def _remove_artifact(trial: Trial, artifact_store: ArtifactStore, artifact_id: str) -> None:
     """Delete one superseded checkpoint; mark its artifact record removed like the dashboard."""
     try:
@@ -419,12 +459,15 @@ def save_checkpoint(
     if optimizer_class is not None:
         metadata["optimizer_class"] = optimizer_class
 
-    tmp_dir = tempfile.mkdtemp(prefix="optuna-fms-")
+    local_dir = _local_store_dir(store)
+    tmp_dir = tempfile.mkdtemp(prefix=".optuna-fms-tmp-", dir=local_dir)
     try:
         path = os.path.join(tmp_dir, f"trial-{trial.number}-step-{step}.safetensors")
         _write_safetensors(path, state_dict, optimizer_state, metadata)
         artifact_id = optuna.artifacts.upload_artifact(
-            artifact_store=store, file_path=path, study_or_trial=trial
+            artifact_store=_RenameIntoStore(store) if local_dir is not None else store,
+            file_path=path,
+            study_or_trial=trial,
         )
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

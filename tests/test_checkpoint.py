@@ -318,3 +318,53 @@ def test_structure_metadata(study: optuna.Study, store: FileSystemArtifactStore)
     # A bare state dict has no structure.
     save_checkpoint(trial, model.state_dict(), step=1, artifact_store=store)
     assert _load_checkpoint_full(trial, artifact_store=store)[2]["structure"] is None
+
+
+class _MemoryStore:
+    """A minimal non-filesystem artifact store (like S3/GCS: hands out streams, not files)."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def open_reader(self, artifact_id: str):  # type: ignore[no-untyped-def]
+        import io
+
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        if artifact_id not in self.blobs:
+            raise ArtifactNotFound(artifact_id)
+        return io.BytesIO(self.blobs[artifact_id])
+
+    def write(self, artifact_id: str, content_body) -> None:  # type: ignore[no-untyped-def]
+        self.blobs[artifact_id] = content_body.read()
+
+    def remove(self, artifact_id: str) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        if self.blobs.pop(artifact_id, None) is None:
+            raise ArtifactNotFound(artifact_id)
+
+
+def test_stream_store_and_rename_into_filesystem_store(
+    study: optuna.Study, store: FileSystemArtifactStore
+) -> None:
+    trial = study.ask()
+    mem = _MemoryStore()
+    model = _mlp(0)
+    for step in range(3):
+        save_checkpoint(trial, model, step=step, artifact_store=mem)
+    assert set(mem.blobs) == set(trial.user_attrs[_attrs.CHECKPOINTS].values())
+    assert len(mem.blobs) == 2
+    fresh = _mlp(1)
+    fresh.load_state_dict(load_checkpoint(trial, artifact_store=mem))
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    # Corrupt bytes from a stream store are refused the same way.
+    latest = trial.user_attrs[_attrs.CHECKPOINTS]["2"]
+    mem.blobs[latest] = mem.blobs[latest][:100]
+    with pytest.raises(CheckpointError, match="step 2"):
+        load_checkpoint(trial, artifact_store=mem)
+
+    # With a local FileSystemArtifactStore the file is renamed into place (not copied) and no
+    # temporary file is left in the store's directory.
+    aid = save_checkpoint(trial, model, step=0, artifact_store=store)
+    assert os.listdir(store._base_path) == [aid]
