@@ -116,7 +116,7 @@ class ParamGraph:
     num_layers: int
     num_params: int
     num_edges_full: int
-    _pyg: Any = field(default=None, repr=False)
+    _pyg: Any = field(default=None, init=False, repr=False)
 
     @property
     def num_nodes(self) -> int:

@@ -266,3 +266,46 @@ def test_subsampling_bounds_edges_per_layer() -> None:
     assert full.num_edges == full.num_edges_full == 3580
     with pytest.raises(ValueError):
         build_graph(net.state_dict(), max_edges_per_layer=0)
+
+
+def test_untraceable_module_falls_back_to_module_order() -> None:
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 6)
+            self.b = torch.nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent: symbolic tracing fails
+                x = -x
+            return self.b(torch.relu(self.a(x)))
+
+    net = Branchy()
+    structure = describe_module(net)
+    assert structure["trace"] == "order"
+    json.dumps(structure)
+    g = build_graph(net.state_dict(), structure)
+    ref = build_graph(net.state_dict())
+    assert torch.equal(g.edge_attr, ref.edge_attr) and torch.equal(g.x, ref.x)
+
+
+def test_embedding_is_a_layer_from_token_nodes() -> None:
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+            self.out = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.emb(x).mean(1))
+
+    net = Tokens()
+    g = _graph(net)
+    assert g.num_nodes == 10 + 4 + 3 + 1
+    assert g.num_edges == 40 + 12 + 3
+    assert _count(g, "embedding") == 40 and _count(g, "input", edge=False) == 10
+    emb = _etype(g) == EDGE_TYPES.index("embedding")
+    # weight[t, d] is the edge from token t to dimension d.
+    src, dst = g.edge_index[:, emb]
+    w = net.emb.weight.detach()
+    assert torch.equal(g.edge_attr[emb, _col("value")], w[src, dst - 10])
