@@ -1,9 +1,32 @@
-"""optuna-fms: Forecasting Model Search as an Optuna sampler and pruner."""
+"""optuna-fms: Forecasting Model Search as an Optuna sampler and pruner.
 
+- :class:`FMSSampler` and :class:`FMSPruner`: the sampler/pruner pair sharing one deep-kernel
+  GP surrogate over hyperparameters, budget, learning curve and (optionally) checkpoints.
+- :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`resume`: checkpoints as Optuna
+  artifacts in safetensors format, and freeze-thaw continuation of paused trials.
+- :class:`EpochBudget`: stop a study after a number of epochs really trained.
+"""
+
+from optuna_fms._budget import EpochBudget
+from optuna_fms._budget import epochs_spent
+from optuna_fms._checkpoint import CheckpointError
+from optuna_fms._checkpoint import load_checkpoint
+from optuna_fms._checkpoint import save_checkpoint
 from optuna_fms._pruner import FMSPruner
+from optuna_fms._resume import resume
 from optuna_fms._sampler import FMSSampler
 
 
 __version__ = "0.1.0"
 
-__all__ = ["FMSPruner", "FMSSampler", "__version__"]
+__all__ = [
+    "CheckpointError",
+    "EpochBudget",
+    "FMSPruner",
+    "FMSSampler",
+    "__version__",
+    "epochs_spent",
+    "load_checkpoint",
+    "resume",
+    "save_checkpoint",
+]

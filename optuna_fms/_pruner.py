@@ -9,6 +9,8 @@ from optuna.trial import TrialState
 
 from optuna_fms import _attrs
 from optuna_fms import _claims
+from optuna_fms._sampler import FMSSampler
+from optuna_fms._surrogate import Forecaster
 
 
 class FMSPruner(BasePruner):
@@ -76,8 +78,6 @@ class FMSPruner(BasePruner):
             raise ValueError("min_steps and interval must be >= 1.")
         if not 0.0 <= tolerance:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}.")
-        from optuna_fms._surrogate import Forecaster
-
         self.max_steps = max_steps
         self._min_steps = min_steps
         self._interval = interval
@@ -85,9 +85,7 @@ class FMSPruner(BasePruner):
         self._tolerance = tolerance
         self._own = Forecaster(seed=seed)
 
-    def _forecaster(self, study: Study):  # type: ignore[no-untyped-def]
-        from optuna_fms._sampler import FMSSampler
-
+    def _forecaster(self, study: Study) -> Forecaster:
         sampler = study.sampler
         return sampler._forecaster if isinstance(sampler, FMSSampler) else self._own
 
@@ -120,11 +118,18 @@ class FMSPruner(BasePruner):
         if math.isnan(value) or ei >= self._tolerance * alternative:
             # A NaN report carries no evidence either way: never pause on it.
             return False
+        self._pause(study, trial)
+        return True
+
+    def _pause(self, study: Study, trial: FrozenTrial) -> None:
+        """Record ``trial`` as paused at its last step, continuable if checkpointed there."""
+        storage = study._storage
+        step = trial.last_step
+        assert step is not None
         paused: dict[str, int] = {"step": step}
         checkpoints = storage.get_trial_user_attrs(trial._trial_id).get(_attrs.CHECKPOINTS, {})
         off = storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
         if str(step) in checkpoints and not off:
-            claims_id = forecaster.claims_id(study)
+            claims_id = self._forecaster(study).claims_id(study)
             paused["claim"] = _claims.open_claim(storage, claims_id, trial, step)
         storage.set_trial_user_attr(trial._trial_id, _attrs.PAUSED, paused)
-        return True

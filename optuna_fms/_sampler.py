@@ -5,7 +5,6 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.artifacts._protocol import ArtifactStore
@@ -18,10 +17,8 @@ from optuna.trial import TrialState
 
 from optuna_fms import _attrs
 from optuna_fms import _claims
-
-
-if TYPE_CHECKING:
-    from optuna_fms._surrogate import Forecaster
+from optuna_fms._surrogate import Forecaster
+from optuna_fms._surrogate._forecaster import Decision
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -105,8 +102,6 @@ class FMSSampler(BaseSampler):
         lr: float = 1e-2,
         warn_independent_sampling: bool = True,
     ) -> None:
-        from optuna_fms._surrogate import Forecaster
-
         self._seed = seed
         self._n_startup_trials = n_startup_trials
         self._max_steps = max_steps
@@ -159,11 +154,9 @@ class FMSSampler(BaseSampler):
         self._independent_sampler.before_trial(study, trial)
         if study._is_multi_objective() or not self._ready(study):
             return
-        forecaster = self._forecaster
-        fit = forecaster.refresh(study, self.max_steps(study), eager=True)
-        if fit is None:
+        decision = self._decide(study)
+        if decision is None:
             return
-        decision = forecaster.propose(study, fit)
         storage = study._storage
         params = decision.fresh
         if decision.claim is not None and decision.paused is not None:
@@ -183,6 +176,11 @@ class FMSSampler(BaseSampler):
         storage.set_trial_system_attr(
             trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(params))
         )
+
+    def _decide(self, study: Study) -> Decision | None:
+        """DyHPO's decision for the next trial, or ``None`` to sample at random."""
+        fit = self._forecaster.refresh(study, self.max_steps(study), eager=True)
+        return None if fit is None else self._forecaster.propose(study, fit)
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.artifacts._protocol import ArtifactStore
+from optuna.trial import Trial
+import torch
+
+from optuna_fms import _attrs
+from optuna_fms._checkpoint import _load_checkpoint_full
+from optuna_fms._checkpoint import _resolve_artifact_store
+
+
+def resume(
+    trial: Trial,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    artifact_store: ArtifactStore | None = None,
+) -> int:
+    """Restore a continued trial from its parent's checkpoint; return the next step to run.
+
+    When :class:`~optuna_fms.FMSSampler` chose ``trial`` to continue a trial that
+    :class:`~optuna_fms.FMSPruner` paused (freeze-thaw), this loads the parent's checkpoint
+    at the step where it was paused into ``model`` (and ``optimizer``, when the checkpoint
+    has its state), copies the parent's learning curve into ``trial`` (so the dashboard and
+    the surrogate see one continuous curve) and returns the step after the pause. For any
+    other trial it does nothing and returns 0, so an objective can always call it.
+
+    Parameters
+    ----------
+    trial:
+        The running trial.
+    model:
+        The freshly built model to restore into.
+    optimizer:
+        Its optimizer, restored too when given.
+    artifact_store:
+        Where the checkpoints live; defaults to the study sampler's ``artifact_store``.
+
+    Returns
+    -------
+    int
+        The first step the objective should run.
+
+    Raises
+    ------
+    optuna_fms.CheckpointError
+        If the parent's checkpoint is missing or unreadable.
+
+    Examples
+    --------
+    >>> import optuna, torch, optuna_fms
+    >>> study = optuna.create_study(sampler=optuna_fms.FMSSampler())
+    >>> trial = study.ask()
+    >>> optuna_fms.resume(trial, torch.nn.Linear(2, 1))
+    0
+    """
+    storage = trial.study._storage
+    parent_ref: dict[str, Any] | None = storage.get_trial_user_attrs(trial._trial_id).get(
+        _attrs.CONTINUES
+    )
+    if parent_ref is None:
+        return 0
+    parent = storage.get_trial(parent_ref["trial_id"])
+    step = int(parent_ref["step"])
+    store = _resolve_artifact_store(trial.study, artifact_store)
+    tensors, optimizer_state, _ = _load_checkpoint_full(
+        parent, step, artifact_store=store, map_location="cpu"
+    )
+    model.load_state_dict(tensors)
+    if optimizer is not None and optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    for s, value in sorted(parent.intermediate_values.items()):
+        if s <= step:
+            trial.report(value, s)
+    storage.set_trial_user_attr(trial._trial_id, _attrs.RESUMED, True)
+    return step + 1

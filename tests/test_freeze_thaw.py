@@ -1,0 +1,209 @@
+"""Pausing, claiming and continuing trials from their checkpoints (freeze-thaw)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+import torch
+import workers
+
+import optuna_fms
+from optuna_fms import _attrs
+from optuna_fms import _claims
+from optuna_fms._surrogate._forecaster import Decision
+
+
+class _PauseTrialZero(optuna_fms.FMSPruner):
+    """Pauses trial 0 at step 3 through the real pause path, and nothing else."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if trial.number == 0 and trial.last_step == 3:
+            self._pause(study, trial)
+            return True
+        return False
+
+
+class _ContinueWhenPossible(optuna_fms.FMSSampler):
+    """Continues any open claim instead of asking the surrogate (the mechanism under test)."""
+
+    def _decide(self, study: optuna.Study) -> Decision | None:
+        claims = _claims.open_claims(study._storage, self._forecaster.claims_id(study))
+        if not claims:
+            return None
+        parent = study._storage.get_trial(claims[0].user_attrs["trial_id"])
+        curve = type("C", (), {"trial": parent})()
+        return Decision(fresh={}, ei=0.0, claim=claims[0], paused=curve)  # type: ignore[arg-type]
+
+
+def _study(tmp_path: Path, sampler_cls=_ContinueWhenPossible, pruner=None) -> optuna.Study:
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    (tmp_path / "artifacts").mkdir(exist_ok=True)
+    return optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'fms.db'}",
+        sampler=sampler_cls(seed=0, artifact_store=store, n_startup_trials=0),
+        pruner=pruner or _PauseTrialZero(max_steps=workers.STEPS),
+    )
+
+
+def test_continued_trial_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=2)
+    paused, continued = study.trials
+    assert paused.state == TrialState.PRUNED
+    assert paused.user_attrs[_attrs.PAUSED]["step"] == 3
+    assert continued.user_attrs[_attrs.CONTINUES] == {
+        "trial": 0,
+        "trial_id": paused._trial_id,
+        "step": 3,
+    }
+    assert continued.params == {"lr": 0.05}
+
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=1)
+    straight = study.trials[-1]
+    assert _attrs.CONTINUES not in straight.user_attrs
+
+    assert continued.intermediate_values == straight.intermediate_values
+    assert continued.value == straight.value
+    store = study.sampler.artifact_store
+    a = optuna_fms.load_checkpoint(continued, workers.STEPS - 1, artifact_store=store)
+    b = optuna_fms.load_checkpoint(straight, workers.STEPS - 1, artifact_store=store)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    # Continuations count only their new epochs.
+    assert optuna_fms.epochs_spent(study.trials) == 4 + 4 + workers.STEPS
+
+
+def test_a_claim_is_taken_once(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=3)
+    continues = [t.user_attrs.get(_attrs.CONTINUES) for t in study.trials]
+    assert continues[1] is not None and continues[2] is None
+
+
+def test_objective_without_resume_turns_continuation_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_resume(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-3, 0.5, log=True)
+        for step in range(workers.STEPS):
+            optuna_fms.save_checkpoint(trial, {"w": torch.ones(2) * step}, step=step)
+            trial.report(float(step), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 1.0
+
+    study = _study(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(no_resume, n_trials=3)
+    assert study.trials[1].user_attrs.get(_attrs.CONTINUES) is not None
+    warnings = [r for r in caplog.records if "never called optuna_fms.resume" in r.message]
+    assert len(warnings) == 1
+    assert study._storage.get_study_system_attrs(study._study_id)[_attrs.CONTINUATION_OFF]
+    assert _attrs.CONTINUES not in study.trials[2].user_attrs
+
+
+def test_pause_without_checkpoint_is_not_continuable(tmp_path: Path) -> None:
+    def no_ckpt(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-3, 0.5, log=True)
+        for step in range(workers.STEPS):
+            trial.report(float(step), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 1.0
+
+    study = _study(tmp_path)
+    study.optimize(no_ckpt, n_trials=2)
+    assert "claim" not in study.trials[0].user_attrs[_attrs.PAUSED]
+    assert _attrs.CONTINUES not in study.trials[1].user_attrs
+
+
+def test_surrogate_decisions_continue_paused_trials(tmp_path: Path) -> None:
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna_fms.FMSSampler(
+            seed=1,
+            n_startup_trials=3,
+            artifact_store=optuna.artifacts.FileSystemArtifactStore(str(store_dir)),
+            n_candidates=64,
+            n_scratch_epochs=100,
+            n_warm_epochs=20,
+        ),
+        pruner=optuna_fms.FMSPruner(max_steps=workers.STEPS, n_startup_trials=3, tolerance=1.0),
+    )
+    study.optimize(workers.curve_objective, n_trials=25)
+    children = [t for t in study.trials if _attrs.CONTINUES in t.user_attrs]
+    assert children, "no paused trial was ever continued"
+    parents = [c.user_attrs[_attrs.CONTINUES]["trial"] for c in children]
+    assert len(parents) == len(set(parents))
+    for child in children:
+        parent = study.trials[child.user_attrs[_attrs.CONTINUES]["trial"]]
+        assert child.user_attrs[_attrs.RESUMED]
+        assert child.params == parent.params
+        for step, value in parent.intermediate_values.items():
+            assert child.intermediate_values[step] == value
+
+
+def test_parallel_workers_never_continue_a_trial_twice(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fms.db'}"
+    optuna.create_study(study_name="par", storage=url, direction="maximize")
+    (tmp_path / "artifacts").mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=workers.run_worker,
+            args=(url, "par", str(tmp_path / "artifacts"), 8, seed),
+        )
+        for seed in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        assert p.exitcode == 0
+    study = optuna.load_study(study_name="par", storage=url)
+    assert len(study.trials) == 32
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    parents = [
+        t.user_attrs[_attrs.CONTINUES]["trial"]
+        for t in study.trials
+        if _attrs.CONTINUES in t.user_attrs
+    ]
+    assert len(parents) == len(set(parents))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_claims_are_atomic_across_processes(tmp_path: Path, kind: str) -> None:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'claims.db'}"
+    else:
+        url = f"journal:{tmp_path / 'claims.log'}"
+    study = optuna.create_study(study_name="race", storage=workers.make_storage(url))
+    study.ask()
+    storage = study._storage
+    claims_id = _claims.claims_study_id(storage, study._study_id)
+    parent = storage.get_all_trials(study._study_id)[0]
+    claim_ids = [_claims.open_claim(storage, claims_id, parent, 0) for _ in range(40)]
+    ctx = multiprocessing.get_context("spawn")
+    outs = [str(tmp_path / f"won{i}.txt") for i in range(4)]
+    procs = [
+        ctx.Process(target=workers.race_for_claims, args=(url, study._study_id, claim_ids, o))
+        for o in outs
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    won = [int(c) for o in outs for c in Path(o).read_text().split(",") if c]
+    assert sorted(won) == sorted(claim_ids)

@@ -1,0 +1,108 @@
+"""Objectives and worker entry points that the freeze-thaw tests run, also in subprocesses."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import torch
+
+import optuna_fms
+
+
+STEPS = 8
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
+    return x, y
+
+
+def train_objective(trial: optuna.Trial) -> float:
+    """Deterministic CPU training with momentum SGD, checkpointing every epoch."""
+    lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    start = optuna_fms.resume(trial, model, opt)
+    x, y = _data()
+    loss = math.nan
+    for epoch in range(start, STEPS):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
+        for batch in order.split(16):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x[batch]), y[batch]).backward()
+            opt.step()
+        with torch.no_grad():
+            loss = torch.nn.functional.mse_loss(model(x), y).item()
+        optuna_fms.save_checkpoint(trial, model, step=epoch, optimizer=opt)
+        trial.report(loss, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return loss
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
+
+
+def curve_objective(trial: optuna.Trial) -> float:
+    """Cheap synthetic curves with a tiny checkpoint per step; resumes when continued."""
+    q = trial.suggest_float("q", 0.0, 1.0)
+    holder = _Holder()
+    start = optuna_fms.resume(trial, holder)
+    value = 0.0
+    for step in range(start, STEPS):
+        value = q * (1 - math.exp(-0.5 * (step + 1)))
+        with torch.no_grad():
+            holder.w += 1.0
+        # The weights count the epochs trained, so a continuation must carry them on.
+        assert holder.w[0].item() == step + 1
+        optuna_fms.save_checkpoint(trial, holder, step=step)
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return value
+
+
+def run_worker(storage_url: str, study_name: str, artifact_dir: str, n_trials: int, seed: int):
+    """One process of the parallel freeze-thaw test."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = optuna.artifacts.FileSystemArtifactStore(artifact_dir)
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage_url,
+        sampler=optuna_fms.FMSSampler(
+            seed=seed,
+            n_startup_trials=3,
+            artifact_store=store,
+            n_candidates=64,
+            n_scratch_epochs=60,
+            n_warm_epochs=10,
+        ),
+        pruner=optuna_fms.FMSPruner(max_steps=STEPS, n_startup_trials=3, tolerance=1.0),
+    )
+    study.optimize(curve_objective, n_trials=n_trials)
+
+
+def make_storage(spec: str) -> optuna.storages.BaseStorage:
+    """An RDB storage from a URL, or a journal file storage from ``journal:<path>``."""
+    if spec.startswith("journal:"):
+        backend = optuna.storages.journal.JournalFileBackend(spec[len("journal:") :])
+        return optuna.storages.JournalStorage(backend)
+    return optuna.storages.RDBStorage(spec)
+
+
+def race_for_claims(storage_url: str, study_id: int, claim_ids: list[int], out: str) -> None:
+    """Try to take every claim; write the ids this process won."""
+    from optuna_fms import _claims
+
+    storage = make_storage(storage_url)
+    me = storage.get_all_trials(study_id)[0]
+    won = [c for c in claim_ids if _claims.take_claim(storage, c, me)]
+    with open(out, "w") as f:
+        f.write(",".join(map(str, won)))
