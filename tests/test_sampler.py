@@ -1,0 +1,190 @@
+"""FMSSampler behaviour beyond Optuna's contract suite."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+import pickle
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+from synthetic import make_objective
+import workers
+
+from optuna_fms import FMSPruner
+from optuna_fms import FMSSampler
+from optuna_fms._surrogate import SurrogateFitError
+from optuna_fms._surrogate._surrogate import Surrogate
+
+
+def _sampler(seed: int | None = 0, **kwargs) -> FMSSampler:
+    kwargs = {
+        "n_startup_trials": 4,
+        "n_candidates": 64,
+        "n_scratch_epochs": 60,
+        "n_warm_epochs": 10,
+        **kwargs,
+    }
+    return FMSSampler(seed=seed, **kwargs)
+
+
+def _run(sampler: FMSSampler, n_trials: int = 8, storage=None, pruner=None) -> optuna.Study:
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner or FMSPruner(max_steps=20, n_startup_trials=4),
+        storage=storage,
+    )
+    study.optimize(make_objective([]), n_trials=n_trials)
+    return study
+
+
+def test_seed_makes_runs_reproducible() -> None:
+    a = _run(_sampler(seed=3))
+    b = _run(_sampler(seed=3))
+    c = _run(_sampler(seed=4))
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert [t.state for t in a.trials] == [t.state for t in b.trials]
+    assert [t.params for t in a.trials] != [t.params for t in c.trials]
+
+
+def test_reseed_rng_changes_the_stream() -> None:
+    sampler = _sampler(seed=3)
+    a = _run(sampler, n_trials=3)
+    sampler.reseed_rng()
+    b = _run(sampler, n_trials=3)
+    assert [t.params for t in a.trials] != [t.params for t in b.trials]
+
+
+def test_pickles_and_keeps_working_after_unpickling() -> None:
+    sampler = _sampler()
+    study = _run(sampler, n_trials=6)
+    clone = pickle.loads(pickle.dumps(sampler))
+    study.sampler = clone
+    study.optimize(make_objective([]), n_trials=2)
+    assert len(study.trials) == 8
+    assert all(t.state != TrialState.FAIL for t in study.trials)
+
+
+def test_minimize_and_maximize_both_improve() -> None:
+    for direction, sign in [("maximize", 1.0), ("minimize", -1.0)]:
+        study = optuna.create_study(direction=direction, sampler=_sampler(n_startup_trials=5))
+        study.optimize(lambda t: sign * -((t.suggest_float("x", -5, 5) - 2.0) ** 2), 20)
+        assert abs(study.best_params["x"] - 2.0) < 0.5
+
+
+def test_multi_objective_is_refused_with_a_clear_message() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=_sampler())
+    with pytest.raises(ValueError, match="single-objective"):
+        study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=1)
+
+
+def test_works_under_hyperband_restricted_study() -> None:
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=20, reduction_factor=3)
+    study = _run(_sampler(), n_trials=12, pruner=pruner)
+    assert len(study.trials) == 12
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def test_conditional_parameters_fall_back_to_independent_sampling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        kind = trial.suggest_categorical("kind", ["a", "b"])
+        x = trial.suggest_float("x", -1, 1)
+        if kind == "a":
+            x += trial.suggest_int("n", 1, 9, step=2)
+        else:
+            x += trial.suggest_float("w", 1e-3, 1.0, log=True)
+        return x
+
+    study = optuna.create_study(sampler=_sampler())
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(objective, n_trials=14)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    for t in study.trials:
+        assert ("n" in t.params) == (t.params["kind"] == "a")
+    messages = [r.message for r in caplog.records if "not in every trial" in r.message]
+    assert 1 <= len(messages) <= 2  # once per conditional parameter, not per trial
+
+
+def test_all_distribution_kinds_stay_in_range() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        a = trial.suggest_float("a", 1e-5, 1.0, log=True)
+        b = trial.suggest_float("b", -2.0, 2.0, step=0.25)
+        c = trial.suggest_int("c", 1, 64, log=True)
+        d = trial.suggest_int("d", 0, 10, step=5)
+        e = trial.suggest_categorical("e", [None, 1, "two", 3.0])
+        assert b in [x * 0.25 - 2 for x in range(17)] and d in (0, 5, 10)
+        return a + b + c + d + (1 if e is None else 0)
+
+    study = optuna.create_study(sampler=_sampler())
+    study.optimize(objective, n_trials=10)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_fit_failures_fall_back_to_random_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_fit(self, layout, rows, y) -> None:
+        raise SurrogateFitError("Cholesky failed")
+
+    monkeypatch.setattr(Surrogate, "fit", broken_fit)
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study = _run(_sampler(), n_trials=10)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    failures = [r for r in caplog.records if "surrogate fit failed" in r.message]
+    assert len(failures) == 1
+
+
+def test_cholesky_trouble_recovers_with_jitter_or_restart() -> None:
+    import numpy as np
+
+    from optuna_fms._surrogate._model import RowLayout
+
+    layout = RowLayout(x_dim=1, curve_len=0)
+    rows = np.zeros((30, layout.width))  # Thirty identical rows: a singular kernel matrix.
+    surrogate = Surrogate(seed=0, n_scratch_epochs=20)
+    surrogate.fit(layout, rows, np.linspace(-1, 1, 30))
+    mean, std = surrogate.predict(rows[:2])
+    assert np.isfinite(mean).all() and np.isfinite(std).all()
+
+
+def test_sampler_and_pruner_share_one_surrogate() -> None:
+    sampler = _sampler()
+    pruner = FMSPruner(max_steps=20, n_startup_trials=4)
+    _run(sampler, n_trials=10, pruner=pruner)
+    assert sampler._forecaster._surrogate._n_fits > 0
+    assert pruner._own._surrogate._n_fits == 0
+
+
+def test_pruner_alone_fits_its_own_surrogate() -> None:
+    pruner = FMSPruner(max_steps=20, n_startup_trials=4)
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=0), pruner=pruner
+    )
+    study.optimize(make_objective([]), n_trials=10)
+    assert pruner._own._surrogate._n_fits > 0
+
+
+def _storages(tmp_path: Path) -> list[object]:
+    out: list[object] = [
+        None,
+        f"sqlite:///{tmp_path / 'fms.db'}",
+        workers.make_storage(f"journal:{tmp_path / 'fms.log'}"),
+    ]
+    url = os.environ.get("OPTUNA_FMS_POSTGRES_URL")
+    if url:
+        out.append(url)
+    elif os.environ.get("CI"):
+        pytest.fail("CI must provide OPTUNA_FMS_POSTGRES_URL (scripts/_postgres.sh)")
+    return out
+
+
+def test_runs_on_every_storage(tmp_path: Path) -> None:
+    for storage in _storages(tmp_path):
+        study = _run(_sampler(), n_trials=7, storage=storage)
+        assert len(study.trials) == 7, storage
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
