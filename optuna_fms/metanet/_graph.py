@@ -39,7 +39,7 @@ EDGE_FEATURES = (
     "kpos_2",
 )
 
-DEFAULT_MAX_EDGES_PER_LAYER = 4096
+DEFAULT_MAX_EDGES_PER_LAYER = 1024
 
 _N_INPUT, _N_HIDDEN, _N_OUTPUT, _N_BIAS, _N_GAMMA, _N_BETA = range(len(NODE_TYPES))
 _E = {name: i for i, name in enumerate(EDGE_TYPES)}

@@ -309,3 +309,31 @@ def test_embedding_is_a_layer_from_token_nodes() -> None:
     src, dst = g.edge_index[:, emb]
     w = net.emb.weight.detach()
     assert torch.equal(g.edge_attr[emb, _col("value")], w[src, dst - 10])
+
+
+def test_hash_subsample_across_chunks_is_exact_and_permutation_invariant() -> None:
+    from optuna_fms.metanet._graph import _HASH_CHUNK
+    from optuna_fms.metanet._graph import _hash_subsample
+    from optuna_fms.metanet._graph import _hash_values
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(_HASH_CHUNK + 12345, generator=g)
+    k = 1000
+    sel = _hash_subsample(flat, k)
+    assert sel is not None and sel.numel() == k - 1
+    keys = _hash_values(flat)
+    brute = torch.nonzero(keys < torch.kthvalue(keys, k).values).reshape(-1)
+    assert torch.equal(sel, brute)
+    perm = torch.randperm(flat.numel(), generator=g)
+    sel_p = _hash_subsample(flat[perm], k)
+    assert sel_p is not None
+    assert torch.equal(torch.sort(flat[sel]).values, torch.sort(flat[perm][sel_p]).values)
+    # Heavily tied values (pre-filter falls short): still invariant and bounded.
+    tied = torch.randint(0, 30, (50_000,), generator=g).float()
+    sel = _hash_subsample(tied, k)
+    sel_p = _hash_subsample(tied[perm[perm < 50_000]], k)
+    assert sel is not None and sel_p is not None and sel.numel() < k
+    assert torch.equal(
+        torch.sort(tied[sel]).values, torch.sort(tied[perm[perm < 50_000]][sel_p]).values
+    )
+    assert _hash_subsample(flat[:k], k) is None
