@@ -59,15 +59,17 @@ class CheckpointError(Exception):
 
     The message names the trial number, the step and the artifact id.
 
-    Example:
-        .. code-block:: python
-
-            import optuna_fms
-
-            try:
-                optuna_fms.load_checkpoint(trial, step=3)
-            except optuna_fms.CheckpointError as e:
-                print(e)  # "trial 0, step 3, artifact 3f2c...: ..."
+    Examples
+    --------
+    >>> import optuna
+    >>> from optuna_fms import CheckpointError, load_checkpoint
+    >>> store = optuna.artifacts.FileSystemArtifactStore(".")
+    >>> trial = optuna.create_study().ask()
+    >>> try:
+    ...     load_checkpoint(trial, artifact_store=store)
+    ... except CheckpointError as e:
+    ...     print(e)  # doctest: +ELLIPSIS
+    trial 0, step None, artifact None: the trial has no checkpoint ...
     """
 
 
@@ -363,55 +365,64 @@ def save_checkpoint(
     """Save the weights (and optimizer state) of ``trial`` at ``step`` as an Optuna artifact.
 
     The tensors are written to a temporary safetensors file, uploaded with
-    :func:`optuna.artifacts.upload_artifact` and the temporary file is deleted; the artifact
-    id is recorded in the trial's user attribute ``fms:checkpoints`` (``{str(step): id}``).
-    Peak extra memory is at most about one copy of the tensors (none for contiguous CPU
-    tensors; a CPU copy for GPU tensors; a copy of each non-contiguous tensor).
+    :func:`optuna.artifacts.upload_artifact` and the temporary file is deleted (with a local
+    :class:`~optuna.artifacts.FileSystemArtifactStore` it is renamed into the store instead:
+    one write, atomic). The artifact id is recorded in the trial's user attribute
+    ``fms:checkpoints`` (``{str(step): artifact_id}``). Peak extra memory is at most about one
+    copy of the tensors (none for contiguous CPU tensors; a CPU copy for GPU tensors; a copy of
+    each non-contiguous tensor).
 
-    Args:
-        trial:
-            The running trial.
-        model_or_state_dict:
-            A :class:`torch.nn.Module` (its ``state_dict()`` is saved, plus its ``structure``
-            for the metanetwork) or a mapping from names to tensors. Shared (e.g. tied) and
-            non-contiguous tensors are supported.
-        step:
-            The step (usually the 0-based epoch just finished), as given to ``trial.report``.
-            Saving the same step again replaces the earlier checkpoint.
-        optimizer:
-            Optional optimizer (anything with ``state_dict()``) or an optimizer state dict.
-            Its tensors go into the same file under the ``__fms_optimizer__/`` prefix, the
-            rest (``param_groups`` etc.) as JSON in the header.
-        artifact_store:
-            Where to upload. Default: ``trial.study.sampler.artifact_store`` (set by
-            :class:`~optuna_fms.FMSSampler`); :class:`ValueError` if neither is available.
-        keep_last:
-            Keep the checkpoints of the ``keep_last`` largest steps; ``None`` keeps all.
-        keep_every:
-            Also keep the checkpoints of steps divisible by ``keep_every``.
+    Parameters
+    ----------
+    trial:
+        The running trial.
+    model_or_state_dict:
+        A :class:`torch.nn.Module` (its ``state_dict()`` is saved, plus its ``structure`` for
+        the metanetwork) or a mapping from names to tensors. Shared (e.g. tied) and
+        non-contiguous tensors are supported.
+    step:
+        The step (usually the 0-based epoch just finished), as given to ``trial.report``.
+        Saving the same step again replaces the earlier checkpoint.
+    optimizer:
+        Optional optimizer (anything with ``state_dict()``) or an optimizer state dict. Its
+        tensors go into the same file under the ``__fms_optimizer__/`` prefix, the rest
+        (``param_groups`` etc.) as JSON in the header.
+    artifact_store:
+        Where to upload. Default: ``trial.study.sampler.artifact_store`` (set by
+        :class:`~optuna_fms.FMSSampler`); :class:`ValueError` if neither is available.
+    keep_last:
+        Keep the checkpoints of the ``keep_last`` largest steps; ``None`` keeps all.
+    keep_every:
+        Also keep the checkpoints of steps divisible by ``keep_every``.
 
-            Retention never deletes the newest checkpoint (largest step) nor the one just
-            saved. Superseded files are removed with the store's ``remove`` and dropped from
-            ``fms:checkpoints``.
-
-    Returns:
+    Returns
+    -------
+    str
         The artifact id of the new checkpoint.
 
-    Example:
-        .. code-block:: python
+    Notes
+    -----
+    Retention never deletes the newest checkpoint (largest step) nor the one just saved.
+    Superseded files are removed with the store's ``remove``, dropped from
+    ``fms:checkpoints`` first, and their ``artifacts:<id>`` record is set to JSON null the way
+    optuna-dashboard deletes an artifact.
 
-            import optuna
-            import torch
-            import optuna_fms
-
-            store = optuna.artifacts.FileSystemArtifactStore("artifacts")
-            study = optuna.create_study()
-            trial = study.ask()
-            model = torch.nn.Linear(3, 1)
-            opt = torch.optim.Adam(model.parameters())
-            artifact_id = optuna_fms.save_checkpoint(
-                trial, model, step=0, optimizer=opt, artifact_store=store
-            )
+    Examples
+    --------
+    >>> import tempfile
+    >>> import optuna
+    >>> import torch
+    >>> import optuna_fms
+    >>> store = optuna.artifacts.FileSystemArtifactStore(tempfile.mkdtemp())
+    >>> trial = optuna.create_study().ask()
+    >>> model = torch.nn.Linear(3, 1)
+    >>> opt = torch.optim.Adam(model.parameters())
+    >>> for epoch in range(3):
+    ...     artifact_id = optuna_fms.save_checkpoint(
+    ...         trial, model, step=epoch, optimizer=opt, artifact_store=store
+    ...     )
+    >>> sorted(trial.user_attrs["fms:checkpoints"])  # keep_last=2
+    ['1', '2']
     """
     import torch
 
@@ -609,40 +620,51 @@ def load_checkpoint(
 ) -> dict[str, torch.Tensor]:
     """Load the model tensors a trial saved with :func:`save_checkpoint`.
 
-    Args:
-        trial_or_frozen_trial:
-            A :class:`~optuna.trial.Trial` or a :class:`~optuna.trial.FrozenTrial` (for
-            example from ``study.trials``). A FrozenTrial has no study, so ``artifact_store``
-            must then be given; its ``fms:checkpoints`` map is the one of the snapshot.
-        step:
-            The step to load; ``None`` loads the latest (largest) step.
-        artifact_store:
-            The store to read from; default as in :func:`save_checkpoint`.
-        map_location:
-            Device the tensors are loaded to.
+    Parameters
+    ----------
+    trial_or_frozen_trial:
+        A :class:`~optuna.trial.Trial` or a :class:`~optuna.trial.FrozenTrial` (for example
+        from ``study.trials``). A FrozenTrial has no study, so ``artifact_store`` must then be
+        given; its ``fms:checkpoints`` map is the one of the snapshot.
+    step:
+        The step to load; ``None`` loads the latest (largest) step.
+    artifact_store:
+        The store to read from; default as in :func:`save_checkpoint`.
+    map_location:
+        Device the tensors are loaded to.
 
-    Returns:
-        ``{name: tensor}``, ready for ``model.load_state_dict``. Tied tensors come back as
-        one tensor under each name.
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        ``{name: tensor}``, ready for ``model.load_state_dict``. Tied tensors come back as one
+        tensor under each name.
 
-    Raises:
-        CheckpointError: no checkpoint at ``step``, or the artifact is missing, truncated,
-            corrupt or not a safetensors checkpoint of this library. The message names the
-            trial number, the step and the artifact id. Nothing is ever unpickled.
+    Raises
+    ------
+    CheckpointError
+        No checkpoint at ``step``, or the artifact is missing, truncated, corrupt or not a
+        safetensors checkpoint of this library. The message names the trial number, the step
+        and the artifact id. Nothing is ever unpickled.
 
-    Example:
-        .. code-block:: python
-
-            import optuna
-            import torch
-            import optuna_fms
-
-            store = optuna.artifacts.FileSystemArtifactStore("artifacts")
-            study = optuna.create_study()
-            trial = study.ask()
-            model = torch.nn.Linear(3, 1)
-            optuna_fms.save_checkpoint(trial, model, step=0, artifact_store=store)
-            model.load_state_dict(optuna_fms.load_checkpoint(trial, artifact_store=store))
+    Examples
+    --------
+    >>> import tempfile
+    >>> import optuna
+    >>> import torch
+    >>> import optuna_fms
+    >>> store = optuna.artifacts.FileSystemArtifactStore(tempfile.mkdtemp())
+    >>> study = optuna.create_study()
+    >>> trial = study.ask()
+    >>> model = torch.nn.Linear(3, 1)
+    >>> _ = optuna_fms.save_checkpoint(trial, model, step=0, artifact_store=store)
+    >>> fresh = torch.nn.Linear(3, 1)
+    >>> fresh.load_state_dict(optuna_fms.load_checkpoint(trial, artifact_store=store))
+    <All keys matched successfully>
+    >>> study.tell(trial, 1.0)  # doctest: +ELLIPSIS
+    FrozenTrial(...)
+    >>> tensors = optuna_fms.load_checkpoint(study.trials[0], step=0, artifact_store=store)
+    >>> torch.equal(tensors["weight"], model.weight.detach())
+    True
     """
     model, _, _ = _load_checkpoint_full(
         trial_or_frozen_trial, step, artifact_store=artifact_store, map_location=map_location

@@ -122,6 +122,12 @@ def test_reports_and_checkpoints_each_epoch(tmp_path: Path) -> None:
     assert opt_state["param_groups"][0]["lr"] == trained_opt["param_groups"][0]["lr"]
     assert torch.equal(opt_state["state"][0]["exp_avg"], trained_opt["state"][0]["exp_avg"])
 
+    # An evaluation after training (the trial is finished) is ignored by the callback.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        seen["trainer"].evaluate()
+    assert study.trials[0].user_attrs == trial.user_attrs
+
 
 def test_pruning_stops_training(tmp_path: Path) -> None:
     study, store, seen = _run(tmp_path, _PruneFrom(1))

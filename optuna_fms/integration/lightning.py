@@ -44,40 +44,64 @@ class FMSCallback(Callback):
 
     The checkpoint is saved before the pruner is asked, so a paused trial always has the
     checkpoint it would resume from. Use one validation per epoch (the default
-    ``val_check_interval``): a second report at the same step is ignored by Optuna.
+    ``val_check_interval``): a second report at the same step is ignored by Optuna. Only the
+    global rank zero reports and saves; multi-process (DDP) training is not tested.
 
-    Args:
-        trial:
-            The running trial.
-        monitor:
-            The logged metric to report, e.g. ``"val_acc"`` (``self.log("val_acc", ...)``).
-        save_checkpoints:
-            Save a checkpoint at each validation end.
-        save_optimizer:
-            Include the optimizer's state (one optimizer: its state dict; several:
-            ``{"optimizers": [state dict, ...]}``).
-        artifact_store, keep_last, keep_every:
-            Passed to :func:`optuna_fms.save_checkpoint`.
-        step_offset:
-            Added to ``trainer.current_epoch``; set it to the step returned by
-            :func:`optuna_fms.resume` when a trial continues a paused one, so that steps
-            continue where the paused trial stopped.
+    Parameters
+    ----------
+    trial:
+        The running trial.
+    monitor:
+        The logged metric to report, e.g. ``"val_acc"`` (``self.log("val_acc", ...)``).
+    save_checkpoints:
+        Save a checkpoint at each validation end.
+    save_optimizer:
+        Include the optimizer's state (one optimizer: its state dict; several:
+        ``{"optimizers": [state dict, ...]}``).
+    artifact_store, keep_last, keep_every:
+        Passed to :func:`optuna_fms.save_checkpoint`.
+    step_offset:
+        Added to ``trainer.current_epoch``; set it to the step returned by
+        :func:`optuna_fms.resume` when a trial continues a paused one, so that steps continue
+        where the paused trial stopped.
 
-    Only the global rank zero reports and saves; multi-process (DDP) training is not tested.
-
-    Example:
-        .. code-block:: python
-
-            import lightning.pytorch as pl
-            import optuna
-            from optuna_fms.integration.lightning import FMSCallback
-
-
-            def objective(trial):
-                model = MyLightningModule(lr=trial.suggest_float("lr", 1e-4, 1e-1, log=True))
-                trainer = pl.Trainer(max_epochs=30, callbacks=[FMSCallback(trial, "val_acc")])
-                trainer.fit(model, datamodule=data)  # raises optuna.TrialPruned when pruned
-                return trainer.callback_metrics["val_acc"].item()
+    Examples
+    --------
+    >>> import tempfile
+    >>> import lightning.pytorch as pl
+    >>> import optuna
+    >>> import torch
+    >>> from optuna_fms.integration.lightning import FMSCallback
+    >>> class Net(pl.LightningModule):
+    ...     def __init__(self, lr):
+    ...         super().__init__()
+    ...         self.lr = lr
+    ...         self.layer = torch.nn.Linear(4, 2)
+    ...     def training_step(self, batch, batch_idx):
+    ...         x, y = batch
+    ...         return torch.nn.functional.cross_entropy(self.layer(x), y)
+    ...     def validation_step(self, batch, batch_idx):
+    ...         x, y = batch
+    ...         self.log("val_acc", (self.layer(x).argmax(1) == y).float().mean())
+    ...     def configure_optimizers(self):
+    ...         return torch.optim.SGD(self.parameters(), lr=self.lr)
+    >>> data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    >>> loader = torch.utils.data.DataLoader(data, batch_size=8)
+    >>> store = optuna.artifacts.FileSystemArtifactStore(tempfile.mkdtemp())
+    >>> def objective(trial):
+    ...     model = Net(lr=trial.suggest_float("lr", 1e-3, 1e-1, log=True))
+    ...     callback = FMSCallback(trial, "val_acc", artifact_store=store)
+    ...     trainer = pl.Trainer(
+    ...         max_epochs=2, logger=False, enable_checkpointing=False,
+    ...         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+    ...     )
+    ...     trainer.fit(model, loader, loader)  # raises optuna.TrialPruned when pruned
+    ...     return trainer.callback_metrics["val_acc"].item()
+    >>> study = optuna.create_study(direction="maximize")
+    >>> study.optimize(objective, n_trials=1)
+    >>> trial = study.trials[0]
+    >>> sorted(trial.intermediate_values), sorted(trial.user_attrs["fms:checkpoints"])
+    ([0, 1], ['0', '1'])
     """
 
     def __init__(

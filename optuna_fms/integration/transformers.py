@@ -61,46 +61,62 @@ class FMSTrainerCallback(TrainerCallback):
     evaluation belongs to (use ``eval_strategy="epoch"``: then 0 after the first epoch, like a
     hand-written ``for epoch in range(n)`` loop); with ``step="global_step"``,
     ``state.global_step`` (optimizer steps so far; for ``eval_strategy="steps"``). Either way
-    ``step_offset`` is added.
+    ``step_offset`` is added. Evaluations outside ``trainer.train()`` (such as a final
+    ``trainer.evaluate()``) are ignored: they would repeat the last step.
 
-    Args:
-        trial:
-            The running trial.
-        metric:
-            Key of the metric in the evaluation's ``metrics``, e.g. ``"eval_accuracy"`` (the
-            Trainer prefixes ``compute_metrics``' keys with ``eval_``).
-        step:
-            ``"epoch"`` or ``"global_step"``, as above.
-        save_checkpoints:
-            Save a checkpoint at each evaluation.
-        save_optimizer:
-            Include the Trainer's optimizer state in the checkpoint.
-        artifact_store, keep_last, keep_every:
-            Passed to :func:`optuna_fms.save_checkpoint`.
-        step_offset:
-            Added to the step; the step returned by :func:`optuna_fms.resume` when the trial
-            continues a paused one.
+    Parameters
+    ----------
+    trial:
+        The running trial.
+    metric:
+        Key of the metric in the evaluation's ``metrics``, e.g. ``"eval_accuracy"`` (the
+        Trainer prefixes ``compute_metrics``' keys with ``eval_``).
+    step:
+        ``"epoch"`` or ``"global_step"``, as above.
+    save_checkpoints:
+        Save a checkpoint at each evaluation.
+    save_optimizer:
+        Include the Trainer's optimizer state in the checkpoint.
+    artifact_store, keep_last, keep_every:
+        Passed to :func:`optuna_fms.save_checkpoint`.
+    step_offset:
+        Added to the step; the step returned by :func:`optuna_fms.resume` when the trial
+        continues a paused one.
 
-    Example:
-        .. code-block:: python
-
-            from transformers import Trainer, TrainingArguments
-            from optuna_fms.integration.transformers import FMSTrainerCallback
-
-
-            def objective(trial):
-                args = TrainingArguments(
-                    "out",
-                    learning_rate=trial.suggest_float("lr", 1e-5, 1e-3, log=True),
-                    num_train_epochs=10,
-                    eval_strategy="epoch",
-                    save_strategy="no",
-                )
-                callback = FMSTrainerCallback(trial, metric="eval_accuracy")
-                trainer = Trainer(model=build_model(), args=args, callbacks=[callback], ...)
-                trainer.train()
-                callback.check_pruned()  # raises optuna.TrialPruned if the trial was pruned
-                return trainer.evaluate()["eval_accuracy"]
+    Examples
+    --------
+    >>> import contextlib, io, tempfile
+    >>> import optuna
+    >>> import torch
+    >>> import transformers
+    >>> from optuna_fms.integration.transformers import FMSTrainerCallback
+    >>> config = transformers.BertConfig(
+    ...     vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    ...     intermediate_size=32, max_position_embeddings=16,
+    ... )
+    >>> ids = torch.randint(1, 50, (16, 8))
+    >>> data = [{"input_ids": x, "labels": int(x[0] > 25)} for x in ids]
+    >>> store = optuna.artifacts.FileSystemArtifactStore(tempfile.mkdtemp())
+    >>> def objective(trial):
+    ...     args = transformers.TrainingArguments(
+    ...         output_dir=tempfile.mkdtemp(), num_train_epochs=2, eval_strategy="epoch",
+    ...         save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+    ...         learning_rate=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+    ...     )
+    ...     callback = FMSTrainerCallback(trial, metric="eval_loss", artifact_store=store)
+    ...     trainer = transformers.Trainer(
+    ...         model=transformers.BertForSequenceClassification(config), args=args,
+    ...         train_dataset=data, eval_dataset=data, callbacks=[callback],
+    ...     )
+    ...     trainer.train()
+    ...     callback.check_pruned()  # raises optuna.TrialPruned if the trial was pruned
+    ...     return trainer.evaluate()["eval_loss"]
+    >>> study = optuna.create_study()
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its metrics
+    ...     study.optimize(objective, n_trials=1)
+    >>> trial = study.trials[0]
+    >>> sorted(trial.intermediate_values), sorted(trial.user_attrs["fms:checkpoints"])
+    ([0, 1], ['0', '1'])
     """
 
     def __init__(
@@ -129,6 +145,17 @@ class FMSTrainerCallback(TrainerCallback):
         self.step_offset = step_offset
         self.pruned_step: int | None = None
         """The step at which the trial was pruned, or ``None``."""
+        self._training = False
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._training = True
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._training = False
 
     def _current_step(self, state: TrainerState) -> int:
         if self.step == "global_step":
@@ -145,8 +172,8 @@ class FMSTrainerCallback(TrainerCallback):
         optimizer: Any = None,
         **kwargs: Any,
     ) -> TrainerControl:
-        if not state.is_world_process_zero:
-            return control
+        if not self._training or not state.is_world_process_zero:
+            return control  # e.g. trainer.evaluate() after training: already reported.
         step = self._current_step(state)
         value = (metrics or {}).get(self.metric)
         if value is None:
@@ -178,11 +205,17 @@ class FMSTrainerCallback(TrainerCallback):
 
         Call it right after ``trainer.train()`` in the objective.
 
-        Example:
-            .. code-block:: python
-
-                trainer.train()
-                callback.check_pruned()
+        Examples
+        --------
+        >>> import optuna
+        >>> from optuna_fms.integration.transformers import FMSTrainerCallback
+        >>> callback = FMSTrainerCallback(optuna.create_study().ask())
+        >>> callback.check_pruned()  # not pruned: nothing happens
+        >>> callback.pruned_step = 3
+        >>> callback.check_pruned()
+        Traceback (most recent call last):
+        ...
+        optuna.exceptions.TrialPruned: Trial was pruned at step 3.
         """
         if self.pruned_step is not None:
             raise optuna.TrialPruned(f"Trial was pruned at step {self.pruned_step}.")
