@@ -3,7 +3,9 @@
 Prints a markdown table: for MLP- and CNN-shaped state dicts of 10k to 100M parameters, the
 time to build the parameter graph (default per-layer edge bound), one GMN forward pass
 (``GraphMetanetwork()``, hidden 32, 4 layers, including the PyG conversion), the weight
-statistics, and the peak extra resident memory (RSS) during featurisation.
+statistics, and the peak extra resident memory (RSS) during featurisation. A second table
+gives the cost of one GMN training step (forward + backward) on a batch of 32 small graphs,
+for several edge bounds, which is what a surrogate refit pays per epoch.
 
 Each size runs in a fresh subprocess. Memory is the peak of the process RSS, sampled every
 millisecond by a background thread while featurising, minus the RSS just before (the state
@@ -112,13 +114,45 @@ def _child(shape: str, n: int, threads: int) -> dict[str, float]:
     }
 
 
+def _train_child(threads: int) -> dict[str, float]:
+    """Forward + backward of a batch of 32 digits-MLP (64-128-128-10) graphs, per bound."""
+    torch.set_num_threads(threads)
+    from optuna_fms.metanet import GraphMetanetwork
+    from optuna_fms.metanet import build_graph
+
+    torch.manual_seed(0)
+    nets = [
+        torch.nn.Sequential(
+            torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
+            torch.nn.ReLU(), torch.nn.Linear(128, 10),
+        )
+        for _ in range(32)
+    ]  # fmt: skip
+    out: dict[str, float] = {}
+    for bound in (256, 1024, None):
+        graphs = [build_graph(n.state_dict(), max_edges_per_layer=bound) for n in nets]
+        gmn = GraphMetanetwork()
+        gmn(graphs).sum().backward()  # conversion and batching happen once, here
+        t0 = time.perf_counter()
+        for _ in range(5):
+            gmn.zero_grad()
+            gmn(graphs).sum().backward()
+        out[str(bound)] = (time.perf_counter() - t0) / 5
+        out[f"{bound}_edges"] = graphs[0].num_edges
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-params", type=float, default=1e8)
     parser.add_argument("--shapes", default="mlp,cnn")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.train_child:
+        print(json.dumps(_train_child(args.threads)))
+        return
     if args.child:
         print(json.dumps(_child(args.child[0], int(args.child[1]), args.threads)))
         return
@@ -154,6 +188,20 @@ def main() -> None:
                 f"| {r['peak_mb']:.0f} |",
                 flush=True,
             )
+    out = subprocess.run(
+        [sys.executable, __file__, "--train-child", "--threads", str(args.threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print()
+    print("GMN forward + backward, batch of 32 digits-MLP graphs (64-128-128-10, 26,122 params):")
+    print()
+    print("| max_edges_per_layer | edges per graph | seconds per step |")
+    print("|---|---:|---:|")
+    for bound in ("256", "1024", "None"):
+        print(f"| {bound} | {r[bound + '_edges']:,} | {r[bound]:.3f} |")
 
 
 if __name__ == "__main__":

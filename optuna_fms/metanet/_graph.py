@@ -235,6 +235,7 @@ class _Builder:
         self.sd = state_dict
         self.max_edges = max_edges
         self.used: set[str] = set()
+        self.buffers: set[str] = set()
         self.num_nodes = 0
         self.node_layer: list[torch.Tensor] = []
         self.node_type: list[torch.Tensor] = []
@@ -500,6 +501,7 @@ class _Builder:
     def run_structure(self, structure: Mapping[str, Any]) -> None:
         if not isinstance(structure, Mapping) or "nodes" not in structure:
             raise ValueError("structure must be the dictionary returned by describe_module.")
+        self.buffers = set(structure.get("buffers", ()))
         env: dict[str, _Group | None] = {}
         for node in structure["nodes"]:
             name = node["name"]
@@ -530,7 +532,13 @@ class _Builder:
         def get(local: str) -> torch.Tensor | None:
             return self._get(params.get(local), shapes.get(local))
 
-        float_params = [k for k in params if k not in _STAT_BUFFERS and params[k] in self.sd]
+        float_params = [
+            k
+            for k in params
+            if k not in _STAT_BUFFERS
+            and params[k] in self.sd
+            and self.sd[params[k]].is_floating_point()
+        ]
         if src is None:
             if float_params:
                 raise UnsupportedArchitectureError(
@@ -676,6 +684,7 @@ class _Builder:
             k
             for k, t in self.sd.items()
             if k not in self.used
+            and k not in self.buffers
             and isinstance(t, torch.Tensor)
             and t.is_floating_point()
             and t.numel() > 0

@@ -45,7 +45,10 @@ def describe_module(module: torch.nn.Module) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{"format": 1, "module": <class name>, "trace": "fx" | "order", "nodes": [...]}``.
+        ``{"format": 1, "module": <class name>, "trace": "fx" | "order", "nodes": [...],
+        "buffers": [...]}``, where ``buffers`` lists the state-dict keys that are buffers, not
+        parameters (a buffer no layer reads, such as a fixed positional encoding, is ignored by
+        the graph, while an unread parameter is an error).
         ``nodes`` is in topological order; each node is a dictionary with
 
         - ``name``: unique name; ``inputs``: names of the nodes it reads (data flow);
@@ -82,11 +85,14 @@ def describe_module(module: torch.nn.Module) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - any tracing failure falls back to module order
         nodes = _describe_order(module)
         trace = "order"
+    param_names = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+    buffers = [k for k in module.state_dict(keep_vars=True) if k not in param_names]
     return {
         "format": STRUCTURE_FORMAT,
         "module": type(module).__name__,
         "trace": trace,
         "nodes": nodes,
+        "buffers": buffers,
     }
 
 

@@ -337,3 +337,21 @@ def test_hash_subsample_across_chunks_is_exact_and_permutation_invariant() -> No
         torch.sort(tied[sel]).values, torch.sort(tied[perm[perm < 50_000]][sel_p]).values
     )
     assert _hash_subsample(flat[:k], k) is None
+
+
+def test_unread_buffer_is_ignored_but_unread_parameter_is_not() -> None:
+    class WithBuffer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+            self.register_buffer("pe", torch.randn(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x + self.pe)
+
+    net = WithBuffer()
+    structure = describe_module(net)
+    assert structure["buffers"] == ["pe"]
+    assert build_graph(net.state_dict(), structure).num_edges == 8 + 2
+    with pytest.raises(UnsupportedArchitectureError, match="'pe'"):
+        build_graph(net.state_dict())
