@@ -87,7 +87,7 @@ def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
     tiny = size == "tiny"
     n_members = 3 if tiny else 60
     source = TaskSpec("mnist8", (0, 1, 2, 3, 4), 0, 200 if tiny else 400, seed)
-    target = TaskSpec("digits", (5, 6, 7, 8, 9), 100 if tiny else 400, 200 if tiny else None, seed)
+    target = TaskSpec("digits", (5, 6, 7, 8, 9), 100 if tiny else 150, 200 if tiny else None, seed)
     spec = {"channels": [4, 8, 8] if tiny else [8, 16, 16], "n_classes": 5}
     starts = sample_zoo(
         n_members,
@@ -329,6 +329,20 @@ def _run_jobs(
         bar.close()
 
 
+def _make_pool(workers: int) -> Any:
+    """Worker processes that do not inherit this process's torch state (thread pools, flags).
+
+    A fork server (where available) imports the build code once and forks fresh workers from
+    that clean process; elsewhere workers are spawned.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["optuna_fms.bench._build"])
+    else:
+        ctx = multiprocessing.get_context("spawn")
+    return ctx.Pool(workers, initializer=setup_worker_torch)
+
+
 def hub_dirname(name: str, size: str, seed: int) -> str:
     d = name if (size == "full" or name == "tiny") else f"{name}-{size}"
     return d if seed == 0 else f"{d}-seed{seed}"
@@ -411,8 +425,7 @@ def build_hub(
     pool = None
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     if workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(workers, initializer=setup_worker_torch)
+        pool = _make_pool(workers)
     else:
         setup_worker_torch()
     try:

@@ -130,16 +130,16 @@ class Hub:
     >>> import tempfile
     >>> from pathlib import Path
     >>> from optuna_fms.bench import Hub, build_hub
-    >>> path = build_hub("tiny", Path(tempfile.mkdtemp()), workers=1)  # doctest: +SKIP
-    >>> hub = Hub.load(path)  # doctest: +SKIP
-    >>> hub.scores.shape  # doctest: +SKIP
+    >>> path = build_hub("tiny", Path(tempfile.mkdtemp()), workers=1, progress=False)
+    >>> hub = Hub.load(path)
+    >>> hub.scores.shape
     (12, 6)
-    >>> c = int(hub.final_scores().argmax())  # doctest: +SKIP
-    >>> hub.find_config(hub.configs[c]) == c  # doctest: +SKIP
+    >>> c = int(hub.final_scores().argmax())
+    >>> hub.find_config(hub.configs[c]) == c
     True
-    >>> net = hub.module(c)  # doctest: +SKIP
-    >>> _ = net.load_state_dict(hub.checkpoint(c, hub.n_epochs - 1))  # doctest: +SKIP
-    >>> hub.evaluate(net) == hub.best_final_score  # doctest: +SKIP
+    >>> net = hub.module(c)
+    >>> _ = net.load_state_dict(hub.checkpoint(c, hub.n_epochs - 1))
+    >>> hub.evaluate(net) == hub.best_final_score
     True
     """
 
