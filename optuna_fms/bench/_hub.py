@@ -243,7 +243,8 @@ class Hub:
         for name, d in self.search_space.items():
             v = params[name]
             if isinstance(d, optuna.distributions.CategoricalDistribution):
-                # Mismatch costs 2 > squared distance of all numeric params together (<= n).
+                # A mismatch adds 2 * w**2 = 8 * n to the squared distance: more than all numeric
+                # parameters together can (each scaled to [0, 1], so at most n).
                 w = 2.0 * math.sqrt(len(self.search_space))
                 out.extend(w * float(v == c) for c in d.choices)
             else:
