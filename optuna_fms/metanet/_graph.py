@@ -63,6 +63,7 @@ _NORM_TYPES = frozenset(
 _ADD_OPS = frozenset({"add", "iadd", "add_", "__add__", "__iadd__", "__radd__", "sub", "isub"})
 _MATMUL_OPS = frozenset({"matmul", "bmm", "mm", "__matmul__", "einsum_last"})
 _CAT_OPS = frozenset({"cat", "concat", "concatenate", "hstack"})
+_MUL_OPS = frozenset({"mul", "imul", "mul_", "__mul__", "__rmul__", "truediv", "div", "div_"})
 _STAT_BUFFERS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 
 _HASH_CHUNK = 1 << 22
@@ -160,7 +161,11 @@ def build_graph(
     linear layers (query, key, value) from its inputs and an output projection from the value
     neurons; separate q/k/v ``nn.Linear`` projections are plain linear layers. Pooling and
     flattening between a convolution with ``C`` channels and a linear layer with ``C * s``
-    inputs become ``s`` parallel edges per channel, carrying the flattened position.
+    inputs become ``s`` parallel edges per channel, carrying the flattened position. A parameter
+    read directly in ``forward`` and added to the features (class token, learned positional
+    embedding) is a bias-like node with one edge per entry (``P`` parallel edges per neuron for
+    ``P`` positions, carrying the position); one multiplied with them (a learned scale) is a
+    gamma node.
 
     Parameters
     ----------
@@ -226,6 +231,15 @@ class _Group:
     def size(self) -> int:
         assert self.ids is not None
         return int(self.ids.numel())
+
+
+class _Param:
+    """A parameter read directly in ``forward`` (positional embedding, class token, scale)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
 
 
 class _Builder:
@@ -502,7 +516,7 @@ class _Builder:
         if not isinstance(structure, Mapping) or "nodes" not in structure:
             raise ValueError("structure must be the dictionary returned by describe_module.")
         self.buffers = set(structure.get("buffers", ()))
-        env: dict[str, _Group | None] = {}
+        env: dict[str, Any] = {}
         for node in structure["nodes"]:
             name = node["name"]
             op = node["op"]
@@ -511,23 +525,29 @@ class _Builder:
                 self.order += 1
                 env[name] = _Group(None, self.order, name)
             elif op == "output":
-                self.outputs.extend(g for g in inputs if g is not None and g.ids is not None)
+                self.outputs.extend(
+                    g for g in inputs if isinstance(g, _Group) and g.ids is not None
+                )
             elif op == "module":
                 env[name] = self._module(node, inputs, env)
             elif op in ("function", "method"):
                 env[name] = self._op(node, inputs, env)
+            elif op == "param":
+                key = node.get("params", {}).get("value", node.get("target"))
+                # Buffers read in forward (fixed positional encodings, masks) are constants.
+                env[name] = _Param(key) if key in self.sd and key not in self.buffers else None
             else:
                 env[name] = None
 
     def _module(
-        self, node: Mapping[str, Any], inputs: list[_Group | None], env: Mapping[str, Any]
+        self, node: Mapping[str, Any], inputs: list[Any], env: Mapping[str, Any]
     ) -> _Group | None:
         target = node["target"]
         path = node.get("path", node["name"])
         params: Mapping[str, str] = node.get("params", {})
         shapes: Mapping[str, Sequence[int]] = node.get("shapes", {})
         attrs: Mapping[str, Any] = node.get("attrs", {})
-        src = next((g for g in inputs if g is not None), None)
+        src = next((g for g in inputs if isinstance(g, _Group)), None)
 
         def get(local: str) -> torch.Tensor | None:
             return self._get(params.get(local), shapes.get(local))
@@ -571,6 +591,7 @@ class _Builder:
         if target == "MultiheadAttention":
             refs = _node_args(node, ("query", "key", "value"))
             qkv = [env.get(r) if r is not None else None for r in refs]
+            qkv = [g if isinstance(g, _Group) else None for g in qkv]
             q = qkv[0] if qkv[0] is not None else src
             k = qkv[1] if qkv[1] is not None else q
             v = qkv[2] if qkv[2] is not None else k
@@ -583,11 +604,71 @@ class _Builder:
         return src
 
     def _op(
-        self, node: Mapping[str, Any], inputs: list[_Group | None], env: Mapping[str, Any]
-    ) -> _Group | None:
-        groups = [g for g in inputs if g is not None]
+        self, node: Mapping[str, Any], inputs: list[Any], env: Mapping[str, Any]
+    ) -> _Group | _Param | None:
+        groups = [g for g in inputs if isinstance(g, _Group)]
+        params = [p for p in inputs if isinstance(p, _Param)]
+        target = node["target"]
+        args = node.get("args", [])
+        first = args[0] if args else None
+        first_ref = env.get(first["node"]) if isinstance(first, dict) and "node" in first else None
+        shaping = target not in _ADD_OPS and target not in _MUL_OPS and target not in _CAT_OPS
+        if isinstance(first_ref, _Param) and shaping:
+            return first_ref  # view/expand/reshape/... of a parameter (sizes may come from data)
         if not groups:
-            return None
+            return params[0] if params else None
+        out = self._op_groups(node, groups, env)
+        for p in params:
+            if target in _ADD_OPS or target in _CAT_OPS:
+                self.param_edges(node["name"], p.key, out, _N_BIAS, "bias")
+            elif target in _MUL_OPS:
+                self.param_edges(node["name"], p.key, out, _N_GAMMA, "gamma")
+            else:
+                raise UnsupportedArchitectureError(
+                    f"parameter '{p.key}' is used by '{node['name']}' ({target}), which cannot "
+                    "be expressed as a parameter graph"
+                )
+        return out
+
+    def param_edges(self, name: str, key: str, group: _Group, ntype: int, etype: str) -> None:
+        """Edges for a parameter added to (or multiplied with) the neurons of ``group``."""
+        tensor = self._get(key)
+        assert tensor is not None
+        shape = list(tensor.shape)
+        if group.ids is None:
+            self._materialise(group, shape[-1] if shape else 1)
+        n = group.size
+        dims = [i for i, size in enumerate(shape) if size == n]
+        if shape and shape[-1] == n:
+            dim = len(shape) - 1
+        elif len(dims) == 1:
+            dim = dims[0]
+        else:
+            raise UnsupportedArchitectureError(
+                f"parameter '{key}' of shape {shape} used by '{name}' does not match the {n} "
+                f"neurons it is applied to ('{group.name}')"
+            )
+        flat = tensor.movedim(dim, -1).reshape(-1)
+        positions = flat.numel() // n
+        sel = self._select(flat)
+        idx = torch.arange(flat.numel()) if sel is None else sel
+        self.layer += 1
+        node = self._nodes(1, self.layer, ntype)
+        pos = _positions((idx // n)[:, None], (positions,)) if positions > 1 else None
+        assert group.ids is not None
+        self._edges(
+            node.expand(idx.numel()),
+            group.ids[idx % n],
+            flat[idx],
+            self.layer,
+            _E[etype],
+            pos,
+            full=flat.numel(),
+        )
+
+    def _op_groups(
+        self, node: Mapping[str, Any], groups: list[_Group], env: Mapping[str, Any]
+    ) -> _Group:
         target = node["target"]
         if target in _ADD_OPS:
             return self.merge(node["name"], groups)
@@ -596,7 +677,7 @@ class _Builder:
         if target == "scaled_dot_product_attention":
             ref = _node_args(node, ("query", "key", "value"))[2]
             value = env.get(ref) if ref is not None else None
-            return value if value is not None else groups[-1]
+            return value if isinstance(value, _Group) else groups[-1]
         if target in _CAT_OPS:
             unique: list[_Group] = []
             for g in groups:

@@ -101,8 +101,39 @@ def transformer() -> torch.nn.Module:
     return net
 
 
+class ViT(torch.nn.Module):
+    """Patches, a class token, a learned positional embedding, one pre-norm encoder layer and a
+    learned output scale: parameters read directly in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(1, 8, 2, stride=2)  # 4x4 -> 4 tokens
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = torch.nn.Parameter(torch.randn(1, 5, 8))
+        self.scale = torch.nn.Parameter(torch.rand(8) + 0.5)
+        self.layer = torch.nn.TransformerEncoderLayer(
+            8, 2, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.layer(t)[:, 0] * self.scale)
+
+
+def vit() -> torch.nn.Module:
+    return ViT()
+
+
 def sample_input(name: str) -> torch.Tensor:
-    shapes = {"mlp": (4, 5), "cnn": (4, 2, 6, 6), "resnet": (4, 3, 8, 8), "transformer": (4, 5, 3)}
+    shapes = {
+        "mlp": (4, 5),
+        "cnn": (4, 2, 6, 6),
+        "resnet": (4, 3, 8, 8),
+        "transformer": (4, 5, 3),
+        "vit": (4, 1, 4, 4),
+    }
     return torch.randn(*shapes[name])
 
 
@@ -175,12 +206,23 @@ def _permute_rows(sd: dict[str, torch.Tensor], key: str, rows: torch.Tensor) -> 
 
 
 def permute_transformer(sd: dict[str, torch.Tensor], g: torch.Generator) -> None:
+    stream: list[_Target] = [("inp.weight", 0), ("inp.bias", 0), ("head.weight", 1)]
+    _permute_encoder(sd, g, ["encoder.layers.0", "encoder.layers.1"], stream)
+
+
+def permute_vit(sd: dict[str, torch.Tensor], g: torch.Generator) -> None:
+    stream: list[_Target] = [("patch.weight", 0), ("patch.bias", 0), ("cls", 2), ("pos", 2)]
+    stream += [("scale", 0), ("head.weight", 1)]
+    _permute_encoder(sd, g, ["layer"], stream)
+
+
+def _permute_encoder(
+    sd: dict[str, torch.Tensor], g: torch.Generator, layers: list[str], stream: list[_Target]
+) -> None:
     e, heads, hd = 8, 2, 4
     # Residual stream (d_model): every tensor reading or writing it.
     p = _randperm(e, generator=g)
-    stream: list[_Target] = [("inp.weight", 0), ("inp.bias", 0), ("head.weight", 1)]
-    for i in range(2):
-        pre = f"encoder.layers.{i}"
+    for pre in layers:
         stream += [
             (f"{pre}.self_attn.in_proj_weight", 1),
             (f"{pre}.self_attn.out_proj.weight", 0),
@@ -190,8 +232,7 @@ def permute_transformer(sd: dict[str, torch.Tensor], g: torch.Generator) -> None
             (f"{pre}.linear2.bias", 0),
         ] + [(f"{pre}.norm{j}.{k}", 0) for j in (1, 2) for k in ("weight", "bias")]
     _permute(sd, p, stream)
-    for i in range(2):
-        pre = f"encoder.layers.{i}"
+    for pre in layers:
         # Feed-forward hidden neurons.
         p = _randperm(16, generator=g)
         _permute(
@@ -216,6 +257,7 @@ NETS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., None]]] = {
     "cnn": (cnn, permute_cnn),
     "resnet": (resnet, permute_resnet),
     "transformer": (transformer, permute_transformer),
+    "vit": (vit, permute_vit),
 }
 
 

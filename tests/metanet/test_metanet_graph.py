@@ -7,6 +7,7 @@ from metanet_nets import cnn
 from metanet_nets import mlp
 from metanet_nets import resnet
 from metanet_nets import transformer
+from metanet_nets import vit
 import pytest
 import torch
 
@@ -214,7 +215,7 @@ def test_unsupported_with_structure_names_the_module() -> None:
     assert issubclass(UnsupportedArchitectureError, ValueError)
 
 
-def test_parameter_used_directly_in_forward_is_reported() -> None:
+def test_parameter_added_in_forward_is_a_bias_node() -> None:
     class WithToken(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -224,8 +225,9 @@ def test_parameter_used_directly_in_forward_is_reported() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(x + self.token)
 
-    with pytest.raises(UnsupportedArchitectureError, match="token"):
-        _graph(WithToken())
+    g = _graph(WithToken())
+    assert g.num_nodes == 4 + 1 + 2 + 1 and g.num_edges == 4 + 8 + 2
+    assert _count(g, "bias", edge=False) == 2 and _count(g, "bias") == 4 + 2
 
 
 def test_separate_qkv_projections_are_linear_layers() -> None:
@@ -355,3 +357,38 @@ def test_unread_buffer_is_ignored_but_unread_parameter_is_not() -> None:
     assert build_graph(net.state_dict(), structure).num_edges == 8 + 2
     with pytest.raises(UnsupportedArchitectureError, match="'pe'"):
         build_graph(net.state_dict())
+
+
+def test_parameters_read_in_forward_class_token_positions_scale() -> None:
+    net = vit().eval()
+    g = _graph(net)
+    layer_nodes = 2 + (24 + 3) + (8 + 1) + 2 + (16 + 1) + (8 + 1)
+    assert g.num_nodes == 1 + (8 + 1) + 1 + 1 + layer_nodes + 1 + (3 + 1)
+    layer_edges = 16 + (192 + 24) + (64 + 8) + 8 + 16 + (128 + 16) + (128 + 8) + 8
+    assert g.num_edges == (32 + 8) + 8 + 40 + layer_edges + 8 + (24 + 3)
+    assert g.num_layers == 11
+    # The positional embedding pos[0, p, d]: 5 parallel edges per feature d from one node,
+    # at 5 positions; the class token: one edge per feature.
+    pos_edges = g.edge_attr[:, _col("layer")] == 3
+    assert int(pos_edges.sum()) == 40
+    assert torch.all(_etype(g)[pos_edges] == EDGE_TYPES.index("bias"))
+    assert torch.equal(
+        torch.sort(g.edge_attr[pos_edges, _col("value")]).values,
+        torch.sort(net.pos.detach().reshape(-1)).values,
+    )
+    assert set(g.edge_attr[pos_edges, _col("kpos_0")].tolist()) == {-1.0, -0.5, 0.0, 0.5, 1.0}
+    scale = g.edge_attr[:, _col("layer")] == 10
+    assert torch.all(_etype(g)[scale] == EDGE_TYPES.index("gamma")) and int(scale.sum()) == 8
+
+
+def test_parameter_in_unsupported_op_is_reported() -> None:
+    class Functional(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(x, self.w)
+
+    with pytest.raises(UnsupportedArchitectureError, match="'w'"):
+        _graph(Functional())
