@@ -19,11 +19,11 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages import RDBStorage
-import sqlalchemy
 from optuna.study import StudyDirection
-from optuna.trial import create_trial
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+from optuna.trial import create_trial
+import sqlalchemy
 
 
 _SUFFIX = ":fms-claims"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
+from synthetic import MAX_STEPS
 from synthetic import best_so_far
 from synthetic import make_objective
-from synthetic import MAX_STEPS
 
 from optuna_fms import FMSPruner
 from optuna_fms import FMSSampler

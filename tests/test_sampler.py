@@ -71,7 +71,7 @@ def test_pickles_and_keeps_working_after_unpickling() -> None:
 def test_minimize_and_maximize_both_improve() -> None:
     for direction, sign in [("maximize", 1.0), ("minimize", -1.0)]:
         study = optuna.create_study(direction=direction, sampler=_sampler(n_startup_trials=5))
-        study.optimize(lambda t: sign * -((t.suggest_float("x", -5, 5) - 2.0) ** 2), 20)
+        study.optimize(lambda t, s=sign: s * -((t.suggest_float("x", -5, 5) - 2.0) ** 2), 20)
         assert abs(study.best_params["x"] - 2.0) < 0.5
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence
 import math
 from typing import Any
 
@@ -62,7 +63,7 @@ class SpaceEncoder:
                 return False
         return True
 
-    def encode(self, params_list: list[Mapping[str, Any]]) -> np.ndarray:
+    def encode(self, params_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Encode a list of parameter dictionaries into an ``(n, dim)`` array."""
         out = np.zeros((len(params_list), self.dim))
         for name, dist in self.search_space.items():

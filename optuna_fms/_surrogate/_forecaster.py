@@ -16,18 +16,19 @@ from optuna.study import Study
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+
 from optuna_fms import _attrs
 from optuna_fms import _claims
+from optuna_fms._surrogate._data import Curve
+from optuna_fms._surrogate._data import TrainingSet
 from optuna_fms._surrogate._data import build_training_set
 from optuna_fms._surrogate._data import collect_curves
-from optuna_fms._surrogate._data import Curve
 from optuna_fms._surrogate._data import pack_rows
-from optuna_fms._surrogate._data import TrainingSet
 from optuna_fms._surrogate._encoding import SpaceEncoder
 from optuna_fms._surrogate._model import RowLayout
-from optuna_fms._surrogate._surrogate import expected_improvement
 from optuna_fms._surrogate._surrogate import Surrogate
 from optuna_fms._surrogate._surrogate import SurrogateFitError
+from optuna_fms._surrogate._surrogate import expected_improvement
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -157,7 +158,9 @@ class Forecaster:
                 fit is not None
                 and fit.encoder.search_space == dict(sorted(space.items()))
                 and fit.max_steps == max_steps
-                and (n_obs == fit.n_observations or (not eager and n_obs < 1.5 * fit.n_observations))
+                and (
+                    n_obs == fit.n_observations or (not eager and n_obs < 1.5 * fit.n_observations)
+                )
             ):
                 return fit
             encoder = SpaceEncoder(space)
@@ -166,9 +169,7 @@ class Forecaster:
             if len(curves) < 2:
                 return None
             self._attach_weights(curves)
-            data = build_training_set(
-                curves, layout, max_steps, self._max_train_rows, self._rng
-            )
+            data = build_training_set(curves, layout, max_steps, self._max_train_rows, self._rng)
             try:
                 self._surrogate.fit(layout, data.rows, data.y)
             except SurrogateFitError as err:
@@ -243,7 +244,9 @@ class Forecaster:
         with self._lock:
             x, ei = self._fresh(fit)
             best = int(np.argmax(ei))
-            decision = Decision(fresh=fit.encoder.decode(x[best : best + 1])[0], ei=float(ei[best]))
+            decision = Decision(
+                fresh=fit.encoder.decode(x[best : best + 1])[0], ei=float(ei[best])
+            )
             paused = self._paused(study, fit)
             pei = self._paused_ei(fit, paused)
             fit.alternative_ei = float(max(ei[best], pei.max() if len(pei) else 0.0))

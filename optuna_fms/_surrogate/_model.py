@@ -111,6 +111,4 @@ class DeepKernelGP(gpytorch.models.ExactGP):
 
     def forward(self, rows: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
         z = self.extractor(rows)
-        return gpytorch.distributions.MultivariateNormal(
-            self.mean_module(z), self.covar_module(z)
-        )
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))

@@ -100,10 +100,14 @@ class Surrogate:
         y_t = torch.as_tensor(y, dtype=torch.float64)
         key = (layout.x_dim, layout.curve_len)
         warm = self._model is not None and self._layout_key == key
-        attempts = [(warm, 1e-6), (False, 1e-6), (False, 1e-3)] if warm else [
-            (False, 1e-6),
-            (False, 1e-3),
-        ]
+        attempts = (
+            [(warm, 1e-6), (False, 1e-6), (False, 1e-3)]
+            if warm
+            else [
+                (False, 1e-6),
+                (False, 1e-3),
+            ]
+        )
         last_error: Exception | None = None
         with _single_thread():
             for warm_start, jitter in attempts:
