@@ -1,0 +1,464 @@
+"""What FMS is doing, shown in optuna-dashboard: a learning-curve figure and a study note.
+
+optuna-dashboard already shows, per trial, the user attributes FMS writes (``fms:forecast``,
+``fms:paused``, ``fms:continues``, ``fms:checkpoints``) and the checkpoints as trial artifacts.
+:class:`DashboardReport` adds the study-level view: one plotly figure (saved with
+:func:`optuna_dashboard.save_plotly_graph_object`) of the observed learning curves, with
+continuations joined to the curves of the trials they continue, pauses marked, and the
+forecast band of the leading configurations; and a markdown note (saved with
+:func:`optuna_dashboard.save_note`) with what FMS has done so far.
+
+A paused trial is finished (PRUNED) before anything continues it, and Optuna refuses to
+update a finished trial, so "continued by" cannot be a user attribute of the paused trial.
+It is shown from the child's side (``fms:continues``), in the note's table of continuations
+and in the figure's hover text instead.
+
+optuna-dashboard is optional: without it the callback writes nothing (and warns once). The
+figure is built as plotly JSON directly, so plotly itself is not needed either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import json
+import logging
+import math
+from typing import Any
+
+from optuna.study import Study
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from optuna_fms import _attrs
+from optuna_fms._budget import epochs_spent
+
+
+_logger = logging.getLogger("optuna_fms")
+
+GRAPH_OBJECT_ID = "fms-learning-curves"
+"""The id under which the figure is saved (and overwritten) in the study's system attributes."""
+
+_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
+
+
+class DashboardReport:
+    """Study callback that shows FMS's learning curves and progress in optuna-dashboard.
+
+    Every ``every`` trials (by trial number, so several workers share the cadence) it saves a
+    plotly figure and a markdown note to the study; :meth:`write` does it at any time (call
+    it once after ``optimize`` for the final state). Both live in the study's system
+    attributes, where optuna-dashboard reads them: the figure on the study's top page, the
+    note under it. The figure shows
+
+    - the observed learning curve of every configuration, a continued trial's curve joined to
+      the curve of the trial it continues (one line per chain of continuations);
+    - in colour, the ``top`` leading configurations (best value observed), the others grey;
+    - a marker where FMSPruner paused a trial (filled: paused, open: paused and continued
+      later);
+    - for a leading configuration that has not reached the full budget, the forecast of its
+      final score (``fms:forecast``: mean and two standard deviations), drawn as a band from
+      its last observed value to the final step.
+
+    The note counts trials started (fresh and continuations), paused, continued, and epochs
+    trained against full-budget training of the same configurations, and lists the latest
+    continuations ("trial 3, paused at step 5, continued by trial 12").
+
+    Without optuna-dashboard installed nothing is written and a warning is logged once. The
+    callback keeps no state between calls other than that warning flag.
+
+    Parameters
+    ----------
+    every:
+        Write after every ``every``-th trial (``trial.number % every == every - 1``).
+    top:
+        Configurations drawn in colour, with their forecast band.
+    max_steps:
+        The full budget in steps. Defaults to the study pruner's ``max_steps`` (as
+        :class:`~optuna_fms.FMSPruner` has), else the largest step reported plus one.
+    max_continuations:
+        Rows of the note's continuation table (the latest ones).
+
+    Examples
+    --------
+    >>> import optuna, optuna_fms
+    >>> def objective(trial):
+    ...     x = trial.suggest_float("x", 0, 1)
+    ...     for step in range(5):
+    ...         trial.report(x * (step + 1), step)
+    ...     return x * 5
+    >>> report = optuna_fms.DashboardReport(every=2)
+    >>> study = optuna.create_study(direction="maximize")
+    >>> study.optimize(objective, n_trials=4, callbacks=[report])
+    >>> figure = report.figure(study)  # plotly JSON: {"data": [...], "layout": {...}}
+    >>> sorted(figure)
+    ['data', 'layout']
+    >>> print(report.note(study).splitlines()[0])
+    ## Forecasting Model Search
+    """
+
+    def __init__(
+        self,
+        every: int = 10,
+        *,
+        top: int = 5,
+        max_steps: int | None = None,
+        max_continuations: int = 10,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}.")
+        if top < 0:
+            raise ValueError(f"top must be >= 0, got {top}.")
+        self.every = every
+        self.top = top
+        self.max_steps = max_steps
+        self.max_continuations = max_continuations
+        self._warned = False
+
+    def __call__(self, study: Study, trial: FrozenTrial) -> None:
+        if trial.number % self.every == self.every - 1:
+            self.write(study)
+
+    def write(self, study: Study) -> bool:
+        """Save the figure and the note to ``study`` now; ``False`` without optuna-dashboard."""
+        try:
+            from optuna_dashboard import save_note
+            from optuna_dashboard import save_plotly_graph_object
+        except ImportError:
+            if not self._warned:
+                self._warned = True
+                _logger.warning(
+                    "DashboardReport writes nothing: optuna-dashboard is not installed "
+                    "(pip install optuna-dashboard)."
+                )
+            return False
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        save_plotly_graph_object(
+            study, _Figure(self._figure(study, trials)), graph_object_id=GRAPH_OBJECT_ID
+        )
+        save_note(study, self._note(study, trials))
+        return True
+
+    def figure(self, study: Study) -> dict[str, Any]:
+        """The figure as plotly JSON (``plotly.graph_objects.Figure(report.figure(study))``)."""
+        return self._figure(study, study._storage.get_all_trials(study._study_id, deepcopy=False))
+
+    def note(self, study: Study) -> str:
+        """The markdown note."""
+        return self._note(study, study._storage.get_all_trials(study._study_id, deepcopy=False))
+
+    # ------------------------------------------------------------------ internals
+    def _budget(self, study: Study, trials: Sequence[FrozenTrial]) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        pruner_steps = getattr(study.pruner, "max_steps", None)
+        if isinstance(pruner_steps, int):
+            return pruner_steps
+        last = [max(t.intermediate_values) for t in trials if t.intermediate_values]
+        return max(last) + 1 if last else 1
+
+    def _figure(self, study: Study, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+        maximize = study.directions[0] == StudyDirection.MAXIMIZE
+        final_step = self._budget(study, trials) - 1
+        chains = _chains(trials)
+        ranked = sorted(
+            (c for c in chains if c.curve),
+            key=lambda c: c.best(maximize),
+            reverse=maximize,
+        )
+        leading, others = ranked[: self.top], ranked[self.top :]
+        data: list[dict[str, Any]] = []
+        if others:
+            xs: list[Any] = []
+            ys: list[Any] = []
+            texts: list[Any] = []
+            for chain in others:
+                steps, values, owners = chain.points()
+                xs += [*steps, None]
+                ys += [*values, None]
+                texts += [*(f"trial {n}" for n in owners), None]
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"other configurations ({len(others)})",
+                    "x": xs,
+                    "y": ys,
+                    "text": texts,
+                    "hoverinfo": "x+y+text",
+                    "line": {"color": "rgba(140,140,140,0.45)", "width": 1},
+                }
+            )
+        for rank, chain in enumerate(leading):
+            color = _COLORS[rank % len(_COLORS)]
+            steps, values, owners = chain.points()
+            name = "trial " + "→".join(str(t.number) for t in chain.trials)
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": name,
+                    "legendgroup": name,
+                    "x": steps,
+                    "y": values,
+                    "text": [f"trial {n}" for n in owners],
+                    "hoverinfo": "x+y+text+name",
+                    "line": {"color": color, "width": 2},
+                    "marker": {"size": 4, "color": color},
+                }
+            )
+            band = _band(chain, steps, values, final_step)
+            if band is not None:
+                trace, mean, std, at = band
+                data.append({**trace, "legendgroup": name, "fillcolor": _alpha(color, 0.18)})
+                data.append(
+                    {
+                        "type": "scatter",
+                        "mode": "markers",
+                        "name": f"{name} forecast",
+                        "legendgroup": name,
+                        "showlegend": False,
+                        "x": [final_step],
+                        "y": [mean],
+                        "error_y": {
+                            "type": "data",
+                            "array": [2 * std if std is not None else 0],
+                            "color": color,
+                            "visible": True,
+                        },
+                        "text": [f"forecast made at step {at}: mean ± 2σ"],
+                        "hoverinfo": "x+y+text",
+                        "marker": {"symbol": "diamond", "size": 9, "color": color},
+                    }
+                )
+        for continued, label, symbol in (
+            (False, "paused", "x"),
+            (True, "paused, then continued", "circle-open"),
+        ):
+            marks = [p for c in chains for p in c.pauses if p[3] == continued]
+            if marks:
+                data.append(
+                    {
+                        "type": "scatter",
+                        "mode": "markers",
+                        "name": label,
+                        "x": [m[0] for m in marks],
+                        "y": [m[1] for m in marks],
+                        "text": [m[2] for m in marks],
+                        "hoverinfo": "x+y+text",
+                        "marker": {
+                            "symbol": symbol,
+                            "size": 9,
+                            "color": "#d62728" if not continued else "#2ca02c",
+                            "line": {"width": 2},
+                        },
+                    }
+                )
+        direction = "maximize" if maximize else "minimize"
+        layout = {
+            "title": {"text": "FMS: learning curves, pauses, continuations, forecasts"},
+            "xaxis": {"title": {"text": "step"}, "range": [-0.5, final_step + 0.5]},
+            "yaxis": {"title": {"text": f"intermediate value ({direction})"}},
+            "legend": {"orientation": "h", "y": -0.2},
+            "margin": {"l": 50, "r": 20, "t": 40, "b": 20},
+            "hovermode": "closest",
+        }
+        return {"data": data, "layout": layout}
+
+    def _note(self, study: Study, trials: Sequence[FrozenTrial]) -> str:
+        maximize = study.directions[0] == StudyDirection.MAXIMIZE
+        max_steps = self._budget(study, trials)
+        by_id = {t._trial_id: t for t in trials}
+        states = [t.state for t in trials]
+        children = [t for t in trials if _attrs.CONTINUES in t.user_attrs]
+        continued_ids = {c.user_attrs[_attrs.CONTINUES]["trial_id"]: c for c in children}
+        paused = [t for t in trials if _attrs.PAUSED in t.user_attrs]
+        waiting = [
+            t
+            for t in paused
+            if "claim" in t.user_attrs[_attrs.PAUSED] and t._trial_id not in continued_ids
+        ]
+        fresh = len(trials) - len(children)
+        spent = epochs_spent(list(trials))
+        full = fresh * max_steps
+        saved = full - spent
+        lines = [
+            "## Forecasting Model Search",
+            "",
+            "FMSSampler forecasts each configuration's final score from its learning curve "
+            "so far; at each step FMSPruner *pauses* a trial whose next epoch is worth less "
+            "than starting or continuing another one. A paused trial is PRUNED in Optuna's "
+            "terms but keeps its checkpoint, and the sampler may later *continue* it: a new "
+            "trial with the same parameters that restores the checkpoint and trains on "
+            "(freeze-thaw). The figure above joins each continuation to the curve it "
+            "continues.",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| Trials started | {len(trials)} ({fresh} fresh configurations, "
+            f"{len(children)} continuations) |",
+            f"| Complete (full budget, {max_steps} steps) | {states.count(TrialState.COMPLETE)} |",
+            f"| Paused | {len(paused)} ({len(continued_ids)} continued later, "
+            f"{len(waiting)} continuable now) |",
+            f"| Running | {states.count(TrialState.RUNNING)} |",
+            f"| Epochs trained | {spent} |",
+            f"| Full-budget training of the same configurations | {fresh} × {max_steps} = "
+            f"{full} epochs |",
+            f"| Epochs saved | {saved} ({_percent(saved, full)}) |",
+        ]
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if done:
+            best = (max if maximize else min)(done, key=lambda t: t.value)
+            lines.append(f"| Best complete trial | {best.value:.6g} (trial {best.number}) |")
+        if children:
+            lines += [
+                "",
+                f"### Latest continuations ({min(len(children), self.max_continuations)} "
+                f"of {len(children)})",
+                "",
+                "| Paused trial | Paused at step | Continued by | State |",
+                "|---|---|---|---|",
+            ]
+            for child in children[-self.max_continuations :]:
+                ref = child.user_attrs[_attrs.CONTINUES]
+                parent = by_id.get(ref["trial_id"])
+                number = parent.number if parent is not None else ref["trial"]
+                lines.append(
+                    f"| {number} | {ref['step']} | {child.number} | {child.state.name.lower()} |"
+                )
+        lines += [
+            "",
+            "Per trial, the user attributes show `fms:forecast` (forecast of the final score "
+            "at the last decision), `fms:paused`, `fms:continues` (on the continuing trial) "
+            "and `fms:checkpoints` (step → artifact); the checkpoints are the trial's "
+            f"artifacts. Updated after trial {trials[-1].number if trials else '-'}.",
+        ]
+        return "\n".join(lines)
+
+
+class _Chain:
+    """A configuration's trials: a fresh trial and the continuations that followed it."""
+
+    def __init__(self, root: FrozenTrial) -> None:
+        self.trials = [root]
+        self.curve: dict[int, tuple[float, int]] = {}  # step -> (value, trial number)
+        self.pauses: list[tuple[int, float, str, bool]] = []  # step, value, text, continued
+
+    def best(self, maximize: bool) -> float:
+        finite = [v for v, _ in self.curve.values() if math.isfinite(v)]
+        if not finite:
+            return -math.inf if maximize else math.inf
+        return max(finite) if maximize else min(finite)
+
+    def points(self) -> tuple[list[int], list[float | None], list[int]]:
+        steps = sorted(self.curve)
+        values = [_round(self.curve[s][0]) for s in steps]
+        return steps, values, [self.curve[s][1] for s in steps]
+
+
+def _chains(trials: Sequence[FrozenTrial]) -> list[_Chain]:
+    """Group trials into chains of continuations, each with its joined learning curve."""
+    by_id = {t._trial_id: t for t in trials}
+    child_of: dict[int, FrozenTrial] = {}
+    for t in trials:
+        ref = t.user_attrs.get(_attrs.CONTINUES)
+        if ref is not None and ref.get("trial_id") in by_id:
+            child_of[ref["trial_id"]] = t
+    chains = []
+    for root in trials:
+        ref = root.user_attrs.get(_attrs.CONTINUES)
+        if ref is not None and ref.get("trial_id") in by_id:
+            continue  # Drawn as part of its parent's chain.
+        chain = _Chain(root)
+        node: FrozenTrial | None = root
+        while node is not None:
+            ref = node.user_attrs.get(_attrs.CONTINUES)
+            own = {s: (v, node.number) for s, v in node.intermediate_values.items()}
+            if node is not root and ref is not None and node.user_attrs.get(_attrs.RESUMED):
+                # A resumed continuation copied its parent's curve up to the pause step.
+                cut = int(ref["step"])
+                chain.curve = {s: p for s, p in chain.curve.items() if s <= cut}
+                chain.curve.update({s: p for s, p in own.items() if s > cut})
+            else:
+                # A fresh trial, or a continuation that was not resumed and started over.
+                chain.curve = own
+            child = child_of.get(node._trial_id)
+            paused = node.user_attrs.get(_attrs.PAUSED)
+            if paused is not None and paused.get("step") in node.intermediate_values:
+                step = int(paused["step"])
+                text = f"trial {node.number} paused at step {step}"
+                if child is not None:
+                    text += f", continued by trial {child.number}"
+                value = _round(node.intermediate_values[step])
+                chain.pauses.append((step, value, text, child is not None))
+            if child is not None:
+                chain.trials.append(child)
+            node = child
+        chains.append(chain)
+    return chains
+
+
+def _band(
+    chain: _Chain, steps: list[int], values: list[Any], final_step: int
+) -> tuple[dict[str, Any], float | None, float | None, Any] | None:
+    """A fan from the last observed value to the forecast's mean ± 2 std at the final step.
+
+    Returns the fan's trace, the forecast's mean and std, and the step it was made at.
+    """
+    leaf = chain.trials[-1]
+    forecast = leaf.user_attrs.get(_attrs.FORECAST)
+    if forecast is None or leaf.state == TrialState.COMPLETE or not steps:
+        return None
+    last_step, last_value = steps[-1], values[-1]
+    mean, std = float(forecast["mean"]), float(forecast["std"])
+    if last_step >= final_step or last_value is None or not math.isfinite(mean + std):
+        return None
+    trace = {
+        "type": "scatter",
+        "mode": "lines",
+        "name": f"forecast ±2σ (trial {leaf.number})",
+        "showlegend": False,
+        "x": [last_step, final_step, final_step, last_step],
+        "y": [last_value, _round(mean + 2 * std), _round(mean - 2 * std), last_value],
+        "fill": "toself",
+        "line": {"width": 0},
+        "hoverinfo": "skip",
+    }
+    return trace, _round(mean), _round(std), forecast.get("step")
+
+
+class _Figure:
+    """What :func:`optuna_dashboard.save_plotly_graph_object` needs of a figure: ``to_json``.
+
+    Building plotly JSON directly keeps plotly out of the dependencies and the write cheap.
+    """
+
+    def __init__(self, figure: dict[str, Any]) -> None:
+        self._figure = figure
+
+    def to_json(self) -> str:
+        return json.dumps(self._figure, separators=(",", ":"), allow_nan=False)
+
+
+def _round(value: float) -> float | None:
+    return float(f"{value:.5g}") if math.isfinite(value) else None
+
+
+def _alpha(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
