@@ -24,6 +24,10 @@ from that trial's checkpoint at ``step``."""
 RESUMED = "fms:resumed"
 """``True`` once :func:`optuna_fms.resume` has restored the checkpoint of the parent."""
 
+RESUME_FAILED = "fms:resume_failed"
+"""Why :func:`optuna_fms.resume` could not restore the parent's checkpoint (the trial then
+trained from step 0)."""
+
 FORECAST = "fms:forecast"
 """``{"step": int, "mean": float, "std": float}``: the surrogate's forecast of the final score
 at the last decision."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from optuna.artifacts._protocol import ArtifactStore
@@ -7,8 +8,12 @@ from optuna.trial import Trial
 import torch
 
 from optuna_fms import _attrs
+from optuna_fms._checkpoint import CheckpointError
 from optuna_fms._checkpoint import _load_checkpoint_full
 from optuna_fms._checkpoint import _resolve_artifact_store
+
+
+_logger = logging.getLogger("optuna_fms")
 
 
 def resume(
@@ -65,9 +70,21 @@ def resume(
     parent = storage.get_trial(parent_ref["trial_id"])
     step = int(parent_ref["step"])
     store = _resolve_artifact_store(trial.study, artifact_store)
-    tensors, optimizer_state, _ = _load_checkpoint_full(
-        parent, step, artifact_store=store, map_location="cpu"
-    )
+    try:
+        tensors, optimizer_state, _ = _load_checkpoint_full(
+            parent, step, artifact_store=store, map_location="cpu"
+        )
+    except CheckpointError as err:
+        # The study goes on: this trial trains the parent's configuration from scratch.
+        _logger.warning(
+            "Trial %d cannot continue paused trial %d (%s); it trains the same configuration "
+            "from step 0 instead.",
+            trial.number,
+            parent.number,
+            err,
+        )
+        storage.set_trial_user_attr(trial._trial_id, _attrs.RESUME_FAILED, str(err))
+        return 0
     model.load_state_dict(tensors)
     if optimizer is not None and optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)

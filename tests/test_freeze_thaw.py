@@ -207,3 +207,23 @@ def test_claims_are_atomic_across_processes(tmp_path: Path, kind: str) -> None:
         assert p.exitcode == 0
     won = [int(c) for o in outs for c in Path(o).read_text().split(",") if c]
     assert sorted(won) == sorted(claim_ids)
+
+
+def test_unreadable_parent_checkpoint_trains_from_scratch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = _study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=1)
+    artifact_id = study.trials[0].user_attrs[_attrs.CHECKPOINTS]["3"]
+    (tmp_path / "artifacts" / artifact_id).write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(workers.train_objective, n_trials=1)
+    child = study.trials[1]
+    assert child.state == TrialState.COMPLETE
+    assert "trial 0, step 3" in child.user_attrs[_attrs.RESUME_FAILED]
+    assert sorted(child.intermediate_values) == list(range(workers.STEPS))
+    assert any("cannot continue paused trial 0" in r.message for r in caplog.records)
+    assert not study._storage.get_study_system_attrs(study._study_id).get(
+        _attrs.CONTINUATION_OFF
+    )

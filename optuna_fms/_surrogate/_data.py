@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -28,7 +29,16 @@ class Curve:
     steps: np.ndarray
     values: np.ndarray
     x: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    ckpt: int = -1
+
+    def checkpoint_before(self, budget: int) -> tuple[int, str] | None:
+        """The newest stored checkpoint a model at ``budget`` may read: the weights after at
+        most ``budget - 1`` epochs (never those of the epoch being predicted)."""
+        stored = self.trial.user_attrs.get(_attrs.CHECKPOINTS, {})
+        steps = [int(s) for s in stored if int(s) <= budget - 2]
+        if not steps:
+            return None
+        step = max(steps)
+        return step, stored[str(step)]
 
     @property
     def last_step(self) -> int:
@@ -117,10 +127,10 @@ def pack_rows(
         tail = hist[-width:] if width else hist[:0]
         if len(tail) == 0:
             continue
-        finite = np.isfinite(tail) | np.isinf(tail)
-        vals = np.where(np.isnan(tail), 0.0, scale(np.nan_to_num(tail, nan=0.0)))
+        observed = ~np.isnan(tail)
+        vals = np.where(observed, scale(np.nan_to_num(tail, nan=0.0)), 0.0)
         rows[i, layout.curve.start : layout.curve.start + len(tail)] = vals
-        rows[i, layout.mask.start : layout.mask.start + len(tail)] = finite
+        rows[i, layout.mask.start : layout.mask.start + len(tail)] = observed
     rows[:, layout.ckpt] = -1 if ckpts is None else ckpts
     return rows
 
@@ -149,6 +159,7 @@ def build_training_set(
     max_steps: int,
     max_rows: int,
     rng: np.random.RandomState,
+    row_weights: Callable[[Curve, int], float] | None = None,
 ) -> TrainingSet:
     """All (configuration, budget, curve so far) -> value rows, capped at ``max_rows``.
 
@@ -189,7 +200,11 @@ def build_training_set(
     x = np.stack([curves[o].x for o in owner_a[chosen]]) if len(chosen) else np.zeros((0, 0))
     budgets = np.array([curves[o].steps[j] + 1 for o, j in zip(owner_a[chosen], index_a[chosen])])
     hist = [curves[o].values[:j] for o, j in zip(owner_a[chosen], index_a[chosen])]
-    ckpts = np.array([curves[o].ckpt for o in owner_a[chosen]], dtype=float)
+    ckpts = None
+    if row_weights is not None:
+        ckpts = np.array(
+            [row_weights(curves[o], int(b)) for o, b in zip(owner_a[chosen], budgets)]
+        )
     rows = pack_rows(layout, x, budgets, hist, max_steps, scale, ckpts)
     return TrainingSet(
         rows=rows,

@@ -16,6 +16,7 @@ from optuna.study import Study
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+import torch
 
 from optuna_fms import _attrs
 from optuna_fms import _claims
@@ -29,6 +30,10 @@ from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._surrogate import Surrogate
 from optuna_fms._surrogate._surrogate import SurrogateFitError
 from optuna_fms._surrogate._surrogate import expected_improvement
+from optuna_fms._surrogate._weights import EMBED_DIM
+from optuna_fms._surrogate._weights import CheckpointEncoder
+from optuna_fms._surrogate._weights import WeightBank
+from optuna_fms._surrogate._weights import fingerprint
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -89,6 +94,13 @@ class Forecaster:
         moves around the best configurations.
     surrogate_kwargs:
         Passed to :class:`~optuna_fms._surrogate._surrogate.Surrogate`.
+    weights:
+        ``"gmn"``, ``"stats"`` or ``None``: how checkpoints enter the surrogate.
+    start_weights:
+        ``params -> state dict or module``: the weights a configuration starts from, used for
+        rows and candidates that have no checkpoint of their own.
+    artifact_store:
+        ``() -> store`` giving the artifact store checkpoints are read from.
     """
 
     def __init__(
@@ -98,31 +110,50 @@ class Forecaster:
         max_train_rows: int = 256,
         n_candidates: int = 512,
         surrogate_kwargs: dict[str, Any] | None = None,
+        weights: str | None = None,
+        start_weights: Callable[[dict[str, Any]], Any] | None = None,
+        artifact_store: Callable[[], Any] | None = None,
     ) -> None:
+        self._weights = weights
+        self._start_weights = start_weights
+        self._artifact_store = artifact_store
+        self._bank = WeightBank(weights) if weights is not None else None
+        self._warned_checkpoint = False
         self._seed = seed
         self._rng = np.random.RandomState(seed)
         self._max_train_rows = max_train_rows
         self._n_candidates = n_candidates
         self._surrogate_kwargs = dict(surrogate_kwargs or {})
-        self._surrogate = Surrogate(seed=seed, **self._surrogate_kwargs)
+        self._surrogate = self._new_surrogate()
         self._search_space = IntersectionSearchSpace(include_pruned=True)
         self._fit: Fit | None = None
         self._lock = threading.RLock()
         self._warned_failure = False
         self._claims_ids: dict[int, int] = {}
-        self.candidate_weights: Callable[[list[dict[str, Any]]], np.ndarray] | None = None
+
+    def _new_surrogate(self) -> Surrogate:
+        factory = None
+        bank = self._bank
+        if bank is not None:
+
+            def factory() -> tuple[torch.nn.Module, int]:
+                return CheckpointEncoder(bank), EMBED_DIM
+
+        return Surrogate(seed=self._seed, weight_encoder_factory=factory, **self._surrogate_kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_fit"] = None
         state["_surrogate"] = None
+        state["_bank"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        self._surrogate = Surrogate(seed=self._seed, **self._surrogate_kwargs)
+        self._bank = WeightBank(self._weights) if self._weights is not None else None
+        self._surrogate = self._new_surrogate()
 
     def reseed(self) -> None:
         self._rng.seed()
@@ -168,8 +199,10 @@ class Forecaster:
             curves = collect_curves(trials, encoder, self.sign(study), max_steps)
             if len(curves) < 2:
                 return None
-            self._attach_weights(curves)
-            data = build_training_set(curves, layout, max_steps, self._max_train_rows, self._rng)
+            row_weights = self._weights_index if self._bank is not None else None
+            data = build_training_set(
+                curves, layout, max_steps, self._max_train_rows, self._rng, row_weights
+            )
             try:
                 self._surrogate.fit(layout, data.rows, data.y)
             except SurrogateFitError as err:
@@ -185,8 +218,53 @@ class Forecaster:
             self._fit = Fit(encoder, layout, max_steps, data, curves, n_obs)
             return self._fit
 
-    def _attach_weights(self, curves: list[Curve]) -> None:
-        """Hook for checkpoint features (the metanetwork joins here)."""
+    # ------------------------------------------------------------------ weights
+    def _weights_index(self, curve: Curve, budget: int) -> float:
+        """Bank index of the weights a row at ``budget`` reads: the trial's newest checkpoint
+        from before that budget, else its starting weights, else none (-1)."""
+        assert self._bank is not None
+        found = curve.checkpoint_before(budget)
+        if found is not None:
+            step, artifact_id = found
+            try:
+                return float(self._bank.index(artifact_id, lambda: self._load(curve.trial, step)))
+            except Exception as err:  # A corrupt or vanished checkpoint must not stop a study.
+                if not self._warned_checkpoint:
+                    self._warned_checkpoint = True
+                    _logger.warning(
+                        "FMS could not read checkpoint %s of trial %d (%s); the surrogate "
+                        "uses the starting weights instead.",
+                        artifact_id,
+                        curve.trial.number,
+                        err,
+                    )
+        return self._start_index(curve.trial.params)
+
+    def _load(self, trial: FrozenTrial, step: int) -> tuple[Any, Any]:
+        from optuna_fms._checkpoint import _load_checkpoint_full
+
+        store = self._artifact_store() if self._artifact_store is not None else None
+        tensors, _, meta = _load_checkpoint_full(trial, step, artifact_store=store)
+        return tensors, meta.get("structure")
+
+    def _start_index(self, params: dict[str, Any]) -> float:
+        if self._start_weights is None or self._bank is None:
+            return -1.0
+        start = self._start_weights(params)
+        if start is None:
+            return -1.0
+        structure = None
+        if isinstance(start, torch.nn.Module):
+            from optuna_fms.metanet import describe_module
+
+            structure = describe_module(start)
+            start = start.state_dict()
+        return float(self._bank.index("start:" + fingerprint(start), lambda: (start, structure)))
+
+    def _candidate_weights(self, params_list: list[dict[str, Any]]) -> np.ndarray | None:
+        if self._bank is None:
+            return None
+        return np.array([self._start_index(p) for p in params_list])
 
     # ---------------------------------------------------------------- predicting
     def _score(
@@ -212,9 +290,7 @@ class Forecaster:
             centers = np.stack([fit.curves[i].x for i in order])
             cands.append(enc.perturb(centers, n, 0.05, self._rng))
         x = np.concatenate(cands)
-        ckpts = None
-        if self.candidate_weights is not None:
-            ckpts = self.candidate_weights(enc.decode(x))
+        ckpts = self._candidate_weights(enc.decode(x))
         budgets = np.ones(len(x))
         _, _, ei = self._score(fit, x, budgets, [np.zeros(0)] * len(x), ckpts)
         return x, ei
@@ -236,7 +312,9 @@ class Forecaster:
         curves = [c for _, c in paused]
         x = np.stack([c.x for c in curves])
         budgets = np.array([c.last_step + 2 for c in curves])
-        ckpts = np.array([c.ckpt for c in curves], dtype=float)
+        ckpts = None
+        if self._bank is not None:
+            ckpts = np.array([self._weights_index(c, c.last_step + 2) for c in curves])
         return self._score(fit, x, budgets, [c.values for c in curves], ckpts)[2]
 
     def propose(self, study: Study, fit: Fit) -> Decision:
@@ -266,7 +344,7 @@ class Forecaster:
         return enc.decode(enc.sample(1, self._rng))[0] if enc.dim else {}
 
     def forecast(
-        self, study: Study, fit: Fit, trial: FrozenTrial, ckpt: float = -1.0
+        self, study: Study, fit: Fit, trial: FrozenTrial
     ) -> tuple[float, float, float, float]:
         """For a running trial: EI at its next step, the best alternative's EI, and the
         forecast (mean, std in the objective's units) of its score at the full budget."""
@@ -280,6 +358,9 @@ class Forecaster:
             hist = sign * np.array([trial.intermediate_values[s] for s in steps], dtype=float)
             x = fit.encoder.encode([trial.params])
             nxt = min(steps[-1] + 2, fit.max_steps)
+            ckpt = -1.0
+            if self._bank is not None:
+                ckpt = self._weights_index(Curve(trial, np.array(steps), hist), nxt)
             mean, std, ei = self._score(
                 fit,
                 np.repeat(x, 2, axis=0),

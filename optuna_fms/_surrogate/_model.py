@@ -44,7 +44,8 @@ class FeatureExtractor(nn.Module):
     out_dim:
         Size of the learned representation.
     weight_encoder:
-        Optional module mapping checkpoint indices to an embedding of size ``weight_dim``.
+        Optional module mapping checkpoint indices to an embedding of size ``weight_dim``
+        (may also be attached after construction, e.g. to keep it in float32).
     weight_dim:
         Size of the weight embedding (0 when there is none).
     """
@@ -63,7 +64,7 @@ class FeatureExtractor(nn.Module):
             nn.Conv1d(2, 8, kernel_size=3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool1d(1)
         )
         self.weight_encoder = weight_encoder
-        self.weight_dim = weight_dim if weight_encoder is not None else 0
+        self.weight_dim = weight_dim
         in_dim = layout.x_dim + 1 + 8 + self.weight_dim
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, out_dim)
@@ -80,7 +81,7 @@ class FeatureExtractor(nn.Module):
             curve_feat = flat.new_zeros(flat.shape[0], 8)
         parts = [flat[:, : lay.x_dim], flat[:, lay.budget : lay.budget + 1], curve_feat]
         if self.weight_encoder is not None:
-            parts.append(self.weight_encoder(flat[:, lay.ckpt]))
+            parts.append(self.weight_encoder(flat[:, lay.ckpt]).to(flat.dtype))
         return self.mlp(torch.cat(parts, dim=-1)).reshape(*lead, -1)
 
 

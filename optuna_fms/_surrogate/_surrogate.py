@@ -129,11 +129,14 @@ class Surrogate:
             encoder, dim = (
                 self._weight_encoder_factory() if self._weight_encoder_factory else (None, 0)
             )
-            extractor = FeatureExtractor(layout, weight_encoder=encoder, weight_dim=dim)
+            extractor = FeatureExtractor(layout, weight_dim=dim)
             likelihood = gpytorch.likelihoods.GaussianLikelihood(
                 noise_constraint=gpytorch.constraints.GreaterThan(1e-4)
             )
-            return DeepKernelGP(x, y, likelihood, extractor).double()
+            model = DeepKernelGP(x, y, likelihood, extractor).double()
+            # The checkpoint encoder joins after the cast: it stays in float32.
+            model.extractor.weight_encoder = encoder
+            return model
 
     def _train(
         self, layout: RowLayout, x: torch.Tensor, y: torch.Tensor, warm: bool, jitter: float
@@ -148,17 +151,34 @@ class Surrogate:
             epochs = self._n_scratch
         model.train()
         model.likelihood.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self._lr)
+        encoder = model.extractor.weight_encoder
+        enc_params = set() if encoder is None else {id(p) for p in encoder.parameters()}
+        optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if id(p) not in enc_params], lr=self._lr
+        )
+        enc_optimizer = None
+        if encoder is not None:
+            enc_optimizer = torch.optim.Adam(encoder.parameters(), lr=self._lr)
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
         with gpytorch.settings.cholesky_jitter(double_value=jitter), warnings.catch_warnings():
             warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
-            for _ in range(epochs):
+            for epoch in range(epochs):
+                grad_pass = encoder is not None and epoch % encoder.grad_every == 0
+                if encoder is not None:
+                    encoder.grad_pass = grad_pass
                 optimizer.zero_grad()
+                if enc_optimizer is not None:
+                    enc_optimizer.zero_grad()
                 loss = -mll(model(x), y)
                 if not torch.isfinite(loss):
                     raise ValueError("non-finite marginal log likelihood")
                 loss.backward()
                 optimizer.step()
+                if enc_optimizer is not None and grad_pass:
+                    enc_optimizer.step()
+        if encoder is not None:
+            encoder.grad_pass = False
+            encoder.invalidate()
         model.eval()
         model.likelihood.eval()
         return model

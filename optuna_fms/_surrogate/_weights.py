@@ -1,0 +1,175 @@
+"""Checkpoint features for the surrogate: a registry of featurised weights and its encoder.
+
+Rows of the surrogate refer to weights by an index into a :class:`WeightBank`; the
+:class:`CheckpointEncoder` (a module inside the deep kernel's feature extractor, trained with
+the GP) embeds them with the graph metanetwork, or with weight statistics where the graph
+cannot express the network, or as a learned "no weights" vector (index ``-1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+import hashlib
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+
+_logger = logging.getLogger("optuna_fms")
+
+WEIGHT_KINDS = ("gmn", "stats")
+GMN_EVERY = 25
+"""A GMN forward/backward over all checkpoints is costly, so the metanetwork takes a step every
+``GMN_EVERY`` epochs of the surrogate fit (on the same marginal likelihood); the kernel and the
+rest of the extractor step every epoch, reading the embeddings of the last GMN pass."""
+EMBED_DIM = 16
+SURROGATE_MAX_EDGES_PER_LAYER = 256
+"""Edge budget per layer of the graphs the surrogate reads (see ``build_graph``)."""
+
+
+def fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Cheap content key of a state dict: names, shapes and a strided sample of each tensor."""
+    h = hashlib.sha1()
+    for name, t in state_dict.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        flat = t.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)][:256].to(torch.float64)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(sample.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class WeightBank:
+    """Featurised checkpoints, each built once and referred to by index.
+
+    ``kind="gmn"`` builds parameter graphs; a network the graph cannot express falls back to
+    weight statistics, with one warning naming the unsupported module. ``kind="stats"``
+    always uses statistics. The bank is shared, never copied, by the surrogate's models.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in WEIGHT_KINDS:
+            raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {kind!r}.")
+        self.kind = kind
+        self.items: list[tuple[str, Any]] = []  # ("graph", ParamGraph) or ("stats", Tensor)
+        self._index: dict[str, int] = {}
+        self._warned = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> WeightBank:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def index(self, key: str, load: Callable[[], tuple[Mapping[str, torch.Tensor], Any]]) -> int:
+        """Index of the weights under ``key``, featurising ``load()`` on first sight.
+
+        ``load`` returns ``(state_dict, structure_or_None)``.
+        """
+        if key in self._index:
+            return self._index[key]
+        state_dict, structure = load()
+        self.items.append(self._featurise(state_dict, structure))
+        self._index[key] = len(self.items) - 1
+        return self._index[key]
+
+    def _featurise(
+        self, state_dict: Mapping[str, torch.Tensor], structure: Any
+    ) -> tuple[str, Any]:
+        from optuna_fms.metanet import UnsupportedArchitectureError
+        from optuna_fms.metanet import build_graph
+        from optuna_fms.metanet import weight_statistics
+
+        floats = {k: v.float() for k, v in state_dict.items() if v.is_floating_point()}
+        if self.kind == "gmn":
+            try:
+                graph = build_graph(
+                    floats, structure, max_edges_per_layer=SURROGATE_MAX_EDGES_PER_LAYER
+                )
+                return "graph", graph
+            except UnsupportedArchitectureError as err:
+                if not self._warned:
+                    self._warned = True
+                    _logger.warning(
+                        "The graph metanetwork cannot express this network (%s); FMS uses "
+                        "weight statistics for such checkpoints instead.",
+                        err,
+                    )
+        return "stats", weight_statistics(floats).float()
+
+
+class CheckpointEncoder(nn.Module):
+    """Embeds checkpoint indices (float column of the packed rows; ``-1`` = no weights).
+
+    The nets stay in float32 whatever the surrogate's dtype; the output is cast by the caller.
+    During training, ``grad_pass`` (set by the fit loop) makes the next call embed every
+    checkpoint with gradients; otherwise cached embeddings are used and extended without
+    gradients for checkpoints registered since.
+    """
+
+    def __init__(self, bank: WeightBank, out_dim: int = EMBED_DIM) -> None:
+        super().__init__()
+        from optuna_fms.metanet import StatsFeaturizer
+
+        self.bank = bank
+        self.out_dim = out_dim
+        self.stats_net = StatsFeaturizer(out_dim=out_dim)
+        self.gmn: nn.Module | None = None
+        if bank.kind == "gmn":
+            from optuna_fms.metanet import GraphMetanetwork
+
+            self.gmn = GraphMetanetwork(out_dim=out_dim)
+        self.missing = nn.Parameter(torch.zeros(out_dim))
+        self.grad_pass = True
+        self.grad_every = GMN_EVERY if self.gmn is not None else 1
+        self._cache = torch.zeros(0, out_dim)
+        self._shift = torch.zeros(out_dim)
+        self._scale = torch.ones(out_dim)
+
+    def invalidate(self) -> None:
+        self._cache = torch.zeros(0, self.out_dim)
+
+    def _embed(self, lo: int, hi: int) -> torch.Tensor:
+        items = self.bank.items[lo:hi]
+        out = torch.zeros(len(items), self.out_dim)
+        graphs = [i for i, (kind, _) in enumerate(items) if kind == "graph"]
+        stats = [i for i, (kind, _) in enumerate(items) if kind == "stats"]
+        if graphs:
+            assert self.gmn is not None
+            emb = self.gmn([items[i][1] for i in graphs])
+            out = out.index_put((torch.tensor(graphs),), emb)
+        if stats:
+            emb = self.stats_net(torch.stack([items[i][1] for i in stats]))
+            out = out.index_put((torch.tensor(stats),), emb)
+        return out
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        idx = index.long()
+        if self.training and self.grad_pass:
+            table = self._embed(0, len(self.bank))
+            # Standardise each dimension over the checkpoints seen in training, so that the
+            # weights weigh as much as the other inputs of the feature extractor; the moments
+            # are frozen between passes so that later checkpoints do not shift earlier ones.
+            if len(table) > 1:
+                self._shift = table.detach().mean(0)
+                self._scale = table.detach().std(0).clamp_min(1e-6)
+            table = (table - self._shift) / self._scale
+            self._cache = table.detach()
+        else:
+            if len(self._cache) < len(self.bank):
+                with torch.no_grad():
+                    extra = self._embed(len(self._cache), len(self.bank))
+                    extra = (extra - self._shift) / self._scale
+                self._cache = torch.cat([self._cache, extra])
+            table = self._cache
+        out = self.missing.expand(len(idx), -1)
+        known = idx >= 0
+        if bool(known.any()):
+            out = out.clone()
+            out[known] = table[idx[known]]
+        return out

@@ -1,0 +1,153 @@
+"""The surrogate reading checkpoints: FMS-GMN and weight statistics inside real studies."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from scipy.stats import kendalltau
+import torch
+import workers
+
+import optuna_fms
+from optuna_fms import _attrs
+from optuna_fms._surrogate._data import Curve
+from optuna_fms._surrogate._weights import CheckpointEncoder
+
+
+def _study(tmp_path: Path, weights: str, **kwargs) -> optuna.Study:
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    return optuna.create_study(
+        sampler=optuna_fms.FMSSampler(
+            seed=0,
+            n_startup_trials=3,
+            weights=weights,
+            artifact_store=store,
+            n_candidates=64,
+            n_scratch_epochs=60,
+            n_warm_epochs=10,
+            **kwargs,
+        ),
+        pruner=optuna_fms.FMSPruner(max_steps=workers.STEPS, n_startup_trials=3),
+    )
+
+
+@pytest.mark.parametrize("weights", ["gmn", "stats"])
+def test_surrogate_with_weights_trains_and_predicts_in_a_study(
+    tmp_path: Path, weights: str
+) -> None:
+    study = _study(tmp_path, weights)
+    study.optimize(workers.train_objective, n_trials=8)
+    forecaster = study.sampler._forecaster
+    kinds = {kind for kind, _ in forecaster._bank.items}
+    assert kinds == {"graph" if weights == "gmn" else "stats"}
+    encoder = forecaster._surrogate._model.extractor.weight_encoder
+    assert isinstance(encoder, CheckpointEncoder)
+    fresh = CheckpointEncoder(forecaster._bank)
+    net = encoder.gmn if weights == "gmn" else encoder.stats_net
+    init = fresh.gmn if weights == "gmn" else fresh.stats_net
+    # Trained jointly with the GP: the featuriser moved away from a fresh initialisation.
+    moved = [not torch.equal(a, b) for a, b in zip(net.parameters(), init.parameters())]
+    assert any(moved)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    for t in pruned:
+        forecast = t.user_attrs[_attrs.FORECAST]
+        assert np.isfinite(forecast["mean"]) and forecast["std"] > 0
+
+
+def test_rows_never_read_weights_from_the_step_they_predict() -> None:
+    trial = optuna.trial.create_trial(
+        params={},
+        distributions={},
+        value=0.0,
+        intermediate_values={0: 0.1, 1: 0.2, 2: 0.3},
+        user_attrs={_attrs.CHECKPOINTS: {"0": "a", "2": "c"}},
+    )
+    curve = Curve(trial, np.array([0, 1, 2]), np.array([0.1, 0.2, 0.3]))
+    assert curve.checkpoint_before(1) is None  # the first epoch: starting weights only
+    assert curve.checkpoint_before(2) == (0, "a")
+    assert curve.checkpoint_before(3) == (0, "a")  # step 1 was not kept; step 2 is the target
+    assert curve.checkpoint_before(4) == (2, "c")
+
+
+def _pretrained(index: int) -> torch.nn.Module:
+    """A family of 'pretrained models' whose quality is written in their weights' scale."""
+    torch.manual_seed(1000 + index)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(_SCALES[index])
+    return net
+
+
+_SCALES = np.random.RandomState(0).permutation(np.linspace(0.1, 2.0, 16))
+
+
+def _hub_objective(trial: optuna.Trial) -> float:
+    member = trial.suggest_categorical("member", list(range(16)))
+    quality = float(_SCALES[member]) / 2.0
+    value = 0.0
+    for step in range(6):
+        value = quality * (1 - np.exp(-0.6 * (step + 1)))
+        trial.report(value, step)
+    return value
+
+
+@pytest.mark.parametrize("weights", ["stats", "gmn"])
+def test_start_weights_rank_pretrained_models_never_tried(weights: str) -> None:
+    sampler = optuna_fms.FMSSampler(
+        seed=0,
+        weights=weights,
+        start_weights=lambda params: _pretrained(params["member"]),
+        n_scratch_epochs=200,
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    tried = [0, 3, 5, 8, 11, 14]
+    for m in tried:
+        study.enqueue_trial({"member": m})
+    study.optimize(_hub_objective, n_trials=len(tried))
+    forecaster = sampler._forecaster
+    fit = forecaster.refresh(study, 6, eager=True)
+    assert fit is not None
+    unseen = [m for m in range(16) if m not in tried]
+    x = fit.encoder.encode([{"member": m} for m in unseen])
+    ckpts = forecaster._candidate_weights([{"member": m} for m in unseen])
+    mean, _, _ = forecaster._score(
+        fit, x, np.full(len(unseen), 6), [np.zeros(0)] * len(unseen), ckpts
+    )
+    tau = kendalltau(mean, _SCALES[unseen]).statistic
+    assert tau > 0.5, tau
+
+
+def test_corrupt_checkpoint_warns_once_and_the_study_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = _study(tmp_path, "stats")
+    study.optimize(workers.train_objective, n_trials=4)
+    for t in study.trials:
+        for artifact_id in t.user_attrs[_attrs.CHECKPOINTS].values():
+            (tmp_path / artifact_id).write_bytes(b"\x80\x04not a checkpoint")
+    study.sampler._forecaster._bank = type(study.sampler._forecaster._bank)("stats")
+    study.sampler._forecaster._fit = None
+    study.sampler._forecaster._surrogate = study.sampler._forecaster._new_surrogate()
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(workers.train_objective, n_trials=3)
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in study.trials)
+    assert len([r for r in caplog.records if "could not read checkpoint" in r.message]) == 1
+
+
+def test_unsupported_layers_fall_back_to_statistics_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from optuna_fms._surrogate._weights import WeightBank
+
+    bank = WeightBank("gmn")
+    lstm = torch.nn.LSTM(3, 4)
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        bank.index("a", lambda: (lstm.state_dict(), None))
+        bank.index("b", lambda: (torch.nn.LSTM(3, 5).state_dict(), None))
+    assert [kind for kind, _ in bank.items] == ["stats", "stats"]
+    assert len([r for r in caplog.records if "cannot express" in r.message]) == 1
