@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 import copy
 import math
+from typing import Any
 import warnings
 
 import gpytorch
@@ -151,7 +152,7 @@ class Surrogate:
             epochs = self._n_scratch
         model.train()
         model.likelihood.train()
-        encoder = model.extractor.weight_encoder
+        encoder: Any = model.extractor.weight_encoder  # a CheckpointEncoder or None
         enc_params = set() if encoder is None else {id(p) for p in encoder.parameters()}
         optimizer = torch.optim.Adam(
             [p for p in model.parameters() if id(p) not in enc_params], lr=self._lr

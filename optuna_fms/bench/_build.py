@@ -335,6 +335,7 @@ def _make_pool(workers: int) -> Any:
     A fork server (where available) imports the build code once and forks fresh workers from
     that clean process; elsewhere workers are spawned.
     """
+    ctx: Any
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["optuna_fms.bench._build"])
@@ -456,7 +457,7 @@ def build_hub(
                     "start": str(tmp / start_file(s.key)),
                 }
             )
-        curves = {
+        curves: dict[str, np.ndarray] = {
             k: np.zeros((recipe.n_configs, recipe.n_epochs))
             for k in ("val_accuracy", "val_loss", "train_loss")
         }
@@ -516,7 +517,7 @@ def build_hub(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
-    np.savez(tmp / CURVES_FILE, **curves)
+    np.savez(tmp / CURVES_FILE, **curves)  # type: ignore[arg-type]
     with open(tmp / INDEX_FILE, "w") as f:
         json.dump(index, f, indent=1)
     if final.exists():

@@ -239,7 +239,7 @@ class Hub:
         return int(np.argmin(((table - target) ** 2).sum(axis=1)))
 
     def _embed(self, params: Mapping[str, Any]) -> np.ndarray:
-        out = []
+        out: list[float] = []
         for name, d in self.search_space.items():
             v = params[name]
             if isinstance(d, optuna.distributions.CategoricalDistribution):
@@ -248,6 +248,10 @@ class Hub:
                 w = 2.0 * math.sqrt(len(self.search_space))
                 out.extend(w * float(v == c) for c in d.choices)
             else:
+                assert isinstance(
+                    d,
+                    (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution),
+                )
                 lo, hi, x = float(d.low), float(d.high), float(v)
                 if getattr(d, "log", False):
                     lo, hi, x = math.log(lo), math.log(hi), math.log(x)
