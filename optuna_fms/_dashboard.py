@@ -267,11 +267,11 @@ class DashboardReport:
                 )
         direction = "maximize" if maximize else "minimize"
         layout = {
-            "title": {"text": "FMS: learning curves, pauses, continuations, forecasts"},
+            "title": {"text": "FMS learning curves", "x": 0.02},
             "xaxis": {"title": {"text": "step"}, "range": [-0.5, final_step + 0.5]},
             "yaxis": {"title": {"text": f"intermediate value ({direction})"}},
             "legend": {"orientation": "h", "y": -0.2},
-            "margin": {"l": 50, "r": 20, "t": 40, "b": 20},
+            "margin": {"l": 50, "r": 20, "t": 60, "b": 20},
             "hovermode": "closest",
         }
         return {"data": data, "layout": layout}
@@ -301,8 +301,8 @@ class DashboardReport:
             "than starting or continuing another one. A paused trial is PRUNED in Optuna's "
             "terms but keeps its checkpoint, and the sampler may later *continue* it: a new "
             "trial with the same parameters that restores the checkpoint and trains on "
-            "(freeze-thaw). The figure above joins each continuation to the curve it "
-            "continues.",
+            "(freeze-thaw). The figure on the study's top page joins each continuation to the "
+            "curve it continues.",
             "",
             "| | |",
             "|---|---|",
