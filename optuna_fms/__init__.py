@@ -5,6 +5,7 @@
 - :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`resume`: checkpoints as Optuna
   artifacts in safetensors format, and freeze-thaw continuation of paused trials.
 - :class:`EpochBudget`: stop a study after a number of epochs really trained.
+- :class:`DashboardReport`: FMS's learning curves and progress in optuna-dashboard.
 """
 
 from optuna_fms._budget import EpochBudget
@@ -12,6 +13,7 @@ from optuna_fms._budget import epochs_spent
 from optuna_fms._checkpoint import CheckpointError
 from optuna_fms._checkpoint import load_checkpoint
 from optuna_fms._checkpoint import save_checkpoint
+from optuna_fms._dashboard import DashboardReport
 from optuna_fms._pruner import FMSPruner
 from optuna_fms._resume import resume
 from optuna_fms._sampler import FMSSampler
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "DashboardReport",
     "EpochBudget",
     "FMSPruner",
     "FMSSampler",
