@@ -115,6 +115,7 @@ def run_demo(
         pruner=optuna_fms.FMSPruner(max_steps=MAX_EPOCHS, min_steps=2),
     )
     budget = optuna_fms.EpochBudget(epochs)
+    report = optuna_fms.DashboardReport(every=10)  # Writes nothing without optuna-dashboard.
     bar = tqdm(total=epochs, unit="epoch", disable=not progress, desc="FMS on digits")
 
     def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -125,9 +126,10 @@ def run_demo(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study.optimize(make_objective(_load_digits(seed)), callbacks=[budget, show])
+        study.optimize(make_objective(_load_digits(seed)), callbacks=[budget, show, report])
     finally:
         bar.close()
+        report.write(study)
     return study
 
 
