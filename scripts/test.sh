@@ -4,4 +4,9 @@
 FMS_EXTRAS=dev,dashboard,lightning,transformers
 source "$(dirname "$0")/_env.sh"
 source scripts/_postgres.sh
+# Headless Chromium for tests/test_dashboard_browser.py (which fails under CI=true without it).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+        chromium-driver >/dev/null) || echo "could not install chromium" >&2
+fi
 python -m pytest -n 2 -p no:cacheprovider --durations=15 "$@"
