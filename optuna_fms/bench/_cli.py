@@ -1,0 +1,227 @@
+"""``optuna-fms bench``: replay a hub with several methods; regret, Kendall's tau, overhead."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import json
+import math
+from pathlib import Path
+import sys
+import time
+
+import numpy as np
+
+from optuna_fms.bench._methods import METHODS
+from optuna_fms.bench._metrics import REGRET_BUDGETS
+from optuna_fms.bench._metrics import TAU_BUDGETS
+from optuna_fms.bench._metrics import at_budget
+from optuna_fms.bench._metrics import fmt_mean_se
+from optuna_fms.bench._metrics import mean_curve
+from optuna_fms.bench._metrics import mean_se
+from optuna_fms.bench._replay import RunResult
+from optuna_fms.bench._replay import run_many
+
+
+NAMED_HUBS = ("zoo", "arch", "tiny")
+
+
+def resolve_hub(spec: str) -> Path:
+    """A hub directory from a path or a name (``./hubs/<name>``, then the build cache;
+    the tiny hub is built there when missing)."""
+    from optuna_fms.bench._build import DEFAULT_OUT
+    from optuna_fms.bench._hub import INDEX_FILE
+
+    path = Path(spec).expanduser()
+    if (path / INDEX_FILE).exists():
+        return path
+    if spec in NAMED_HUBS:
+        for base in (Path("hubs"), Path(DEFAULT_OUT).expanduser()):
+            if (base / spec / INDEX_FILE).exists():
+                return base / spec
+        if spec == "tiny":
+            from optuna_fms.bench._build import build_hub
+
+            return build_hub("tiny", Path(DEFAULT_OUT).expanduser(), workers=1, progress=False)
+    raise SystemExit(
+        f"No hub at {spec!r}: build one with `optuna-fms build-hub --hub {spec}` "
+        f"(into {DEFAULT_OUT}) or pass the hub directory."
+    )
+
+
+def _fmt_seconds(values: Sequence[float]) -> str:
+    return fmt_mean_se(values, digits=1) if values else "n/a"
+
+
+def table(
+    results: Sequence[RunResult],
+    methods: Sequence[str],
+    budget: int,
+    *,
+    regret_budgets: Sequence[int] = REGRET_BUDGETS,
+    tau_budgets: Sequence[int] = TAU_BUDGETS,
+    incumbent: bool = False,
+) -> str:
+    """Markdown table: mean ± standard error over seeds, one row per method."""
+    rb = [b for b in regret_budgets if b <= budget]
+    tb = [b for b in tau_budgets if b <= budget]
+    name = "inc. regret" if incumbent else "regret"
+    head = (
+        ["method", "seeds"]
+        + [f"{name} @{b}" for b in rb]
+        + [f"tau @{b}" for b in tb]
+        + ([] if incumbent else ["sampler s", "pruner s", "trials (continued)", "configs"])
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        method = METHODS.get(m)
+        reason = method.unavailable() if method is not None else None
+        runs = [r for r in results if r.method == m and r.error is None]
+        failed = [r for r in results if r.method == m and r.error is not None]
+        if not runs:
+            why = "not yet" if reason else ("failed" if failed else "not run")
+            cells = [m, "0"] + [why] * (len(head) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        cells = [m, str(len(runs)) + (f" ({len(failed)} failed)" if failed else "")]
+        for b in rb:
+            curve = [r.incumbent_regret if incumbent else r.regret for r in runs]
+            cells.append(fmt_mean_se([at_budget(c, b) for c in curve]))
+        for b in tb:
+            vals = [r.tau.get(b, math.nan) for r in runs]
+            has = any(b in r.tau for r in runs)
+            cell = fmt_mean_se(vals, digits=2) if has else "n/a"
+            n = mean_se(vals)[2]
+            if has and n < len(runs):
+                cell += f" ({len(runs) - n} without a fit)"
+            cells.append(cell)
+        if incumbent:
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        cells.append(_fmt_seconds([r.sampler_seconds for r in runs]))
+        cells.append(_fmt_seconds([r.pruner_seconds for r in runs]))
+        trials = np.mean([r.n_trials for r in runs])
+        cont = np.mean([r.n_continued for r in runs])
+        cells.append(f"{trials:.0f} ({cont:.0f})")
+        cells.append(f"{np.mean([r.n_configs for r in runs]):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[RunResult], methods: Sequence[str], hub: str, path: Path) -> Path:
+    """Regret and incumbent regret against epochs spent, mean ± s.e. over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, incumbent in zip(axes, (False, True)):
+        for m in methods:
+            runs = [r for r in results if r.method == m and r.error is None and r.best_observed]
+            if not runs:
+                continue
+            curves = [r.incumbent_regret if incumbent else r.regret for r in runs]
+            mean, se = mean_curve(curves)
+            e = np.arange(1, len(mean) + 1)
+            (line,) = ax.plot(e, mean, label=f"{m} ({len(runs)})", lw=1.6)
+            ax.fill_between(e, mean - se, mean + se, color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("epochs spent")
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(
+            "incumbent regret (true final score of best-observed config)"
+            if incumbent
+            else "regret (best final score - best observed score)",
+            fontsize=9,
+        )
+    axes[0].set_ylabel(f"{hub} hub: regret (validation accuracy)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="optuna-fms bench",
+        description="Replay a benchmark hub with several HPO methods (real Optuna studies) and "
+        "report regret against epochs spent, Kendall's tau of the surrogate and the time "
+        "spent in samplers and pruners. See docs/benchmarks.md.",
+    )
+    parser.add_argument("--hub", default="tiny", help="zoo, arch, tiny or a hub directory")
+    parser.add_argument(
+        "--methods",
+        default="random,tpe-hyperband,tpe-median,gp,dyhpo,fms-stats,fms-gmn",
+        help=f"comma-separated, from: {', '.join(METHODS)}",
+    )
+    parser.add_argument("--seeds", type=int, default=10, help="number of seeds")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--budget", type=int, default=500, help="epochs spent per run")
+    parser.add_argument("--workers", type=int, default=1, help="processes, one thread each")
+    parser.add_argument("--out", default=None, help="write <out>/images/bench_<hub>_regret.png")
+    parser.add_argument("--save", default=None, help="write every run's result to this JSON")
+    parser.add_argument(
+        "--load",
+        action="append",
+        default=[],
+        help="read results saved with --save (repeatable) and add them to the table; with "
+        "--seeds 0 nothing is run",
+    )
+    args = parser.parse_args(argv)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+
+    results: list[RunResult] = []
+    for f in args.load:
+        results.extend(RunResult.from_dict(d) for d in json.loads(Path(f).read_text()))
+    hub_name = results[0].hub if results else args.hub
+
+    runnable = [m for m in methods if METHODS[m].unavailable() is None]
+    for m in methods:
+        reason = METHODS[m].unavailable()
+        if reason:
+            print(f"# {m}: not yet ({reason})", file=sys.stderr)
+    if args.seeds > 0 and runnable:
+        hub_path = resolve_hub(args.hub)
+        from optuna_fms.bench._hub import Hub
+
+        hub_name = Hub.load(hub_path).name
+        t0 = time.perf_counter()
+
+        def progress(r: RunResult) -> None:
+            status = "FAILED" if r.error else f"regret@end {r.regret[-1]:+.4f}"
+            print(
+                f"# {r.method:<14} seed {r.seed:<3} {status}  wall {r.wall_seconds:6.1f}s  "
+                f"[{time.perf_counter() - t0:6.0f}s]",
+                file=sys.stderr,
+                flush=True,
+            )
+            if r.error:
+                print(r.error, file=sys.stderr)
+
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        new = run_many(
+            hub_path, runnable, seeds, args.budget, workers=args.workers, progress=progress
+        )
+        results.extend(new)
+        if args.save:
+            Path(args.save).write_text(json.dumps([r.to_dict() for r in results]))
+        print(f"# {len(new)} runs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    budget = max((r.budget for r in results), default=args.budget)
+    shown = methods + [m for m in dict.fromkeys(r.method for r in results) if m not in methods]
+    print(f"{hub_name} hub, budget {budget} epochs (mean ± s.e. over seeds)\n")
+    print(table(results, shown, budget))
+    print()
+    print(table(results, shown, budget, incumbent=True, tau_budgets=()))
+    if args.out:
+        png = plot(results, shown, hub_name, Path(args.out) / "images" / f"bench_{hub_name}.png")
+        print(f"\n# plot: {png}", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0

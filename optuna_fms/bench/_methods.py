@@ -1,0 +1,181 @@
+"""The methods a replay benchmark compares, each an Optuna sampler/pruner pair.
+
+Every method is built fresh for each run from the run's seed alone (design.md section 2: no
+state reused across runs). A method whose constructor arguments do not exist yet in this
+version of the library reports why through :meth:`Method.unavailable` and the benchmark shows
+"not yet" instead of numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import inspect
+from typing import TYPE_CHECKING
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
+    from optuna_fms.bench._hub import Hub
+
+
+Factory = Callable[["Hub", int, "ArtifactStore"], tuple[BaseSampler, BasePruner]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One benchmarked method.
+
+    Attributes
+    ----------
+    name:
+        The name used on the command line and in tables.
+    description:
+        One line for the docs.
+    factory:
+        ``(hub, seed, artifact_store) -> (sampler, pruner)``, fresh objects every call.
+    surrogate:
+        Whether the sampler has an FMS surrogate whose forecasts Kendall's tau is taken of.
+    requires:
+        ``FMSSampler`` constructor parameters the method needs.
+    """
+
+    name: str
+    description: str
+    factory: Factory
+    surrogate: bool = False
+    requires: tuple[str, ...] = ()
+
+    def unavailable(self) -> str | None:
+        """Why the method cannot run with this version of the library, or ``None``."""
+        if not self.requires:
+            return None
+        from optuna_fms import FMSSampler
+
+        params = inspect.signature(FMSSampler).parameters
+        missing = [p for p in self.requires if p not in params]
+        if missing:
+            return f"FMSSampler has no parameter {', '.join(missing)} yet"
+        return None
+
+    def make(self, hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+        reason = self.unavailable()
+        if reason is not None:
+            raise RuntimeError(f"method {self.name!r} is not available: {reason}.")
+        return self.factory(hub, seed, store)
+
+
+# ------------------------------------------------------------------------------ settings
+FMS_STARTUP_TRIALS = 10
+"""Random trials before the FMS surrogate is used (the library default)."""
+FMS_PRUNER_STARTUP_TRIALS = 5
+"""Finished trials before FMSPruner pauses anything (the library default)."""
+
+
+def _random(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+    return optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
+
+
+def _tpe_hyperband(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+    return (
+        optuna.samplers.TPESampler(seed=seed),
+        optuna.pruners.HyperbandPruner(min_resource=1, max_resource=hub.n_epochs),
+    )
+
+
+def _tpe_median(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+    return optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
+
+
+def _gp(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+    return optuna.samplers.GPSampler(seed=seed), optuna.pruners.NopPruner()
+
+
+def start_weights_fn(hub: Hub) -> Callable[[dict[str, Any]], Any]:
+    """``params -> state dict`` of the weights the configuration nearest to ``params`` starts
+    fine-tuning from (the zoo member, or the pretrained architecture). Files are read once per
+    start: many candidates share few starts."""
+
+    cache: dict[str, Any] = {}
+
+    def fn(params: dict[str, Any]) -> Any:
+        c = hub.nearest_config(params)
+        key = hub.start_key(c)
+        if key not in cache:
+            cache[key] = hub.start_weights(c)
+        return cache[key]
+
+    return fn
+
+
+def _fms(weights: str | None) -> Factory:
+    def factory(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+        from optuna_fms import FMSPruner
+        from optuna_fms import FMSSampler
+
+        kwargs: dict[str, Any] = dict(
+            seed=seed,
+            artifact_store=store,
+            n_startup_trials=FMS_STARTUP_TRIALS,
+            warn_independent_sampling=False,
+        )
+        if weights is not None:
+            kwargs.update(weights=weights, start_weights=start_weights_fn(hub))
+        sampler = FMSSampler(**kwargs)
+        pruner = FMSPruner(
+            max_steps=hub.n_epochs, n_startup_trials=FMS_PRUNER_STARTUP_TRIALS, seed=seed
+        )
+        return sampler, pruner
+
+    return factory
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("random", "RandomSampler, every trial at the full budget", _random),
+        Method(
+            "tpe-hyperband",
+            "TPESampler + HyperbandPruner(min_resource=1, max_resource=n_epochs, "
+            "reduction_factor=3)",
+            _tpe_hyperband,
+        ),
+        Method("tpe-median", "TPESampler + MedianPruner (Optuna defaults)", _tpe_median),
+        Method("gp", "GPSampler (Optuna's GP-EI), every trial at the full budget", _gp),
+        Method(
+            "dyhpo",
+            "FMSSampler(weights=None) + FMSPruner(max_steps=n_epochs): DyHPO, curves only",
+            _fms(None),
+            surrogate=True,
+        ),
+        Method(
+            "fms-stats",
+            "FMSSampler(weights='stats', start_weights=...) + FMSPruner: per-layer weight "
+            "statistics of the checkpoint",
+            _fms("stats"),
+            surrogate=True,
+            requires=("weights", "start_weights"),
+        ),
+        Method(
+            "fms-gmn",
+            "FMSSampler(weights='gmn', start_weights=...) + FMSPruner: FMS, graph metanetwork "
+            "over the checkpoint",
+            _fms("gmn"),
+            surrogate=True,
+            requires=("weights", "start_weights"),
+        ),
+    ]
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.") from None

@@ -1,0 +1,481 @@
+"""Replay a hub: run a method as a real Optuna study whose objective reads the hub.
+
+The objective goes through the same public API a user's training loop calls (design.md
+section 5): it suggests the hub's search space, restores a continued trial with
+:func:`optuna_fms.resume`, and for each epoch loads the stored checkpoint into the network,
+saves it with :func:`optuna_fms.save_checkpoint`, reports the stored score and asks
+``should_prune``. Only the training itself is replaced by a table look-up.
+
+Samplers that propose points off the hub's finite table (TPE, GP and FMS on the continuous
+parameters) are mapped to the nearest configuration (:meth:`Hub.nearest_config`: categorical
+parameters must match, numeric ones are compared in the distribution's scaled range); the
+trial keeps the proposed parameters, so every sampler sees exactly what it proposed, and the
+configuration replayed is recorded in the trial's user attribute ``bench:config``.
+
+Epochs spent count the epochs replayed: a continuation counts only the epochs after its
+parent's pause (:func:`optuna_fms.epochs_spent`). A study stops at the budget
+(:class:`optuna_fms.EpochBudget`); a trial still running when the budget is reached is cut
+there, so no method spends more than the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+import math
+import multiprocessing
+import os
+from pathlib import Path
+import tempfile
+import time
+import traceback
+from typing import Any
+import warnings
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import Trial
+
+import optuna_fms
+from optuna_fms import _attrs
+from optuna_fms.bench._hub import Hub
+from optuna_fms.bench._methods import get_method
+from optuna_fms.bench._metrics import TAU_BUDGETS
+from optuna_fms.bench._metrics import kendall_tau
+
+
+CONFIG_ATTR = "bench:config"
+"""Trial user attribute: the hub configuration the trial replays."""
+
+_SAMPLER_METHODS = (
+    "infer_relative_search_space",
+    "sample_relative",
+    "sample_independent",
+    "before_trial",
+    "after_trial",
+)
+
+
+# ------------------------------------------------------------------------------ timing
+class Stopwatch:
+    """Accumulated wall time of the outermost timed calls (nested calls are not counted
+    twice)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._depth = 0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+                self.calls += 1
+                self._depth -= 1
+
+        timed.__wrapped__ = fn  # type: ignore[attr-defined]
+        return timed
+
+
+def time_sampler(sampler: BaseSampler) -> Stopwatch:
+    """Time every call Optuna makes to ``sampler``.
+
+    The timed versions are installed on the instance itself rather than in a delegating
+    wrapper class: :class:`~optuna_fms.FMSPruner` finds the sampler's surrogate with
+    ``isinstance(study.sampler, FMSSampler)``, and a wrapper would make it fit a second one.
+    Under a HyperbandPruner Optuna hands the sampler a bracket-filtered study; the timed
+    methods pass whatever study they get through unchanged.
+    """
+    watch = Stopwatch()
+    for name in _SAMPLER_METHODS:
+        setattr(sampler, name, watch.wrap(getattr(sampler, name)))
+    return watch
+
+
+def time_pruner(pruner: BasePruner) -> Stopwatch:
+    """Time every ``prune`` call (``trial.should_prune`` calls it once)."""
+    watch = Stopwatch()
+    pruner.prune = watch.wrap(pruner.prune)  # type: ignore[method-assign]
+    return watch
+
+
+# ------------------------------------------------------------------------------ results
+@dataclass
+class RunResult:
+    """One method on one hub with one seed.
+
+    ``best_observed[e - 1]`` is the best score reported in the first ``e`` epochs spent and
+    ``incumbent_final[e - 1]`` the true final score of the configuration that reported it.
+    ``tau`` maps an epoch count to Kendall's tau of the surrogate at that moment (NaN where
+    the surrogate had no fit; empty for methods without a surrogate).
+    """
+
+    hub: str
+    method: str
+    seed: int
+    budget: int
+    best_final_score: float
+    best_observed: list[float] = field(default_factory=list)
+    incumbent_final: list[float] = field(default_factory=list)
+    tau: dict[int, float] = field(default_factory=dict)
+    sampler_seconds: float = 0.0
+    pruner_seconds: float = 0.0
+    snapshot_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    n_trials: int = 0
+    n_continued: int = 0
+    n_configs: int = 0
+    epochs_spent: int = 0
+    error: str | None = None
+
+    @property
+    def regret(self) -> np.ndarray:
+        return self.best_final_score - np.asarray(self.best_observed, dtype=float)
+
+    @property
+    def incumbent_regret(self) -> np.ndarray:
+        return self.best_final_score - np.asarray(self.incumbent_final, dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tau"] = {str(k): v for k, v in self.tau.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
+        d = dict(d)
+        d["tau"] = {int(k): float(v) for k, v in d.get("tau", {}).items()}
+        return cls(**d)
+
+
+class _Tracker:
+    def __init__(self, hub: Hub, budget: int) -> None:
+        self.hub = hub
+        self.budget = budget
+        self.final = hub.final_scores()
+        self.best = -math.inf
+        self.incumbent = -1
+        self.result_best: list[float] = []
+        self.result_inc: list[float] = []
+        self.touched: set[int] = set()
+
+    @property
+    def spent(self) -> int:
+        return len(self.result_best)
+
+    def record(self, score: float, config_id: int) -> None:
+        self.touched.add(config_id)
+        if score > self.best:
+            self.best, self.incumbent = float(score), config_id
+        self.result_best.append(self.best)
+        self.result_inc.append(float(self.final[self.incumbent]))
+
+
+# ------------------------------------------------------------------------------ the objective
+def suggest(trial: Trial, name: str, dist: BaseDistribution) -> Any:
+    """``trial.suggest_*`` for one of the hub's distributions."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise TypeError(f"Unsupported distribution {dist!r}.")
+
+
+def config_for(hub: Hub, params: dict[str, Any]) -> int:
+    """The configuration replayed for ``params``: the exact match, else the nearest."""
+    try:
+        return hub.find_config(params)
+    except KeyError:
+        return hub.nearest_config(params)
+
+
+def make_objective(
+    hub: Hub,
+    store: Any,
+    tracker: _Tracker,
+    on_epoch: Callable[[Trial], None] | None = None,
+) -> Callable[[Trial], float]:
+    """The replay objective: a user's training loop with training replaced by the hub."""
+
+    def objective(trial: Trial) -> float:
+        params = {name: suggest(trial, name, d) for name, d in hub.search_space.items()}
+        c = config_for(hub, params)
+        trial.set_user_attr(CONFIG_ATTR, c)
+        module = hub.module(c)
+        start = optuna_fms.resume(trial, module, artifact_store=store)
+        score = math.nan
+        for epoch in range(start, hub.n_epochs):
+            if tracker.spent >= tracker.budget:
+                raise optuna.TrialPruned("epoch budget spent")
+            module.load_state_dict(hub.checkpoint(c, epoch))
+            optuna_fms.save_checkpoint(trial, module, step=epoch, artifact_store=store)
+            score = float(hub.scores[c, epoch])
+            trial.report(score, epoch)
+            tracker.record(score, c)
+            if on_epoch is not None:
+                on_epoch(trial)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return score
+
+    return objective
+
+
+# ------------------------------------------------------------------------------ tau
+def predict_final_scores(sampler: Any, study: Study, hub: Hub) -> np.ndarray | None:
+    """The FMS surrogate's forecast of every hub configuration's final score.
+
+    The surrogate is refreshed as the sampler would before its next proposal. A configuration
+    some trial has run is predicted from that trial's parameters and learning curve (the
+    longest, when several trials replayed it) and, with checkpoint features, its newest
+    checkpoint; one no trial has run from its parameters alone, with an empty curve and its
+    starting weights (design.md section 2: never weights of a run that has not happened).
+    Returns ``None`` when the surrogate has no fit.
+
+    This reads the forecaster's private ``_score``; it belongs in the Forecaster as a public
+    "predict the final score of these configurations" method.
+    """
+    forecaster = sampler._forecaster
+    max_steps = sampler.max_steps(study)
+    with forecaster._lock:
+        fit = forecaster.refresh(study, max_steps, eager=True)
+        if fit is None:
+            return None
+        observed: dict[int, Any] = {}
+        for curve in fit.curves:
+            c = curve.trial.user_attrs.get(CONFIG_ATTR)
+            if c is None:
+                continue
+            if c not in observed or len(curve.steps) > len(observed[c].steps):
+                observed[c] = curve
+        n = hub.n_configs
+        x = fit.encoder.encode(hub.configs)
+        histories: list[np.ndarray] = [np.zeros(0)] * n
+        ckpts = np.full(n, -1.0)
+        fresh = [c for c in range(n) if c not in observed]
+        weights = getattr(forecaster, "_candidate_weights", None)
+        if weights is not None and fresh:
+            found = weights([hub.configs[c] for c in fresh])
+            if found is not None:
+                ckpts[fresh] = found
+        uses_bank = getattr(forecaster, "_bank", None) is not None
+        for c, curve in observed.items():
+            x[c] = curve.x
+            histories[c] = curve.values[curve.steps < max_steps - 1]
+            if uses_bank and hasattr(forecaster, "_weights_index"):
+                ckpts[c] = forecaster._weights_index(curve, max_steps)
+            else:
+                ckpts[c] = float(getattr(curve, "ckpt", -1))
+        mean, _, _ = forecaster._score(fit, x, np.full(n, float(max_steps)), histories, ckpts)
+        scale = fit.data.scale
+        return forecaster.sign(study) * (np.asarray(mean) * scale.std + scale.mean)
+
+
+# ------------------------------------------------------------------------------ one run
+def run_replay(
+    hub: Hub,
+    method: str,
+    seed: int,
+    budget: int,
+    *,
+    tau_budgets: Sequence[int] = TAU_BUDGETS,
+    sampler_pruner: tuple[BaseSampler, BasePruner] | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+) -> RunResult:
+    """Run ``method`` on ``hub`` with ``seed`` until ``budget`` epochs are spent.
+
+    Parameters
+    ----------
+    hub:
+        The hub to replay.
+    method:
+        A name from :data:`optuna_fms.bench._methods.METHODS` (only a label when
+        ``sampler_pruner`` is given).
+    seed:
+        Seeds the sampler and pruner; nothing else is carried between runs.
+    budget:
+        Epochs to spend.
+    tau_budgets:
+        Epoch counts at which Kendall's tau of the surrogate is taken (methods with one).
+    sampler_pruner:
+        Use these instead of the registered method's (tests: an oracle sampler).
+    workdir:
+        Directory for the artifact store (default: a temporary directory, removed after).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from optuna_fms.bench import Hub, build_hub
+    >>> hub = Hub.load(build_hub("tiny", Path(tempfile.mkdtemp()), workers=1, progress=False))
+    >>> r = run_replay(hub, "random", seed=0, budget=20)
+    >>> r.epochs_spent, len(r.best_observed)
+    (20, 20)
+    """
+    torch_seed(seed)
+    if sampler_pruner is None:
+        m = get_method(method)
+        if workdir is None:
+            with tempfile.TemporaryDirectory(prefix="fms-replay-") as tmp:
+                return _run(hub, method, seed, budget, tau_budgets, m, None, tmp)
+        return _run(hub, method, seed, budget, tau_budgets, m, None, str(workdir))
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="fms-replay-") as tmp:
+            return _run(hub, method, seed, budget, tau_budgets, None, sampler_pruner, tmp)
+    return _run(hub, method, seed, budget, tau_budgets, None, sampler_pruner, str(workdir))
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _run(
+    hub: Hub,
+    method: str,
+    seed: int,
+    budget: int,
+    tau_budgets: Sequence[int],
+    m: Any,
+    sampler_pruner: tuple[BaseSampler, BasePruner] | None,
+    workdir: str,
+) -> RunResult:
+    store = optuna.artifacts.FileSystemArtifactStore(workdir)
+    sampler, pruner = sampler_pruner if sampler_pruner is not None else m.make(hub, seed, store)
+    sampler_watch = time_sampler(sampler)
+    pruner_watch = time_pruner(pruner)
+    tracker = _Tracker(hub, budget)
+    result = RunResult(
+        hub=hub.name,
+        method=method,
+        seed=seed,
+        budget=budget,
+        best_final_score=hub.best_final_score,
+    )
+    has_surrogate = hasattr(sampler, "_forecaster") and (m is None or m.surrogate)
+    pending = sorted(b for b in tau_budgets if b <= budget) if has_surrogate else []
+    if has_surrogate:
+        result.tau = {b: math.nan for b in pending}
+    true_final = hub.final_scores()
+
+    def on_epoch(trial: Trial) -> None:
+        if not pending or tracker.spent < pending[0]:
+            return
+        b = pending.pop(0)
+        t0 = time.perf_counter()
+        predicted = predict_final_scores(sampler, trial.study, hub)
+        if predicted is not None:
+            result.tau[b] = kendall_tau(predicted, true_final)
+        result.snapshot_seconds += time.perf_counter() - t0
+
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    objective = make_objective(hub, store, tracker, on_epoch)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.optimize(
+            objective, n_trials=10 * budget + 10, callbacks=[optuna_fms.EpochBudget(budget)]
+        )
+    result.wall_seconds = time.perf_counter() - t0
+    trials = study.get_trials(deepcopy=False)
+    result.best_observed = tracker.result_best
+    result.incumbent_final = tracker.result_inc
+    result.sampler_seconds = sampler_watch.seconds
+    result.pruner_seconds = pruner_watch.seconds
+    result.n_trials = len(trials)
+    result.n_continued = sum(1 for t in trials if t.user_attrs.get(_attrs.RESUMED))
+    result.n_configs = len(tracker.touched)
+    result.epochs_spent = optuna_fms.epochs_spent(trials)
+    return result
+
+
+# ------------------------------------------------------------------------------ many runs
+_HUBS: dict[str, Hub] = {}
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _job(args: tuple[str, str, int, int, tuple[int, ...]]) -> dict[str, Any]:
+    path, method, seed, budget, tau_budgets = args
+    hub = _HUBS.get(path)
+    if hub is None:
+        hub = _HUBS[path] = Hub.load(path)
+    try:
+        return run_replay(hub, method, seed, budget, tau_budgets=tau_budgets).to_dict()
+    except Exception:  # noqa: BLE001 - report the failure in the table, keep the others
+        return RunResult(
+            hub=hub.name,
+            method=method,
+            seed=seed,
+            budget=budget,
+            best_final_score=hub.best_final_score,
+            error=traceback.format_exc(limit=8),
+        ).to_dict()
+
+
+def run_many(
+    hub_path: str | Path,
+    methods: Sequence[str],
+    seeds: Iterable[int],
+    budget: int,
+    *,
+    workers: int = 1,
+    tau_budgets: Sequence[int] = TAU_BUDGETS,
+    progress: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Every method with every seed on the hub at ``hub_path``, in ``workers`` processes with
+    one torch thread each. Failed runs come back with ``error`` set."""
+    jobs = [(str(hub_path), m, s, budget, tuple(tau_budgets)) for s in seeds for m in methods]
+    out: list[RunResult] = []
+    if workers <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        _worker_init()
+        try:
+            for job in jobs:
+                r = RunResult.from_dict(_job(job))
+                out.append(r)
+                if progress is not None:
+                    progress(r)
+        finally:
+            torch.set_num_threads(threads)
+        return out
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = [pool.submit(_job, job) for job in jobs]
+        for future in as_completed(futures):
+            r = RunResult.from_dict(future.result())
+            out.append(r)
+            if progress is not None:
+                progress(r)
+    order = {(m, s): i for i, (_, m, s, _, _) in enumerate(jobs)}
+    return sorted(out, key=lambda r: order[(r.method, r.seed)])
