@@ -133,7 +133,7 @@ class FMSSampler(BaseSampler):
             ),
             weights=weights,
             start_weights=start_weights,
-            artifact_store=lambda: self.artifact_store,
+            artifact_store=self._get_artifact_store,
         )
 
     @property
@@ -144,6 +144,9 @@ class FMSSampler(BaseSampler):
             base.mkdir(parents=True, exist_ok=True)
             self._artifact_store = optuna.artifacts.FileSystemArtifactStore(str(base))
         return self._artifact_store
+
+    def _get_artifact_store(self) -> ArtifactStore:
+        return self.artifact_store
 
     def reseed_rng(self) -> None:
         self._forecaster.reseed()
