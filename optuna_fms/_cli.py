@@ -38,9 +38,9 @@ def _build_hub(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from optuna_fms.bench import _cli
+    from optuna_fms.bench._cli import main as bench_main
 
-    return _cli.main(argv)
+    return bench_main(argv)
 
 
 _COMMANDS = {

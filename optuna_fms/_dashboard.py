@@ -319,7 +319,7 @@ class DashboardReport:
         ]
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         if done:
-            best = (max if maximize else min)(done, key=lambda t: t.value)
+            best = (max if maximize else min)(done, key=lambda t: t.values[0])
             lines.append(f"| Best complete trial | {best.value:.6g} (trial {best.number}) |")
         if children:
             lines += [
@@ -353,7 +353,7 @@ class _Chain:
     def __init__(self, root: FrozenTrial) -> None:
         self.trials = [root]
         self.curve: dict[int, tuple[float, int]] = {}  # step -> (value, trial number)
-        self.pauses: list[tuple[int, float, str, bool]] = []  # step, value, text, continued
+        self.pauses: list[tuple[int, float | None, str, bool]] = []  # step, value, text, continued
 
     def best(self, maximize: bool) -> float:
         finite = [v for v, _ in self.curve.values() if math.isfinite(v)]
