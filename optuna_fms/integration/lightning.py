@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 from typing import Any
-import warnings
 
 import optuna
 
@@ -18,7 +17,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra.
     ) from e
 
 from optuna_fms._checkpoint import DEFAULT_KEEP_LAST
-from optuna_fms._checkpoint import save_checkpoint
+from optuna_fms.integration._reporting import _Reporting
 
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["FMSCallback"]
 
 
-class FMSCallback(Callback):
+class FMSCallback(Callback, _Reporting):
     """Report a validation metric to a trial each epoch, checkpoint the model, and prune.
 
     At the end of each validation run (sanity checks excluded) the callback, in this order,
@@ -117,16 +116,16 @@ class FMSCallback(Callback):
         step_offset: int = 0,
     ) -> None:
         super().__init__()
-        self.trial = trial
         self.monitor = monitor
-        self.save_checkpoints = save_checkpoints
-        self.save_optimizer = save_optimizer
-        self.artifact_store = artifact_store
-        self.keep_last = keep_last
-        self.keep_every = keep_every
-        self.step_offset = step_offset
-        self.pruned_step: int | None = None
-        """The step at which the trial was pruned, or ``None``."""
+        self._init_reporting(
+            trial,
+            save_checkpoints=save_checkpoints,
+            save_optimizer=save_optimizer,
+            artifact_store=artifact_store,
+            keep_last=keep_last,
+            keep_every=keep_every,
+            step_offset=step_offset,
+        )
 
     def _optimizer_state(self, trainer: Trainer) -> Any:
         optimizers = list(getattr(trainer, "optimizers", []) or [])
@@ -140,26 +139,10 @@ class FMSCallback(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         step = self.step_offset + trainer.current_epoch
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            warnings.warn(
-                f"The metric {self.monitor!r} is not in trainer.callback_metrics "
-                f"({sorted(trainer.callback_metrics)}); nothing reported at step {step}.",
-                stacklevel=2,
-            )
-            return
-        if self.save_checkpoints:
-            save_checkpoint(
-                self.trial,
-                pl_module,
-                step,
-                optimizer=self._optimizer_state(trainer),
-                artifact_store=self.artifact_store,
-                keep_last=self.keep_last,
-                keep_every=self.keep_every,
-            )
-        self.trial.report(float(value), step=step)
-        if self.trial.should_prune():
-            self.pruned_step = step
+        metrics = dict(trainer.callback_metrics)
+        optimizer = self._optimizer_state(trainer) if self.save_checkpoints else None
+        if self._report_step(
+            step, self.monitor, metrics, pl_module, optimizer, "trainer.callback_metrics"
+        ):
             trainer.should_stop = True
             raise optuna.TrialPruned(f"Trial was pruned at step {step}.")

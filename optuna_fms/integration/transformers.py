@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 from typing import Any
-import warnings
 
 import optuna
 
@@ -19,7 +18,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra.
     ) from e
 
 from optuna_fms._checkpoint import DEFAULT_KEEP_LAST
-from optuna_fms._checkpoint import save_checkpoint
+from optuna_fms.integration._reporting import _Reporting
 
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def _epoch_index(epoch: float) -> int:
     return max(int(whole) - 1, 0)
 
 
-class FMSTrainerCallback(TrainerCallback):
+class FMSTrainerCallback(TrainerCallback, _Reporting):
     """Report an evaluation metric to a trial, checkpoint the model, and stop when pruned.
 
     On each ``on_evaluate`` (on the main process) the callback, in this order,
@@ -134,17 +133,17 @@ class FMSTrainerCallback(TrainerCallback):
     ) -> None:
         if step not in ("epoch", "global_step"):
             raise ValueError(f"step must be 'epoch' or 'global_step', got {step!r}.")
-        self.trial = trial
         self.metric = metric
         self.step = step
-        self.save_checkpoints = save_checkpoints
-        self.save_optimizer = save_optimizer
-        self.artifact_store = artifact_store
-        self.keep_last = keep_last
-        self.keep_every = keep_every
-        self.step_offset = step_offset
-        self.pruned_step: int | None = None
-        """The step at which the trial was pruned, or ``None``."""
+        self._init_reporting(
+            trial,
+            save_checkpoints=save_checkpoints,
+            save_optimizer=save_optimizer,
+            artifact_store=artifact_store,
+            keep_last=keep_last,
+            keep_every=keep_every,
+            step_offset=step_offset,
+        )
         self._training = False
 
     def on_train_begin(
@@ -175,28 +174,10 @@ class FMSTrainerCallback(TrainerCallback):
         if not self._training or not state.is_world_process_zero:
             return control  # e.g. trainer.evaluate() after training: already reported.
         step = self._current_step(state)
-        value = (metrics or {}).get(self.metric)
-        if value is None:
-            warnings.warn(
-                f"The metric {self.metric!r} is not in the evaluation metrics "
-                f"({sorted(metrics or {})}); nothing reported at step {step}.",
-                stacklevel=2,
-            )
-            return control
-        if self.save_checkpoints and model is not None:
-            module = getattr(model, "module", model)  # DistributedDataParallel wrapper.
-            save_checkpoint(
-                self.trial,
-                module,
-                step,
-                optimizer=optimizer if self.save_optimizer else None,
-                artifact_store=self.artifact_store,
-                keep_last=self.keep_last,
-                keep_every=self.keep_every,
-            )
-        self.trial.report(float(value), step=step)
-        if self.trial.should_prune():
-            self.pruned_step = step
+        module = getattr(model, "module", model)  # DistributedDataParallel wrapper.
+        if self._report_step(
+            step, self.metric, dict(metrics or {}), module, optimizer, "the evaluation metrics"
+        ):
             control.should_training_stop = True
         return control
 
