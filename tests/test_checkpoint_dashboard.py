@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 import ast
-import io
 import json
 from pathlib import Path
-from typing import Any
-import wsgiref.util
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 import pytest
 from safetensors.torch import load as load_safetensors_bytes
 import torch
+from wsgi import call_wsgi
 
 from optuna_fms import _attrs
 from optuna_fms._checkpoint import save_checkpoint
 
 
 optuna_dashboard = pytest.importorskip("optuna_dashboard")
-
-
-def _call(app: Any, path: str, query: str = "") -> tuple[str, bytes]:
-    """Call a WSGI app in process with a GET request; return (status, body)."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "wsgi.input": io.BytesIO(b""),
-    }
-    wsgiref.util.setup_testing_defaults(environ)
-    captured: dict[str, str] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        captured["status"] = status
-        return lambda data: None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return captured["status"], body
 
 
 def test_checkpoints_listed_and_downloadable(tmp_path: Path) -> None:
@@ -61,7 +34,7 @@ def test_checkpoints_listed_and_downloadable(tmp_path: Path) -> None:
     assert study.trials[0].user_attrs[_attrs.CHECKPOINTS] == kept
 
     app = optuna_dashboard.wsgi(storage, artifact_store=store)
-    status, body = _call(app, f"/api/studies/{study._study_id}", "after=0")
+    status, body = call_wsgi(app, f"/api/studies/{study._study_id}", "after=0")
     assert status.startswith("200"), body[:200]
     trials = json.loads(body)["trials"]
     listed = {a["artifact_id"]: a for a in trials[0]["artifacts"]}
@@ -73,10 +46,10 @@ def test_checkpoints_listed_and_downloadable(tmp_path: Path) -> None:
     assert ast.literal_eval(user_attrs[_attrs.CHECKPOINTS]) == kept
 
     trial_id = trials[0]["trial_id"]
-    status, body = _call(app, f"/artifacts/{study._study_id}/{trial_id}/{ids[2]}")
+    status, body = call_wsgi(app, f"/artifacts/{study._study_id}/{trial_id}/{ids[2]}")
     assert status.startswith("200")
     tensors = load_safetensors_bytes(body)
     assert torch.equal(tensors["weight"], model.weight.detach())
     # A removed checkpoint is not served.
-    status, _ = _call(app, f"/artifacts/{study._study_id}/{trial_id}/{ids[0]}")
+    status, _ = call_wsgi(app, f"/artifacts/{study._study_id}/{trial_id}/{ids[0]}")
     assert status.startswith("404")

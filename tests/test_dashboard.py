@@ -7,20 +7,19 @@ The study is built through the same attribute contract FMSSampler/FMSPruner writ
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 from pathlib import Path
 import sys
 from typing import Any
-import wsgiref.util
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 import pytest
 import torch
+from wsgi import call_wsgi
 
 from optuna_fms import _attrs
 from optuna_fms._checkpoint import save_checkpoint
@@ -84,31 +83,6 @@ def make_study(tmp_path: Path) -> tuple[optuna.storages.BaseStorage, FileSystemA
     running = run(0.6, 4)
     running.set_user_attr(_attrs.FORECAST, {"step": 4, "mean": 0.58, "std": 0.1})
     return storage, store, study
-
-
-def call_wsgi(app: Any, path: str, query: str = "") -> tuple[str, bytes]:
-    """GET ``path`` from a WSGI app in process; return (status, body)."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "wsgi.input": io.BytesIO(b""),
-    }
-    wsgiref.util.setup_testing_defaults(environ)
-    captured: dict[str, str] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        captured["status"] = status
-        return lambda data: None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return captured["status"], body
 
 
 def _traces(figure: dict[str, Any]) -> dict[str, dict[str, Any]]:
