@@ -75,7 +75,8 @@ class FMSSampler(BaseSampler):
         Optional ``params -> state dict or nn.Module``: the weights a configuration starts
         from (for example the pretrained hub model named by a categorical parameter).
         Configurations that have not run yet are featurised from these, never from weights
-        of a run that has not happened, so FMS can rank unseen pretrained models.
+        of a run that has not happened, so FMS can rank unseen pretrained models. It is
+        called for every candidate of every proposal: keep it cheap (cache what it loads).
     warn_independent_sampling:
         Log a warning (once per parameter) when a parameter is sampled independently.
 

@@ -119,6 +119,7 @@ class Forecaster:
         self._artifact_store = artifact_store
         self._bank = WeightBank(weights) if weights is not None else None
         self._warned_checkpoint = False
+        self._unreadable: set[str] = set()
         self._seed = seed
         self._rng = np.random.RandomState(seed)
         self._max_train_rows = max_train_rows
@@ -224,11 +225,12 @@ class Forecaster:
         from before that budget, else its starting weights, else none (-1)."""
         assert self._bank is not None
         found = curve.checkpoint_before(budget)
-        if found is not None:
+        if found is not None and found[1] not in self._unreadable:
             step, artifact_id = found
             try:
                 return float(self._bank.index(artifact_id, lambda: self._load(curve.trial, step)))
             except Exception as err:  # A corrupt or vanished checkpoint must not stop a study.
+                self._unreadable.add(artifact_id)
                 if not self._warned_checkpoint:
                     self._warned_checkpoint = True
                     _logger.warning(
