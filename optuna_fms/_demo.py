@@ -88,7 +88,7 @@ def make_objective(data: _Digits):
 
 def run_demo(
     *,
-    storage: str = "sqlite:///fms.db",
+    storage: str | None = "sqlite:///fms.db",
     artifact_dir: str = "artifacts",
     study_name: str = "fms-digits",
     epochs: int = 400,
@@ -97,10 +97,14 @@ def run_demo(
 ) -> optuna.Study:
     """Run (or resume) the digits study until ``epochs`` epochs have been trained.
 
+    ``storage=None`` keeps the study in memory.
+
     Examples
     --------
-    >>> study = run_demo(storage="sqlite:///:memory:", epochs=40, progress=False)
-    ... # doctest: +SKIP
+    >>> import tempfile
+    >>> study = run_demo(storage=None, artifact_dir=tempfile.mkdtemp(), epochs=20, progress=False)
+    >>> optuna_fms.epochs_spent(study.trials)
+    20
     """
     from tqdm.auto import tqdm
 
