@@ -85,6 +85,9 @@ def table(
             continue
         cells = [m, str(len(runs)) + (f" ({len(failed)} failed)" if failed else "")]
         for b in rb:
+            if all(r.budget < b for r in runs):
+                cells.append("—")  # the method was run with a smaller budget
+                continue
             curve = [r.incumbent_regret if incumbent else r.regret for r in runs]
             cells.append(fmt_mean_se([at_budget(c, b) for c in curve]))
         for b in tb:
@@ -127,6 +130,8 @@ def plot(results: Sequence[RunResult], methods: Sequence[str], hub: str, path: P
             (line,) = ax.plot(e, mean, label=f"{m} ({len(runs)})", lw=1.6)
             ax.fill_between(e, mean - se, mean + se, color=line.get_color(), alpha=0.2, lw=0)
         ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=0.005, linscale=0.5)
+        ax.set_xlim(10, None)
         ax.set_xlabel("epochs spent")
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.grid(alpha=0.3, which="both")
@@ -194,6 +199,7 @@ def main(argv: list[str]) -> int:
 
         hub_name = Hub.load(hub_path).name
         t0 = time.perf_counter()
+        done: list[RunResult] = []
 
         def progress(r: RunResult) -> None:
             status = "FAILED" if r.error else f"regret@end {r.regret[-1]:+.4f}"
@@ -205,6 +211,9 @@ def main(argv: list[str]) -> int:
             )
             if r.error:
                 print(r.error, file=sys.stderr)
+            done.append(r)
+            if args.save:  # after every run, so an interrupted benchmark keeps what it did
+                Path(args.save).write_text(json.dumps([x.to_dict() for x in results + done]))
 
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         new = run_many(

@@ -114,7 +114,7 @@ def start_weights_fn(hub: Hub) -> Callable[[dict[str, Any]], Any]:
     return fn
 
 
-def _fms(weights: str | None) -> Factory:
+def _fms(weights: str | None, pruner_startup: int = FMS_PRUNER_STARTUP_TRIALS) -> Factory:
     def factory(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
         from optuna_fms import FMSPruner
         from optuna_fms import FMSSampler
@@ -128,9 +128,7 @@ def _fms(weights: str | None) -> Factory:
         if weights is not None:
             kwargs.update(weights=weights, start_weights=start_weights_fn(hub))
         sampler = FMSSampler(**kwargs)
-        pruner = FMSPruner(
-            max_steps=hub.n_epochs, n_startup_trials=FMS_PRUNER_STARTUP_TRIALS, seed=seed
-        )
+        pruner = FMSPruner(max_steps=hub.n_epochs, n_startup_trials=pruner_startup, seed=seed)
         return sampler, pruner
 
     return factory
@@ -167,6 +165,22 @@ METHODS: dict[str, Method] = {
             "FMSSampler(weights='gmn', start_weights=...) + FMSPruner: FMS, graph metanetwork "
             "over the checkpoint",
             _fms("gmn"),
+            surrogate=True,
+            requires=("weights", "start_weights"),
+        ),
+        # Variants with DyHPO's short initial design: the pruner may pause from the second
+        # trial on, so the random startup trials mostly run one epoch each instead of the
+        # full budget. Not in the default method list.
+        Method(
+            "dyhpo-fast-start",
+            "dyhpo with FMSPruner(n_startup_trials=1): random startup trials paused early",
+            _fms(None, pruner_startup=1),
+            surrogate=True,
+        ),
+        Method(
+            "fms-gmn-fast-start",
+            "fms-gmn with FMSPruner(n_startup_trials=1)",
+            _fms("gmn", pruner_startup=1),
             surrogate=True,
             requires=("weights", "start_weights"),
         ),
