@@ -224,6 +224,4 @@ def test_unreadable_parent_checkpoint_trains_from_scratch(
     assert "trial 0, step 3" in child.user_attrs[_attrs.RESUME_FAILED]
     assert sorted(child.intermediate_values) == list(range(workers.STEPS))
     assert any("cannot continue paused trial 0" in r.message for r in caplog.records)
-    assert not study._storage.get_study_system_attrs(study._study_id).get(
-        _attrs.CONTINUATION_OFF
-    )
+    assert not study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
