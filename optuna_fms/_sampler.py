@@ -66,6 +66,13 @@ class FMSSampler(BaseSampler):
         Adam schedule of the surrogate: epochs from scratch (first fit and after a
         failure), epochs of a warm-started refit, and the learning rate. (DyHPO uses 1000
         and 50 epochs at 1e-3; the defaults reach a similar fit in a third of the time.)
+    retrain_growth:
+        ``0`` (default) trains the surrogate (warm-started) whenever new observations arrived,
+        as DyHPO does. A positive value trains only once the observations grew by that
+        fraction since the last training and otherwise conditions the trained GP on the new
+        data (one Cholesky factorisation). On the synthetic benchmark
+        (``benchmarks/synthetic_regret.py``, 10 seeds) ``0.1`` halved the sampler's time but
+        raised the regret from 0.017 to 0.043.
     weights:
         How checkpoints enter the surrogate: ``"gmn"`` (FMS: a graph metanetwork over the
         parameters, invariant to permutations of hidden neurons, trained with the GP),
@@ -113,6 +120,7 @@ class FMSSampler(BaseSampler):
         n_scratch_epochs: int = 300,
         n_warm_epochs: int = 50,
         lr: float = 1e-2,
+        retrain_growth: float = 0.0,
         weights: str | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
         warn_independent_sampling: bool = True,
@@ -129,6 +137,7 @@ class FMSSampler(BaseSampler):
             seed=seed,
             max_train_rows=max_train_rows,
             n_candidates=n_candidates,
+            retrain_growth=retrain_growth,
             surrogate_kwargs=dict(
                 lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs
             ),

@@ -188,3 +188,16 @@ def test_runs_on_every_storage(tmp_path: Path) -> None:
         study = _run(_sampler(), n_trials=7, storage=storage)
         assert len(study.trials) == 7, storage
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def test_retrain_growth_conditions_between_trainings() -> None:
+    every = _sampler()
+    _run(every, n_trials=14)
+    sparse = _sampler(retrain_growth=0.5)
+    study = _run(sparse, n_trials=14)
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    n_every = every._forecaster._surrogate._n_fits
+    n_sparse = sparse._forecaster._surrogate._n_fits
+    assert 0 < n_sparse < n_every
+    fit = sparse._forecaster._fit
+    assert fit is not None and fit.n_trained <= fit.n_observations

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial
@@ -144,7 +143,6 @@ class TrainingSet:
     scale: Standardizer
     best_at_budget: dict[int, float]
     n_observations: int
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def incumbent(self, budget: int) -> float:
         """Best observed value (standardised) at ``budget``, or overall if none there yet."""

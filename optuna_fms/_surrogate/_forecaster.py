@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from dataclasses import field
 import logging
 import threading
 from typing import Any
@@ -49,8 +48,8 @@ class Fit:
     data: TrainingSet
     curves: list[Curve]
     n_observations: int
+    n_trained: int
     alternative_ei: float | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +91,10 @@ class Forecaster:
     n_candidates:
         Quasi-random candidates scored for a fresh configuration; as many again are local
         moves around the best configurations.
+    retrain_growth:
+        Train the surrogate again once the observations grew by this fraction since the
+        last training, and only condition the trained GP on new data in between. 0 trains
+        at every new observation, as DyHPO does.
     surrogate_kwargs:
         Passed to :class:`~optuna_fms._surrogate._surrogate.Surrogate`.
     weights:
@@ -109,6 +112,7 @@ class Forecaster:
         seed: int | None = None,
         max_train_rows: int = 256,
         n_candidates: int = 512,
+        retrain_growth: float = 0.0,
         surrogate_kwargs: dict[str, Any] | None = None,
         weights: str | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
@@ -123,6 +127,7 @@ class Forecaster:
         self._seed = seed
         self._rng = np.random.RandomState(seed)
         self._max_train_rows = max_train_rows
+        self._retrain_growth = retrain_growth
         self._n_candidates = n_candidates
         self._surrogate_kwargs = dict(surrogate_kwargs or {})
         self._surrogate = self._new_surrogate()
@@ -175,26 +180,32 @@ class Forecaster:
 
     # ------------------------------------------------------------------ fitting
     def refresh(self, study: Study, max_steps: int, *, eager: bool) -> Fit | None:
-        """Return a fit that is current enough, refitting if needed; ``None`` on failure.
+        """Return a fit that is current enough; ``None`` while the surrogate cannot be fitted.
 
-        ``eager`` (the sampler) refits whenever any new observation arrived; otherwise (the
-        pruner) only once the data grew by half since the last fit, so that ``should_prune``
-        stays cheap: between fits, trials' newest values still enter through their curves.
+        The GP's hyperparameters and feature extractor are *trained* when the data grew by
+        ``retrain_growth`` since the last training (and at the first fit or when the search
+        space or budget changed). In between, ``eager`` callers (the sampler) *condition* the
+        trained model on all current data, an exact GP update that costs one Cholesky
+        factorisation; other callers (the pruner) keep the last fit until the data grew by
+        half, so that ``should_prune`` stays cheap: trials' newest values still enter through
+        their curves.
         """
         with self._lock:
             trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
             n_obs = count_observations(trials)
             space = self.search_space(study)
             fit = self._fit
-            if (
+            same = (
                 fit is not None
                 and fit.encoder.search_space == dict(sorted(space.items()))
                 and fit.max_steps == max_steps
-                and (
-                    n_obs == fit.n_observations or (not eager and n_obs < 1.5 * fit.n_observations)
-                )
-            ):
-                return fit
+            )
+            if same and fit is not None:
+                if n_obs == fit.n_observations or (not eager and n_obs < 1.5 * fit.n_observations):
+                    return fit
+            retrain = (
+                not same or fit is None or n_obs >= (1 + self._retrain_growth) * fit.n_trained
+            )
             encoder = SpaceEncoder(space)
             layout = RowLayout(encoder.dim, max(0, max_steps - 1))
             curves = collect_curves(trials, encoder, self.sign(study), max_steps)
@@ -205,7 +216,13 @@ class Forecaster:
                 curves, layout, max_steps, self._max_train_rows, self._rng, row_weights
             )
             try:
-                self._surrogate.fit(layout, data.rows, data.y)
+                if not retrain:
+                    try:
+                        self._surrogate.condition(data.rows, data.y)
+                    except SurrogateFitError:
+                        retrain = True
+                if retrain:
+                    self._surrogate.fit(layout, data.rows, data.y)
             except SurrogateFitError as err:
                 self._fit = None
                 if not self._warned_failure:
@@ -216,7 +233,8 @@ class Forecaster:
                         err,
                     )
                 return None
-            self._fit = Fit(encoder, layout, max_steps, data, curves, n_obs)
+            n_trained = n_obs if retrain or fit is None else fit.n_trained
+            self._fit = Fit(encoder, layout, max_steps, data, curves, n_obs, n_trained)
             return self._fit
 
     # ------------------------------------------------------------------ weights

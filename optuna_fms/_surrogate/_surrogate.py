@@ -184,6 +184,21 @@ class Surrogate:
         model.likelihood.eval()
         return model
 
+    def condition(self, rows: np.ndarray, y: np.ndarray) -> None:
+        """Condition the trained GP on new data without training (an exact posterior update).
+
+        Raises
+        ------
+        SurrogateFitError
+            If there is no trained model, or the posterior is not finite on the new data.
+        """
+        if self._model is None:
+            raise SurrogateFitError("No trained surrogate to condition.")
+        x_t = torch.as_tensor(rows, dtype=torch.float64)
+        y_t = torch.as_tensor(y, dtype=torch.float64)
+        self._model.set_train_data(x_t, y_t, strict=False)
+        self.predict(rows[:1])  # Builds the posterior cache now; raises if it is not finite.
+
     def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation (standardised units) of the latent score."""
         if self._model is None:
