@@ -67,7 +67,7 @@ def table(
     tb = [b for b in tau_budgets if b <= budget]
     name = "inc. regret" if incumbent else "regret"
     head = (
-        ["method", "seeds"]
+        ["method", "seeds", "budget"]
         + [f"{name} @{b}" for b in rb]
         + [f"tau @{b}" for b in tb]
         + ([] if incumbent else ["sampler s", "pruner s", "trials (continued)", "configs"])
@@ -84,6 +84,7 @@ def table(
             lines.append("| " + " | ".join(cells) + " |")
             continue
         cells = [m, str(len(runs)) + (f" ({len(failed)} failed)" if failed else "")]
+        cells.append("/".join(str(b) for b in sorted({r.budget for r in runs})))
         for b in rb:
             if all(r.budget < b for r in runs):
                 cells.append("—")  # the method was run with a smaller budget
@@ -187,6 +188,8 @@ def main(argv: list[str]) -> int:
     for f in args.load:
         results.extend(RunResult.from_dict(d) for d in json.loads(Path(f).read_text()))
     hub_name = results[0].hub if results else args.hub
+    if len({r.hub for r in results}) > 1:
+        parser.error(f"--load files mix hubs {sorted({r.hub for r in results})}")
 
     runnable = [m for m in methods if METHODS[m].unavailable() is None]
     for m in methods:
@@ -198,6 +201,8 @@ def main(argv: list[str]) -> int:
         from optuna_fms.bench._hub import Hub
 
         hub_name = Hub.load(hub_path).name
+        if results and results[0].hub != hub_name:
+            parser.error(f"--load results are for hub {results[0].hub!r}, not {hub_name!r}")
         t0 = time.perf_counter()
         done: list[RunResult] = []
 

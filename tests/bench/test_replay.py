@@ -198,7 +198,7 @@ def test_table_marks_unavailable_methods(monkeypatch: pytest.MonkeyPatch) -> Non
         best_observed=[0.5, 0.8, 0.9], incumbent_final=[0.5, 0.8, 0.9],
     )  # fmt: skip
     text = table([r], ["random", "fms-gmn"], budget=3, regret_budgets=(2, 3))
-    assert "| random | 1 | 0.200 | 0.100 |" in text
+    assert "| random | 1 | 3 | 0.200 | 0.100 |" in text
     assert "| fms-gmn | 0 | not yet" in text
 
 
@@ -208,7 +208,7 @@ def test_cli_end_to_end(hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture)
     argv += ["--budget", "12", "--out", str(tmp_path), "--save", str(save)]
     assert bench_main(argv) == 0
     out = capsys.readouterr().out
-    assert "| random | 2 |" in out and "| tpe-hyperband | 2 |" in out
+    assert "| random | 2 | 12 |" in out and "| tpe-hyperband | 2 | 12 |" in out
     assert (tmp_path / "images" / "bench_tiny.png").stat().st_size > 0
     assert len(json.loads(save.read_text())) == 4
     # Re-rendering saved runs runs nothing.
