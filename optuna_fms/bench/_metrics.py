@@ -29,7 +29,9 @@ REGRET_BUDGETS = (50, 100, 200, 500)
 TAU_BUDGETS = (50, 100)
 
 
-def kendall_tau(predicted: Sequence[float], true: Sequence[float]) -> float:
+def kendall_tau(
+    predicted: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray
+) -> float:
     """Kendall's tau-b between predicted and true scores of the same configurations.
 
     ``predicted[i]`` and ``true[i]`` must refer to the same configuration ``i``. Returns NaN
