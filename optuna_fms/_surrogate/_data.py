@@ -161,8 +161,13 @@ def build_training_set(
 ) -> TrainingSet:
     """All (configuration, budget, curve so far) -> value rows, capped at ``max_rows``.
 
-    When the cap binds, each curve's latest observation is kept first (what the pruner and
-    the continuation decisions read), then the rest are drawn at random with ``rng``.
+    Besides one row per observation, each configuration's latest observation appears once
+    more with an *empty* history (and its starting weights): the input the surrogate sees
+    when it forecasts a configuration that has not run yet, at any budget. Without these
+    rows an empty curve only ever occurs at the first step in training.
+
+    When the cap binds, those rows and each curve's latest observation are kept first (what
+    the decisions read), then the rest are drawn at random with ``rng``.
     """
     owner, index = [], []
     for ci, c in enumerate(curves):
@@ -170,44 +175,51 @@ def build_training_set(
             if not np.isnan(c.values[j]):
                 owner.append(ci)
                 index.append(j)
-    owner_a = np.asarray(owner, dtype=int)
-    index_a = np.asarray(index, dtype=int)
     all_values = np.array([curves[o].values[j] for o, j in zip(owner, index)], dtype=float)
     scale = Standardizer.fit(all_values)
+    y_obs = scale(all_values)
     best: dict[int, float] = {}
-    y_all = scale(all_values)
-    for o, j, v in zip(owner_a, index_a, y_all):
+    last_pos: dict[int, int] = {}
+    for pos, (o, j, v) in enumerate(zip(owner, index, y_obs)):
         b = int(curves[o].steps[j]) + 1
         best[b] = max(best.get(b, -np.inf), float(v))
+        last_pos[o] = pos
+    # Rows: (observation position, history length); the priors have an empty history.
+    pos_a = np.concatenate([np.arange(len(owner)), [p for p in last_pos.values() if index[p]]])
+    pos_a = pos_a.astype(int)
+    hist_len = np.concatenate([np.asarray(index, dtype=int), np.zeros(len(pos_a) - len(owner))])
+    hist_len = hist_len.astype(int)
 
-    chosen = np.arange(len(owner_a))
+    chosen = np.arange(len(pos_a))
     if len(chosen) > max_rows:
-        is_last = np.zeros(len(owner_a), dtype=bool)
-        last_pos: dict[int, int] = {}
-        for pos, o in enumerate(owner_a):
-            last_pos[int(o)] = pos
-        is_last[list(last_pos.values())] = True
-        lasts = np.flatnonzero(is_last)
-        if len(lasts) >= max_rows:
-            chosen = np.sort(rng.choice(lasts, size=max_rows, replace=False))
+        first = np.zeros(len(pos_a), dtype=bool)
+        first[list(last_pos.values())] = True
+        first[len(owner) :] = True
+        keep = np.flatnonzero(first)
+        if len(keep) >= max_rows:
+            chosen = np.sort(rng.choice(keep, size=max_rows, replace=False))
         else:
-            others = np.flatnonzero(~is_last)
-            extra = rng.choice(others, size=max_rows - len(lasts), replace=False)
-            chosen = np.sort(np.concatenate([lasts, extra]))
+            others = np.flatnonzero(~first)
+            extra = rng.choice(others, size=max_rows - len(keep), replace=False)
+            chosen = np.sort(np.concatenate([keep, extra]))
 
-    x = np.stack([curves[o].x for o in owner_a[chosen]]) if len(chosen) else np.zeros((0, 0))
-    budgets = np.array([curves[o].steps[j] + 1 for o, j in zip(owner_a[chosen], index_a[chosen])])
-    hist = [curves[o].values[:j] for o, j in zip(owner_a[chosen], index_a[chosen])]
+    owners = [owner[p] for p in pos_a[chosen]]
+    x = np.stack([curves[o].x for o in owners]) if owners else np.zeros((0, layout.x_dim))
+    budgets = np.array([curves[owner[p]].steps[index[p]] + 1 for p in pos_a[chosen]])
+    hist = [curves[o].values[:h] for o, h in zip(owners, hist_len[chosen])]
     ckpts = None
     if row_weights is not None:
+        # An observation row reads the weights from before its budget; a prior row (empty
+        # history) the starting weights, like a configuration that has not run.
+        prior = chosen >= len(owner)
         ckpts = np.array(
-            [row_weights(curves[o], int(b)) for o, b in zip(owner_a[chosen], budgets)]
+            [row_weights(curves[o], 1 if p else int(b)) for o, p, b in zip(owners, prior, budgets)]
         )
     rows = pack_rows(layout, x, budgets, hist, max_steps, scale, ckpts)
     return TrainingSet(
         rows=rows,
-        y=y_all[chosen],
+        y=y_obs[pos_a[chosen]],
         scale=scale,
         best_at_budget=best,
-        n_observations=len(owner_a),
+        n_observations=len(owner),
     )

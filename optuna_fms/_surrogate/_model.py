@@ -69,6 +69,11 @@ class FeatureExtractor(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, out_dim)
         )
+        # The hyperparameter inputs start with zero weights: a one-hot column of a category no
+        # trial has used then contributes nothing (an unseen category looks average) instead of
+        # a random offset from its untrained initial weights. Training moves the others.
+        with torch.no_grad():
+            self.mlp[0].weight[:, : layout.x_dim] = 0.0
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         lay = self.layout
