@@ -79,11 +79,14 @@ class FMSSampler(BaseSampler):
         ``"stats"`` (per-layer weight statistics) or ``None`` (DyHPO: curves only). A row
         reads the trial's newest checkpoint from *before* the step it predicts.
     start_weights:
-        Optional ``params -> state dict or nn.Module``: the weights a configuration starts
-        from (for example the pretrained hub model named by a categorical parameter).
-        Configurations that have not run yet are featurised from these, never from weights
-        of a run that has not happened, so FMS can rank unseen pretrained models. It is
-        called for every candidate of every proposal: keep it cheap (cache what it loads).
+        Optional ``params -> state dict, nn.Module or (state dict, structure)``: the weights
+        a configuration starts from (``structure`` as given by
+        :func:`optuna_fms.metanet.describe_module`, which the graph needs beyond plain
+        MLP/CNN stacks), for example the pretrained hub model named by a categorical
+        parameter. Configurations that have not run yet are featurised from these, never
+        from weights of a run that has not happened, so FMS can rank unseen pretrained
+        models. It is called for every candidate of every proposal: keep it cheap (cache
+        what it loads).
     warn_independent_sampling:
         Log a warning (once per parameter) when a parameter is sampled independently.
 

@@ -274,7 +274,9 @@ class Forecaster:
         if start is None:
             return -1.0
         structure = None
-        if isinstance(start, torch.nn.Module):
+        if isinstance(start, tuple):  # (state dict, structure from describe_module)
+            start, structure = start
+        elif isinstance(start, torch.nn.Module):
             from optuna_fms.metanet import describe_module
 
             structure = describe_module(start)
@@ -362,6 +364,36 @@ class Forecaster:
     def random_params(self, study: Study, space: dict[str, BaseDistribution]) -> dict[str, Any]:
         enc = SpaceEncoder(space)
         return enc.decode(enc.sample(1, self._rng))[0] if enc.dim else {}
+
+    def forecast_final(
+        self,
+        study: Study,
+        fit: Fit,
+        params_list: list[dict[str, Any]],
+        curves: list[Curve | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Forecast the score at the full budget (objective units): mean and std.
+
+        ``curves[i]`` is what has been observed of ``params_list[i]`` (its learning curve,
+        and with weights its newest checkpoint), or ``None`` for a configuration that has
+        not run, which is then read from its parameters and starting weights alone.
+        """
+        with self._lock:
+            n = len(params_list)
+            x = fit.encoder.encode(params_list)
+            histories: list[np.ndarray] = [np.zeros(0)] * n
+            ckpts = self._candidate_weights(params_list)
+            for i, curve in enumerate(curves):
+                if curve is None:
+                    continue
+                x[i] = curve.x
+                histories[i] = curve.values[curve.steps < fit.max_steps - 1]
+                if ckpts is not None:
+                    ckpts[i] = self._weights_index(curve, fit.max_steps)
+            budgets = np.full(n, float(fit.max_steps))
+            mean, std, _ = self._score(fit, x, budgets, histories, ckpts)
+            scale = fit.data.scale
+            return self.sign(study) * (mean * scale.std + scale.mean), std * scale.std
 
     def forecast(
         self, study: Study, fit: Fit, trial: FrozenTrial

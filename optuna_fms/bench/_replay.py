@@ -247,49 +247,24 @@ def predict_final_scores(sampler: Any, study: Study, hub: Hub) -> np.ndarray | N
     """The FMS surrogate's forecast of every hub configuration's final score.
 
     The surrogate is refreshed as the sampler would before its next proposal. A configuration
-    some trial has run is predicted from that trial's parameters and learning curve (the
-    longest, when several trials replayed it) and, with checkpoint features, its newest
-    checkpoint; one no trial has run from its parameters alone, with an empty curve and its
-    starting weights (design.md section 2: never weights of a run that has not happened).
-    Returns ``None`` when the surrogate has no fit.
-
-    This reads the forecaster's private ``_score``; it belongs in the Forecaster as a public
-    "predict the final score of these configurations" method.
+    some trial has run is predicted from that trial's learning curve (the longest, when
+    several trials replayed it) and, with checkpoint features, its newest checkpoint; one no
+    trial has run from its parameters alone, with an empty curve and its starting weights
+    (design.md section 2: never weights of a run that has not happened). Returns ``None``
+    when the surrogate has no fit.
     """
     forecaster = sampler._forecaster
-    max_steps = sampler.max_steps(study)
-    with forecaster._lock:
-        fit = forecaster.refresh(study, max_steps, eager=True)
-        if fit is None:
-            return None
-        observed: dict[int, Any] = {}
-        for curve in fit.curves:
-            c = curve.trial.user_attrs.get(CONFIG_ATTR)
-            if c is None:
-                continue
-            if c not in observed or len(curve.steps) > len(observed[c].steps):
-                observed[c] = curve
-        n = hub.n_configs
-        x = fit.encoder.encode(hub.configs)
-        histories: list[np.ndarray] = [np.zeros(0)] * n
-        ckpts = np.full(n, -1.0)
-        fresh = [c for c in range(n) if c not in observed]
-        weights = getattr(forecaster, "_candidate_weights", None)
-        if weights is not None and fresh:
-            found = weights([hub.configs[c] for c in fresh])
-            if found is not None:
-                ckpts[fresh] = found
-        uses_bank = getattr(forecaster, "_bank", None) is not None
-        for c, curve in observed.items():
-            x[c] = curve.x
-            histories[c] = curve.values[curve.steps < max_steps - 1]
-            if uses_bank and hasattr(forecaster, "_weights_index"):
-                ckpts[c] = forecaster._weights_index(curve, max_steps)
-            else:
-                ckpts[c] = float(getattr(curve, "ckpt", -1))
-        mean, _, _ = forecaster._score(fit, x, np.full(n, float(max_steps)), histories, ckpts)
-        scale = fit.data.scale
-        return forecaster.sign(study) * (np.asarray(mean) * scale.std + scale.mean)
+    fit = forecaster.refresh(study, sampler.max_steps(study), eager=True)
+    if fit is None:
+        return None
+    observed: dict[int, Any] = {}
+    for curve in fit.curves:
+        c = curve.trial.user_attrs.get(CONFIG_ATTR)
+        if c is not None and (c not in observed or len(curve.steps) > len(observed[c].steps)):
+            observed[c] = curve
+    curves = [observed.get(c) for c in range(hub.n_configs)]
+    mean, _ = forecaster.forecast_final(study, fit, list(hub.configs), curves)
+    return mean
 
 
 # ------------------------------------------------------------------------------ one run
