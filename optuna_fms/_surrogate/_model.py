@@ -72,8 +72,9 @@ class FeatureExtractor(nn.Module):
         # The hyperparameter inputs start with zero weights: a one-hot column of a category no
         # trial has used then contributes nothing (an unseen category looks average) instead of
         # a random offset from its untrained initial weights. Training moves the others.
-        with torch.no_grad():
-            self.mlp[0].weight[:, : layout.x_dim] = 0.0
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        first.weight.data[:, : layout.x_dim] = 0.0
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         lay = self.layout
