@@ -91,7 +91,7 @@ def run_demo(
     storage: str | None = "sqlite:///fms.db",
     artifact_dir: str = "artifacts",
     study_name: str = "fms-digits",
-    epochs: int = 400,
+    epochs: int = 300,
     seed: int = 0,
     progress: bool = True,
 ) -> optuna.Study:
