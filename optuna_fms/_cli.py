@@ -17,7 +17,7 @@ def _demo(argv: list[str]) -> int:
     parser.add_argument("--storage", default="sqlite:///fms.db")
     parser.add_argument("--artifact-dir", default="artifacts")
     parser.add_argument("--study-name", default="fms-digits")
-    parser.add_argument("--epochs", type=int, default=300, help="total epochs to train")
+    parser.add_argument("--epochs", type=int, default=500, help="total epochs to train")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     study = run_demo(

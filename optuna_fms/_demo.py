@@ -91,7 +91,7 @@ def run_demo(
     storage: str | None = "sqlite:///fms.db",
     artifact_dir: str = "artifacts",
     study_name: str = "fms-digits",
-    epochs: int = 300,
+    epochs: int = 500,
     seed: int = 0,
     progress: bool = True,
 ) -> optuna.Study:
