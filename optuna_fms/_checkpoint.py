@@ -471,6 +471,10 @@ def save_checkpoint(
         metadata["optimizer_class"] = optimizer_class
 
     local_dir = _local_store_dir(store)
+    if local_dir is not None:
+        os.makedirs(
+            local_dir, exist_ok=True
+        )  # A FileSystemArtifactStore's folder may not exist yet.
     tmp_dir = tempfile.mkdtemp(prefix=".optuna-fms-tmp-", dir=local_dir)
     try:
         path = os.path.join(tmp_dir, f"trial-{trial.number}-step-{step}.safetensors")

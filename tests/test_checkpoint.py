@@ -368,3 +368,11 @@ def test_stream_store_and_rename_into_filesystem_store(
     # temporary file is left in the store's directory.
     aid = save_checkpoint(trial, model, step=0, artifact_store=store)
     assert os.listdir(store._base_path) == [aid]
+
+
+def test_save_creates_a_missing_store_folder(tmp_path: Path) -> None:
+    store = FileSystemArtifactStore(str(tmp_path / "not-yet"))
+    trial = optuna.create_study().ask()
+    save_checkpoint(trial, {"w": torch.ones(2)}, step=0, artifact_store=store)
+    loaded = load_checkpoint(trial, 0, artifact_store=store)
+    assert torch.equal(loaded["w"], torch.ones(2))
