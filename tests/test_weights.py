@@ -151,3 +151,22 @@ def test_unsupported_layers_fall_back_to_statistics_with_one_warning(
         bank.index("b", lambda: (torch.nn.LSTM(3, 5).state_dict(), None))
     assert [kind for kind, _ in bank.items] == ["stats", "stats"]
     assert len([r for r in caplog.records if "cannot express" in r.message]) == 1
+
+
+def test_encoder_embeds_only_the_checkpoints_rows_refer_to() -> None:
+    from optuna_fms._surrogate._weights import WeightBank
+
+    bank = WeightBank("stats")
+    for i in range(6):
+        bank.index(str(i), lambda i=i: ({"w": torch.full((3, 3), float(i))}, None))
+    encoder = CheckpointEncoder(bank)
+    seen: list[list[int]] = []
+    embed = encoder._embed
+    encoder._embed = lambda which: (seen.append(which.tolist()), embed(which))[1]  # type: ignore[method-assign]
+    encoder.train()
+    out = encoder(torch.tensor([4.0, -1.0, 1.0, 4.0]))
+    assert seen == [[1, 4]]
+    assert torch.equal(out[0], out[3]) and torch.equal(out[1], encoder.missing)
+    encoder.eval()
+    encoder(torch.tensor([1.0, 2.0]))  # only item 2 is new to the cache
+    assert seen == [[1, 4], [2]]

@@ -128,14 +128,18 @@ class CheckpointEncoder(nn.Module):
         self.grad_pass = True
         self.grad_every = GMN_EVERY if self.gmn is not None else 1
         self._cache = torch.zeros(0, out_dim)
+        self._have = torch.zeros(0, dtype=torch.bool)
         self._shift = torch.zeros(out_dim)
         self._scale = torch.ones(out_dim)
 
     def invalidate(self) -> None:
+        """Forget cached embeddings (after the featuriser's parameters changed)."""
         self._cache = torch.zeros(0, self.out_dim)
+        self._have = torch.zeros(0, dtype=torch.bool)
 
-    def _embed(self, lo: int, hi: int) -> torch.Tensor:
-        items = self.bank.items[lo:hi]
+    def _embed(self, which: torch.Tensor) -> torch.Tensor:
+        """Raw embeddings of the bank items ``which`` (differentiable)."""
+        items = [self.bank.items[int(i)] for i in which]
         out = torch.zeros(len(items), self.out_dim)
         graphs = [i for i, (kind, _) in enumerate(items) if kind == "graph"]
         stats = [i for i, (kind, _) in enumerate(items) if kind == "stats"]
@@ -148,28 +152,41 @@ class CheckpointEncoder(nn.Module):
             out = out.index_put((torch.tensor(stats),), emb)
         return out
 
+    def _grow(self) -> None:
+        """Give the cache a row for every checkpoint registered since it was last sized."""
+        grow = len(self.bank) - len(self._cache)
+        if grow > 0:
+            self._cache = torch.cat([self._cache, torch.zeros(grow, self.out_dim)])
+            self._have = torch.cat([self._have, torch.zeros(grow, dtype=torch.bool)])
+
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         idx = index.long()
-        if self.training and self.grad_pass:
-            table = self._embed(0, len(self.bank))
-            # Standardise each dimension over the checkpoints seen in training, so that the
-            # weights weigh as much as the other inputs of the feature extractor; the moments
-            # are frozen between passes so that later checkpoints do not shift earlier ones.
-            if len(table) > 1:
-                self._shift = table.detach().mean(0)
-                self._scale = table.detach().std(0).clamp_min(1e-6)
-            table = (table - self._shift) / self._scale
-            self._cache = table.detach()
-        else:
-            if len(self._cache) < len(self.bank):
-                with torch.no_grad():
-                    extra = self._embed(len(self._cache), len(self.bank))
-                    extra = (extra - self._shift) / self._scale
-                self._cache = torch.cat([self._cache, extra])
-            table = self._cache
-        out = self.missing.expand(len(idx), -1)
         known = idx >= 0
-        if bool(known.any()):
-            out = out.clone()
-            out[known] = table[idx[known]]
+        out = self.missing.expand(len(idx), -1)
+        if not bool(known.any()):
+            return out
+        # Only the checkpoints the rows refer to are embedded: the bank keeps every checkpoint
+        # ever seen, the rows of one fit refer to a bounded number of them.
+        needed = torch.unique(idx[known])
+        self._grow()
+        if self.training and self.grad_pass:
+            emb = self._embed(needed)
+            # Standardise each dimension over the checkpoints of the training rows, so that
+            # the weights weigh as much as the other inputs of the feature extractor; the
+            # moments stay fixed between passes so that other checkpoints do not shift these.
+            if len(needed) > 1:
+                self._shift = emb.detach().mean(0)
+                self._scale = emb.detach().std(0).clamp_min(1e-6)
+            emb = (emb - self._shift) / self._scale
+            self._cache[needed] = emb.detach()
+            self._have[needed] = True
+        else:
+            todo = needed[~self._have[needed]]
+            if len(todo):
+                with torch.no_grad():
+                    self._cache[todo] = (self._embed(todo) - self._shift) / self._scale
+                self._have[todo] = True
+            emb = self._cache[needed]
+        out = out.clone()
+        out[known] = emb[torch.searchsorted(needed, idx[known])]
         return out
