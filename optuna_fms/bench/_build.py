@@ -17,6 +17,7 @@ the job's id only, so a hub is the same whatever the number of worker processes.
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.distributions import CategoricalDistribution
-from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 import torch
 
@@ -67,20 +67,47 @@ DEFAULT_OUT = "~/.cache/optuna-fms/hubs"
 
 @dataclass
 class Recipe:
-    """Everything that defines a hub; built from ``(name, size, seed)`` by :func:`make_recipe`."""
+    """Everything that defines a hub; built from ``(name, size, seed)`` by :func:`make_recipe`.
+
+    The configurations are the full grid over ``grid``: every combination of one value per
+    parameter. Parameters in ``ordered`` are ordered values (learning rate, batch size...) that
+    the search space exposes as an integer index into their sorted values; the others are
+    categories. ``fixed`` holds fine-tuning hyper-parameters that every configuration shares.
+    ``starts[i]`` is the start of the configurations whose parameters include
+    ``start_choices[i]``.
+    """
 
     name: str
     size: str
     seed: int
     starts: list[StartRecipe]
-    start_param: str
-    search_space: dict[str, BaseDistribution]
-    n_configs: int
+    start_choices: list[dict[str, Any]]
+    grid: dict[str, list[Any]]
+    ordered: tuple[str, ...]
+    fixed: dict[str, Any]
     n_epochs: int
     source: TaskSpec
     target: TaskSpec
     optimizer: str  # "sgd" or "adamw"; hyper-parameters come from the configuration
     description: str
+
+    @property
+    def search_space(self) -> dict[str, BaseDistribution]:
+        """Categorical choices for categories, ``IntDistribution(0, n - 1)`` for ordered
+        values: an index into the sorted values, so that every proposal is a grid point."""
+        return {
+            k: IntDistribution(0, len(v) - 1) if k in self.ordered else CategoricalDistribution(v)
+            for k, v in self.grid.items()
+        }
+
+    @property
+    def n_configs(self) -> int:
+        return int(np.prod([len(v) for v in self.grid.values()]))
+
+
+def _log_grid(low: float, high: float, n: int) -> list[float]:
+    """``n`` values from ``low`` to ``high``, evenly spaced in log (4 significant digits)."""
+    return [float(f"{v:.4g}") for v in np.geomspace(low, high, n)]
 
 
 def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
@@ -100,21 +127,27 @@ def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
         lr_range=(0.01, 0.1),
         noise_choices=[0.0] if tiny else [0.0, 0.0, 0.2, 0.5],
     )
-    space: dict[str, BaseDistribution] = {
-        "member": CategoricalDistribution(list(range(n_members))),
-        "lr": FloatDistribution(5e-4, 0.5, log=True),
-        "momentum": FloatDistribution(0.0, 0.95),
-        "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
-        "batch_size": CategoricalDistribution([16, 32] if tiny else [16, 32, 64, 128]),
-    }
+    grid: dict[str, list[Any]] = {"member": list(range(n_members))}
+    if tiny:
+        grid.update(lr=[0.01, 0.1], batch_size=[16, 32])
+        fixed: dict[str, Any] = {"momentum": 0.9, "weight_decay": 1e-4}
+    else:
+        grid.update(
+            lr=_log_grid(1e-3, 0.1, 5),
+            momentum=[0.0, 0.9],
+            weight_decay=[1e-5, 1e-3],
+            batch_size=[32, 128],
+        )
+        fixed = {}
     return Recipe(
         name=name,
         size=size,
         seed=seed,
         starts=starts,
-        start_param="member",
-        search_space=space,
-        n_configs=12 if tiny else 300,
+        start_choices=[{"member": i} for i in range(n_members)],
+        grid=grid,
+        ordered=tuple(k for k in grid if k != "member"),
+        fixed=fixed,
         n_epochs=6 if tiny else 30,
         source=source,
         target=target,
@@ -147,6 +180,10 @@ _ARCH_SPECS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
 }
 
+# Pretrained variants of every architecture: (training images, epochs, label noise). They
+# differ in how much and how cleanly the network learned the source task.
+_ARCH_VARIANTS: list[tuple[int, int, float]] = [(4000, 12, 0.0), (500, 3, 0.0), (4000, 6, 0.5)]
+
 
 def _arch_recipe(size: str, seed: int) -> Recipe:
     tiny = size == "tiny"
@@ -154,44 +191,58 @@ def _arch_recipe(size: str, seed: int) -> Recipe:
         "mnist8", tuple(range(10)), 500 if tiny else 4000, 200 if tiny else 1000, seed
     )
     target = TaskSpec("digits", tuple(range(10)), 100 if tiny else 300, 200 if tiny else 600, seed)
+    variants = [(500, 2, 0.0)] if tiny else _ARCH_VARIANTS
     starts = []
+    choices: list[dict[str, Any]] = []
     for i, (key, (arch, spec, opt)) in enumerate(_ARCH_SPECS.items()):
-        starts.append(
-            StartRecipe(
-                key=key,
-                arch=arch,
-                spec=spec,
-                pretrain={
-                    "task": source.to_json(),
-                    "opt": opt,
-                    "epochs": 2 if tiny else 12,
-                    "batch_size": 64,
-                    "label_noise": 0.0,
-                    "seed": int(np.random.default_rng([seed, 13, i]).integers(2**31 - 1)),
-                },
+        for v, (n_train, epochs, noise) in enumerate(variants):
+            task = TaskSpec(source.dataset, source.classes, n_train, source.n_val, seed)
+            starts.append(
+                StartRecipe(
+                    key=key if tiny else f"{key}-{v}",
+                    arch=arch,
+                    spec=spec,
+                    pretrain={
+                        "task": task.to_json(),
+                        "opt": opt,
+                        "epochs": epochs,
+                        "batch_size": 64,
+                        "label_noise": noise,
+                        "seed": int(np.random.default_rng([seed, 13, i, v]).integers(2**31 - 1)),
+                    },
+                )
             )
+            choices.append({"arch": key} if tiny else {"arch": key, "variant": v})
+    grid: dict[str, list[Any]] = {"arch": list(_ARCH_SPECS)}
+    if tiny:
+        grid.update(lr=[1e-3, 1e-2])
+        fixed: dict[str, Any] = {"weight_decay": 1e-4, "batch_size": 32}
+    else:
+        grid.update(
+            variant=list(range(len(variants))),
+            lr=_log_grid(3e-5, 3e-2, 7),
+            weight_decay=[1e-4, 1e-2],
+            batch_size=[32, 128],
         )
-    space: dict[str, BaseDistribution] = {
-        "arch": CategoricalDistribution(list(_ARCH_SPECS)),
-        "lr": FloatDistribution(1e-5, 1e-1, log=True),
-        "weight_decay": FloatDistribution(1e-5, 1e-1, log=True),
-        "batch_size": CategoricalDistribution([16, 32] if tiny else [16, 32, 64, 128]),
-    }
+        fixed = {}
     return Recipe(
         name="arch",
         size=size,
         seed=seed,
         starts=starts,
-        start_param="arch",
-        search_space=space,
-        n_configs=8 if tiny else 160,
+        start_choices=choices,
+        grid=grid,
+        ordered=tuple(k for k in grid if k not in ("arch", "variant")),
+        fixed=fixed,
         n_epochs=4 if tiny else 20,
         source=source,
         target=target,
         optimizer="adamw",
         description=(
-            "An MLP, a CNN, a ResNet with BatchNorm and a small vision transformer pretrained on "
-            "MNIST (8x8, 10 classes); fine-tuned with AdamW on scikit-learn digits (10 classes)."
+            "An MLP, a CNN, a ResNet with BatchNorm and a small vision transformer, each "
+            "pretrained in three variants (4,000 clean images for 12 epochs, 500 for 3 epochs, "
+            "4,000 with half the labels random for 6 epochs) on MNIST (8x8, 10 classes); "
+            "fine-tuned with AdamW on scikit-learn digits (10 classes)."
         ),
     )
 
@@ -209,35 +260,29 @@ def make_recipe(name: str, size: str = "full", seed: int = 0) -> Recipe:
     return _arch_recipe(size, seed)
 
 
-def _sample_value(d: BaseDistribution, rng: np.random.Generator) -> Any:
-    if isinstance(d, CategoricalDistribution):
-        return d.choices[int(rng.integers(len(d.choices)))]
-    if isinstance(d, FloatDistribution):
-        if d.log:
-            v = float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
-        else:
-            v = float(rng.uniform(d.low, d.high))
-        return float(min(max(float(f"{v:.4g}"), d.low), d.high))
-    if isinstance(d, IntDistribution):
-        return int(rng.integers(d.low, d.high + 1))
-    raise TypeError(f"Unsupported distribution {d!r}.")
+def grid_configs(recipe: Recipe) -> list[dict[str, Any]]:
+    """The hub's configurations, the full grid, as search-space parameters (a category's
+    value, an ordered value's index), in ``itertools.product`` order over ``recipe.grid``."""
+    axes = [
+        range(len(v)) if k in recipe.ordered else v for k, v in recipe.grid.items()
+    ]
+    return [dict(zip(recipe.grid, combo)) for combo in itertools.product(*axes)]
 
 
-def sample_configs(recipe: Recipe) -> list[dict[str, Any]]:
-    """The hub's configurations: the start parameter is balanced (each start used equally
-    often, in random order), the others are drawn at random from their distributions."""
-    rng = np.random.default_rng([recipe.seed, 5])
-    start_choices = recipe.search_space[recipe.start_param].choices  # type: ignore[attr-defined]
-    start_col = rng.permutation(np.resize(np.arange(len(start_choices)), recipe.n_configs))
-    configs = []
-    for i in range(recipe.n_configs):
-        params = {}
-        for k, d in recipe.search_space.items():
-            params[k] = start_choices[start_col[i]] if k == recipe.start_param else None
-            if params[k] is None:
-                params[k] = _sample_value(d, rng)
-        configs.append(params)
-    return configs
+def hyperparameters(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning hyper-parameters of a configuration: indices resolved to values,
+    fixed ones added."""
+    out = dict(recipe.fixed)
+    for k, v in params.items():
+        out[k] = recipe.grid[k][v] if k in recipe.ordered else v
+    return out
+
+
+def _start_index(recipe: Recipe, params: dict[str, Any]) -> int:
+    for i, choice in enumerate(recipe.start_choices):
+        if all(params[k] == v for k, v in choice.items()):
+            return i
+    raise ValueError(f"No start for configuration {params}.")
 
 
 def _config_seed(hub_seed: int, config_id: int) -> int:
@@ -418,10 +463,9 @@ def build_hub(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
-    configs = sample_configs(recipe)
+    configs = grid_configs(recipe)
     start_keys = [s.key for s in recipe.starts]
-    start_choices = list(recipe.search_space[recipe.start_param].choices)  # type: ignore
-    config_start = [start_choices.index(c[recipe.start_param]) for c in configs]
+    config_start = [_start_index(recipe, c) for c in configs]
 
     pool = None
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
@@ -447,7 +491,7 @@ def build_hub(
             jobs.append(
                 {
                     "config_id": cid,
-                    "params": params,
+                    "params": hyperparameters(recipe, params),
                     "seed": _config_seed(seed, cid),
                     "n_epochs": recipe.n_epochs,
                     "optimizer": recipe.optimizer,
@@ -497,7 +541,10 @@ def build_hub(
         "search_space": {
             k: optuna.distributions.distribution_to_json(d) for k, d in recipe.search_space.items()
         },
-        "start_param": recipe.start_param,
+        "grid": recipe.grid,
+        "ordered": list(recipe.ordered),
+        "fixed": recipe.fixed,
+        "start_params": sorted({k for c in recipe.start_choices for k in c}),
         "configs": configs,
         "config_start": config_start,
         "starts": [

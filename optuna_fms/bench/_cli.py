@@ -16,9 +16,11 @@ from optuna_fms.bench._methods import METHODS
 from optuna_fms.bench._metrics import REGRET_BUDGETS
 from optuna_fms.bench._metrics import TAU_BUDGETS
 from optuna_fms.bench._metrics import at_budget
+from optuna_fms.bench._metrics import best_reference
 from optuna_fms.bench._metrics import fmt_mean_se
 from optuna_fms.bench._metrics import mean_curve
 from optuna_fms.bench._metrics import mean_se
+from optuna_fms.bench._metrics import reference_predictors
 from optuna_fms.bench._replay import RunResult
 from optuna_fms.bench._replay import run_many
 
@@ -53,79 +55,171 @@ def _fmt_seconds(values: Sequence[float]) -> str:
     return fmt_mean_se(values, digits=1) if values else "n/a"
 
 
+def _status(results: Sequence[RunResult], m: str) -> tuple[list[RunResult], str | None]:
+    """The successful runs of method ``m`` and, when there is none, why."""
+    method = METHODS.get(m)
+    reason = method.unavailable() if method is not None else None
+    runs = [r for r in results if r.method == m and r.error is None]
+    failed = [r for r in results if r.method == m and r.error is not None]
+    if runs:
+        return runs, None
+    return runs, "not yet" if reason else ("failed" if failed else "not run")
+
+
+def _seeds_cell(results: Sequence[RunResult], m: str, runs: Sequence[RunResult]) -> str:
+    failed = sum(1 for r in results if r.method == m and r.error is not None)
+    return str(len(runs)) + (f" ({failed} failed)" if failed else "")
+
+
+def _curve_cell(runs: Sequence[RunResult], curve: str, b: int) -> str:
+    if all(r.budget < b for r in runs):
+        return "—"  # the method was run with a smaller budget
+    return fmt_mean_se([at_budget(getattr(r, curve), b) for r in runs])
+
+
+def _map_cell(runs: Sequence[RunResult], key: str, b: int, digits: int = 2) -> str:
+    if not any(b in getattr(r, key) for r in runs):
+        return "n/a"
+    vals = [getattr(r, key).get(b, math.nan) for r in runs]
+    cell = fmt_mean_se(vals, digits=digits)
+    n = mean_se(vals)[2]
+    if n < len(runs):
+        cell += f" ({len(runs) - n} n/a)"
+    return cell
+
+
+def _markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def table(
     results: Sequence[RunResult],
     methods: Sequence[str],
     budget: int,
     *,
     regret_budgets: Sequence[int] = REGRET_BUDGETS,
-    tau_budgets: Sequence[int] = TAU_BUDGETS,
-    incumbent: bool = False,
 ) -> str:
-    """Markdown table: mean ± standard error over seeds, one row per method."""
+    """Markdown table of regret against epochs spent and cost: mean ± standard error over
+    seeds, one row per method."""
     rb = [b for b in regret_budgets if b <= budget]
-    tb = [b for b in tau_budgets if b <= budget]
-    name = "inc. regret" if incumbent else "regret"
     head = (
         ["method", "seeds", "budget"]
-        + [f"{name} @{b}" for b in rb]
-        + [f"tau @{b}" for b in tb]
-        + ([] if incumbent else ["sampler s", "pruner s", "trials (continued)", "configs"])
+        + [f"regret @{b}" for b in rb]
+        + ["sampler s", "pruner s", "wall s", "trials (continued)", "configs"]
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for m in methods:
-        method = METHODS.get(m)
-        reason = method.unavailable() if method is not None else None
-        runs = [r for r in results if r.method == m and r.error is None]
-        failed = [r for r in results if r.method == m and r.error is not None]
-        if not runs:
-            why = "not yet" if reason else ("failed" if failed else "not run")
-            cells = [m, "0"] + [why] * (len(head) - 2)
-            lines.append("| " + " | ".join(cells) + " |")
+        runs, why = _status(results, m)
+        if why is not None:
+            rows.append([m, "0"] + [why] * (len(head) - 2))
             continue
-        cells = [m, str(len(runs)) + (f" ({len(failed)} failed)" if failed else "")]
+        cells = [m, _seeds_cell(results, m, runs)]
         cells.append("/".join(str(b) for b in sorted({r.budget for r in runs})))
-        for b in rb:
-            if all(r.budget < b for r in runs):
-                cells.append("—")  # the method was run with a smaller budget
-                continue
-            curve = [r.incumbent_regret if incumbent else r.regret for r in runs]
-            cells.append(fmt_mean_se([at_budget(c, b) for c in curve]))
-        for b in tb:
-            vals = [r.tau.get(b, math.nan) for r in runs]
-            has = any(b in r.tau for r in runs)
-            cell = fmt_mean_se(vals, digits=2) if has else "n/a"
-            n = mean_se(vals)[2]
-            if has and n < len(runs):
-                cell += f" ({len(runs) - n} without a fit)"
-            cells.append(cell)
-        if incumbent:
-            lines.append("| " + " | ".join(cells) + " |")
-            continue
+        cells += [_curve_cell(runs, "regret", b) for b in rb]
         cells.append(_fmt_seconds([r.sampler_seconds for r in runs]))
         cells.append(_fmt_seconds([r.pruner_seconds for r in runs]))
+        cells.append(_fmt_seconds([r.wall_seconds for r in runs]))
         trials = np.mean([r.n_trials for r in runs])
         cont = np.mean([r.n_continued for r in runs])
         cells.append(f"{trials:.0f} ({cont:.0f})")
         cells.append(f"{np.mean([r.n_configs for r in runs]):.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return _markdown(head, rows)
+
+
+def recommendation_table(
+    results: Sequence[RunResult],
+    methods: Sequence[str],
+    budget: int,
+    *,
+    regret_budgets: Sequence[int] = REGRET_BUDGETS,
+) -> str:
+    """Markdown table of incumbent regret, recommendation regret and (for methods with a
+    surrogate) the regret of the forecast's recommendation, at each budget."""
+    rb = [b for b in regret_budgets if b <= budget]
+    head = (
+        ["method"]
+        + [f"inc. regret @{b}" for b in rb]
+        + [f"rec. regret @{b}" for b in rb]
+        + [f"forecast rec. regret @{b}" for b in rb]
+    )
+    rows = []
+    for m in methods:
+        runs, why = _status(results, m)
+        if why is not None:
+            rows.append([m] + [why] * (len(head) - 1))
+            continue
+        cells = [m]
+        cells += [_curve_cell(runs, "incumbent_regret", b) for b in rb]
+        cells += [_curve_cell(runs, "recommendation_regret", b) for b in rb]
+        for b in rb:
+            vals = [
+                r.best_final_score - r.forecast_recommended_final[b]
+                if b in r.forecast_recommended_final
+                else math.nan
+                for r in runs
+            ]
+            has = any(b in r.forecast_recommended_final for r in runs)
+            cells.append(fmt_mean_se(vals) if has else "n/a")
+        rows.append(cells)
+    return _markdown(head, rows)
+
+
+def tau_table(
+    results: Sequence[RunResult],
+    methods: Sequence[str],
+    budget: int,
+    *,
+    tau_budgets: Sequence[int] = TAU_BUDGETS,
+) -> str:
+    """Markdown table of Kendall's tau of each surrogate's forecast of the final score, over
+    all configurations, those observed and those not, at each budget. Methods without a
+    surrogate are left out."""
+    tb = [b for b in tau_budgets if b <= budget]
+    head = ["method", "configurations"] + [f"tau @{b}" for b in tb]
+    rows = []
+    for m in methods:
+        runs, why = _status(results, m)
+        if why is not None or not any(r.tau for r in runs):
+            continue
+        for key, label in (("tau", "all"), ("tau_observed", "observed"), ("tau_unseen", "unseen")):
+            rows.append([m, label] + [_map_cell(runs, key, b) for b in tb])
+    return _markdown(head, rows)
+
+
+def reference_table(hub_path: str | Path) -> str:
+    """Markdown table of the reference predictors' Kendall's tau on a hub (computed from the
+    hub alone, see :func:`optuna_fms.bench._metrics.reference_predictors`)."""
+    from optuna_fms.bench._hub import Hub
+
+    taus = reference_predictors(Hub.load(hub_path))
+    best, _ = best_reference(taus)
+    rows = [[name + (" (best)" if name == best else ""), f"{t:.3f}"] for name, t in taus.items()]
+    return _markdown(["reference predictor", "tau (all configurations)"], rows)
 
 
 def plot(results: Sequence[RunResult], methods: Sequence[str], hub: str, path: Path) -> Path:
-    """Regret and incumbent regret against epochs spent, mean ± s.e. over seeds."""
+    """Regret, incumbent regret and recommendation regret against epochs spent, mean ± s.e.
+    over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, incumbent in zip(axes, (False, True)):
+    panels = {
+        "regret": "regret (best final score - best observed score)",
+        "incumbent_regret": "incumbent regret (config with the best observed score)",
+        "recommendation_regret": "recommendation regret (best last observed score)",
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    for ax, (curve, title) in zip(axes, panels.items()):
         for m in methods:
             runs = [r for r in results if r.method == m and r.error is None and r.best_observed]
             if not runs:
                 continue
-            curves = [r.incumbent_regret if incumbent else r.regret for r in runs]
+            curves = [getattr(r, curve) for r in runs]
             mean, se = mean_curve(curves)
             e = np.arange(1, len(mean) + 1)
             (line,) = ax.plot(e, mean, label=f"{m} ({len(runs)})", lw=1.6)
@@ -136,12 +230,7 @@ def plot(results: Sequence[RunResult], methods: Sequence[str], hub: str, path: P
         ax.set_xlabel("epochs spent")
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.grid(alpha=0.3, which="both")
-        ax.set_title(
-            "incumbent regret (true final score of best-observed config)"
-            if incumbent
-            else "regret (best final score - best observed score)",
-            fontsize=9,
-        )
+        ax.set_title(title, fontsize=9)
     axes[0].set_ylabel(f"{hub} hub: regret (validation accuracy)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -191,6 +280,7 @@ def main(argv: list[str]) -> int:
     if len({r.hub for r in results}) > 1:
         parser.error(f"--load files mix hubs {sorted({r.hub for r in results})}")
 
+    hub_path: Path | None = None
     runnable = [m for m in methods if METHODS[m].unavailable() is None]
     for m in methods:
         reason = METHODS[m].unavailable()
@@ -234,7 +324,17 @@ def main(argv: list[str]) -> int:
     print(f"{hub_name} hub, budget {budget} epochs (mean ± s.e. over seeds)\n")
     print(table(results, shown, budget))
     print()
-    print(table(results, shown, budget, incumbent=True, tau_budgets=()))
+    print(recommendation_table(results, shown, budget))
+    print()
+    print(tau_table(results, shown, budget))
+    if hub_path is None and hub_name in NAMED_HUBS:
+        try:
+            hub_path = resolve_hub(hub_name)
+        except SystemExit:
+            hub_path = None
+    if hub_path is not None:
+        print()
+        print(reference_table(hub_path))
     if args.out:
         png = plot(results, shown, hub_name, Path(args.out) / "images" / f"bench_{hub_name}.png")
         print(f"\n# plot: {png}", file=sys.stderr)

@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any
 import warnings
@@ -50,7 +49,7 @@ from optuna_fms.bench._data import make_task
 from optuna_fms.bench._train import evaluate
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_FILE = "index.json"
 CURVES_FILE = "curves.npz"
 
@@ -113,9 +112,16 @@ class Hub:
     name:
         ``"zoo"``, ``"arch"`` or ``"tiny"``.
     search_space:
-        Parameter name -> :class:`optuna.distributions.BaseDistribution`.
+        Parameter name -> :class:`optuna.distributions.BaseDistribution`: categorical choices
+        for categories, ``IntDistribution(0, n - 1)`` (an index into ``grid[name]``) for
+        ordered values. Every point of it is a configuration of the hub.
     configs:
-        Parameter dicts; the position in the list is the config id.
+        Parameter dicts in search-space terms; the position in the list is the config id.
+    grid:
+        Parameter name -> its values (for an ordered parameter, index ``i`` means
+        ``grid[name][i]``; the values are spaced evenly in log where they span a wide range).
+    ordered:
+        The names of the ordered (integer-index) parameters.
     n_epochs:
         Length of every learning curve.
     scores:
@@ -165,6 +171,8 @@ class Hub:
         self._structures: dict[str, dict[str, Any] | None] = {
             a: v.get("structure") for a, v in index["archs"].items()
         }
+        self.grid: dict[str, list[Any]] = {k: list(v) for k, v in index["grid"].items()}
+        self.ordered: tuple[str, ...] = tuple(index["ordered"])
         self._lookup = {self._key(c): i for i, c in enumerate(self.configs)}
 
     @classmethod
@@ -211,7 +219,9 @@ class Hub:
     def find_config(self, params: Mapping[str, Any]) -> int:
         """The id of the configuration with exactly these parameters.
 
-        Floats are compared to 12 significant digits. Extra keys are ignored.
+        Every point of the search space is a configuration (the hubs are full grids), so a
+        sampler's proposal always has one. Floats are compared to 12 significant digits. Extra
+        keys are ignored.
 
         Raises
         ------
@@ -226,44 +236,17 @@ class Hub:
                 f"No configuration of hub {self.name!r} has parameters {dict(params)}."
             ) from None
 
-    def nearest_config(self, params: Mapping[str, Any]) -> int:
-        """The id of the configuration closest to ``params`` (for samplers that propose points
-        outside the hub's finite table).
+    def hyperparameters(self, config_id: int) -> dict[str, Any]:
+        """The fine-tuning hyper-parameters of a configuration, as training used them.
 
-        Distance: categorical parameters must match (a mismatch costs 1 per parameter, more
-        than any numeric difference can); numeric ones are compared after scaling each
-        distribution's range (log range for ``log=True``) to ``[0, 1]``.
+        Ordered parameters are grid indices in the search space (``lr=2``); here they are
+        resolved to their values (``lr=0.01``), and hyper-parameters every configuration shares
+        (``index["fixed"]``) are added.
         """
-        target = self._embed(params)
-        table = self._embedded_configs()
-        return int(np.argmin(((table - target) ** 2).sum(axis=1)))
-
-    def _embed(self, params: Mapping[str, Any]) -> np.ndarray:
-        out: list[float] = []
-        for name, d in self.search_space.items():
-            v = params[name]
-            if isinstance(d, optuna.distributions.CategoricalDistribution):
-                # A mismatch adds 2 * w**2 = 8 * n to the squared distance: more than all numeric
-                # parameters together can (each scaled to [0, 1], so at most n).
-                w = 2.0 * math.sqrt(len(self.search_space))
-                out.extend(w * float(v == c) for c in d.choices)
-            else:
-                assert isinstance(
-                    d,
-                    (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution),
-                )
-                lo, hi, x = float(d.low), float(d.high), float(v)
-                if getattr(d, "log", False):
-                    lo, hi, x = math.log(lo), math.log(hi), math.log(x)
-                out.append((x - lo) / (hi - lo) if hi > lo else 0.0)
-        return np.asarray(out)
-
-    @functools.cached_property
-    def _table(self) -> np.ndarray:
-        return np.stack([self._embed(c) for c in self.configs])
-
-    def _embedded_configs(self) -> np.ndarray:
-        return self._table
+        out = dict(self.index.get("fixed", {}))
+        for k, v in self.configs[config_id].items():
+            out[k] = self.grid[k][v] if k in self.ordered else v
+        return out
 
     # ------------------------------------------------------------------ weights and modules
     def _start(self, config_id: int) -> dict[str, Any]:

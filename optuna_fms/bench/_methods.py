@@ -98,15 +98,15 @@ def _gp(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePru
 
 
 def start_weights_fn(hub: Hub) -> Callable[[dict[str, Any]], Any]:
-    """``params -> (state dict, structure)`` of the weights the configuration nearest to
-    ``params`` starts fine-tuning from (the zoo member, or the pretrained architecture), with
+    """``params -> (state dict, structure)`` of the weights the configuration ``params``
+    starts fine-tuning from (the zoo member, or the pretrained architecture), with
     the architecture's structure so that the graph metanetwork can read ResNets and
     transformers. Files are read once per start: many candidates share few starts."""
 
     cache: dict[str, Any] = {}
 
     def fn(params: dict[str, Any]) -> Any:
-        c = hub.nearest_config(params)
+        c = hub.find_config(params)
         key = hub.start_key(c)
         if key not in cache:
             cache[key] = (hub.start_weights(c), hub.structure(c))

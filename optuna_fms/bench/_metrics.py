@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import math
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 
 REGRET_BUDGETS = (50, 100, 200, 500)
-TAU_BUDGETS = (50, 100)
+TAU_BUDGETS = (50, 100, 200, 500)
 
 
 def kendall_tau(
@@ -90,3 +91,47 @@ def mean_curve(curves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     a = np.stack([np.asarray(c[:n], dtype=float) for c in curves])
     se = a.std(axis=0, ddof=1) / math.sqrt(len(a)) if len(a) > 1 else np.zeros(n)
     return a.mean(axis=0), se
+
+
+def reference_predictors(hub: Any) -> dict[str, float]:
+    """Kendall's tau over all of ``hub``'s configurations of the simplest predictors of the
+    final score, computed from the hub alone: what a forecaster must beat.
+
+    - ``"<param>"``: each ordered hyper-parameter's value (its grid index), alone;
+    - ``"start source accuracy"``: the source-task accuracy of the weights a configuration
+      starts from (the zoo member's or pretrained variant's quality, known before training);
+    - ``"score after 1 epoch"``, ``"score after 3 epochs"``: the configuration's own validation
+      score after that many epochs (what a model-free method sees after spending them).
+
+    A hyper-parameter can rank in either direction; the sign is kept (a forecaster must beat
+    the absolute value of the best one).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from optuna_fms.bench import Hub, build_hub
+    >>> hub = Hub.load(build_hub("tiny", Path(tempfile.mkdtemp()), workers=1, progress=False))
+    >>> sorted(reference_predictors(hub))  # doctest: +NORMALIZE_WHITESPACE
+    ['batch_size', 'lr', 'score after 1 epoch', 'score after 3 epochs',
+     'start source accuracy']
+    """
+    final = hub.final_scores()
+    out: dict[str, float] = {}
+    for name in hub.ordered:
+        out[name] = kendall_tau([c[name] for c in hub.configs], final)
+    starts = hub.index["starts"]
+    source = [starts[i]["info"]["source_val_accuracy"] for i in hub.index["config_start"]]
+    out["start source accuracy"] = kendall_tau(source, final)
+    for e in (1, 3):
+        if e <= hub.n_epochs:
+            out[f"score after {e} epoch{'s' if e > 1 else ''}"] = kendall_tau(
+                hub.scores[:, e - 1], final
+            )
+    return out
+
+
+def best_reference(taus: dict[str, float]) -> tuple[str, float]:
+    """The reference predictor with the largest absolute tau: ``(name, tau)``."""
+    name = max(taus, key=lambda k: abs(taus[k]) if np.isfinite(taus[k]) else -1.0)
+    return name, taus[name]

@@ -6,11 +6,12 @@ section 5): it suggests the hub's search space, restores a continued trial with
 saves it with :func:`optuna_fms.save_checkpoint`, reports the stored score and asks
 ``should_prune``. Only the training itself is replaced by a table look-up.
 
-Samplers that propose points off the hub's finite table (TPE, GP and FMS on the continuous
-parameters) are mapped to the nearest configuration (:meth:`Hub.nearest_config`: categorical
-parameters must match, numeric ones are compared in the distribution's scaled range); the
-trial keeps the proposed parameters, so every sampler sees exactly what it proposed, and the
-configuration replayed is recorded in the trial's user attribute ``bench:config``.
+Every hub is a full grid and its search space is exactly that grid (categories as categorical
+choices, ordered values as integer indices), so every proposal of every sampler is a trained
+configuration: the objective replays the configuration whose parameters are exactly the
+trial's (:meth:`Hub.find_config`), and there is no nearest-configuration matching anywhere. The
+configuration is recorded in the trial's user attribute ``bench:config`` and its
+hyper-parameter values (indices resolved) in ``bench:hyperparameters``.
 
 Epochs spent count the epochs replayed: a continuation counts only the epochs after its
 parent's pause (:func:`optuna_fms.epochs_spent`). A study stops at the budget
@@ -59,6 +60,8 @@ from optuna_fms.bench._metrics import kendall_tau
 
 CONFIG_ATTR = "bench:config"
 """Trial user attribute: the hub configuration the trial replays."""
+HPARAMS_ATTR = "bench:hyperparameters"
+"""Trial user attribute: the replayed configuration's hyper-parameter values."""
 
 _SAMPLER_METHODS = (
     "infer_relative_search_space",
@@ -123,10 +126,18 @@ def time_pruner(pruner: BasePruner) -> Stopwatch:
 class RunResult:
     """One method on one hub with one seed.
 
-    ``best_observed[e - 1]`` is the best score reported in the first ``e`` epochs spent and
-    ``incumbent_final[e - 1]`` the true final score of the configuration that reported it.
-    ``tau`` maps an epoch count to Kendall's tau of the surrogate at that moment (NaN where
-    the surrogate had no fit; empty for methods without a surrogate).
+    ``best_observed[e - 1]`` is the best score reported in the first ``e`` epochs spent,
+    ``incumbent_final[e - 1]`` the true final score of the configuration that reported it, and
+    ``recommended_final[e - 1]`` the true final score of the configuration a user of the
+    method would pick then without a model: the one whose furthest-trained observation is
+    the best (the last observed score as the forecast of the final one).
+
+    ``tau``, ``tau_observed`` and ``tau_unseen`` map an epoch count to Kendall's tau of the
+    surrogate's forecast of the final score at that moment, over all configurations, over
+    those some trial has replayed and over the others (NaN where the surrogate had no fit or
+    fewer than two configurations; empty for methods without a surrogate).
+    ``forecast_recommended_final`` maps the same epoch counts to the true final score of the
+    observed configuration with the best *forecast* final score.
     """
 
     hub: str
@@ -136,7 +147,11 @@ class RunResult:
     best_final_score: float
     best_observed: list[float] = field(default_factory=list)
     incumbent_final: list[float] = field(default_factory=list)
+    recommended_final: list[float] = field(default_factory=list)
     tau: dict[int, float] = field(default_factory=dict)
+    tau_observed: dict[int, float] = field(default_factory=dict)
+    tau_unseen: dict[int, float] = field(default_factory=dict)
+    forecast_recommended_final: dict[int, float] = field(default_factory=dict)
     sampler_seconds: float = 0.0
     pruner_seconds: float = 0.0
     snapshot_seconds: float = 0.0
@@ -155,16 +170,25 @@ class RunResult:
     def incumbent_regret(self) -> np.ndarray:
         return self.best_final_score - np.asarray(self.incumbent_final, dtype=float)
 
+    @property
+    def recommendation_regret(self) -> np.ndarray:
+        return self.best_final_score - np.asarray(self.recommended_final, dtype=float)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["tau"] = {str(k): v for k, v in self.tau.items()}
+        for k in _BUDGET_MAPS:
+            d[k] = {str(b): v for b, v in getattr(self, k).items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
         d = dict(d)
-        d["tau"] = {int(k): float(v) for k, v in d.get("tau", {}).items()}
+        for k in _BUDGET_MAPS:
+            d[k] = {int(b): float(v) for b, v in d.get(k, {}).items()}
         return cls(**d)
+
+
+_BUDGET_MAPS = ("tau", "tau_observed", "tau_unseen", "forecast_recommended_final")
 
 
 class _Tracker:
@@ -176,18 +200,33 @@ class _Tracker:
         self.incumbent = -1
         self.result_best: list[float] = []
         self.result_inc: list[float] = []
-        self.touched: set[int] = set()
+        self.result_rec: list[float] = []
+        # config -> (furthest epoch observed, score there)
+        self.latest: dict[int, tuple[int, float]] = {}
+        self.recommended = -1
 
     @property
     def spent(self) -> int:
         return len(self.result_best)
 
-    def record(self, score: float, config_id: int) -> None:
-        self.touched.add(config_id)
+    @property
+    def touched(self) -> set[int]:
+        return set(self.latest)
+
+    def record(self, score: float, config_id: int, epoch: int) -> None:
         if score > self.best:
             self.best, self.incumbent = float(score), config_id
+        seen = self.latest.get(config_id)
+        if seen is None or epoch >= seen[0]:
+            self.latest[config_id] = (epoch, float(score))
+        if config_id == self.recommended or self.recommended < 0:
+            # The recommendation's own value changed: look at every configuration again.
+            self.recommended = max(self.latest, key=lambda c: self.latest[c][::-1])
+        elif self.latest[config_id][::-1] > self.latest[self.recommended][::-1]:
+            self.recommended = config_id
         self.result_best.append(self.best)
         self.result_inc.append(float(self.final[self.incumbent]))
+        self.result_rec.append(float(self.final[self.recommended]))
 
 
 # ------------------------------------------------------------------------------ the objective
@@ -202,14 +241,6 @@ def suggest(trial: Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"Unsupported distribution {dist!r}.")
 
 
-def config_for(hub: Hub, params: dict[str, Any]) -> int:
-    """The configuration replayed for ``params``: the exact match, else the nearest."""
-    try:
-        return hub.find_config(params)
-    except KeyError:
-        return hub.nearest_config(params)
-
-
 def make_objective(
     hub: Hub,
     store: Any,
@@ -220,8 +251,9 @@ def make_objective(
 
     def objective(trial: Trial) -> float:
         params = {name: suggest(trial, name, d) for name, d in hub.search_space.items()}
-        c = config_for(hub, params)
+        c = hub.find_config(params)  # the search space is the grid: always exact
         trial.set_user_attr(CONFIG_ATTR, c)
+        trial.set_user_attr(HPARAMS_ATTR, hub.hyperparameters(c))
         module = hub.module(c)
         start = optuna_fms.resume(trial, module, artifact_store=store)
         score = math.nan
@@ -232,7 +264,7 @@ def make_objective(
             optuna_fms.save_checkpoint(trial, module, step=epoch, artifact_store=store)
             score = float(hub.scores[c, epoch])
             trial.report(score, epoch)
-            tracker.record(score, c)
+            tracker.record(score, c, epoch)
             if on_epoch is not None:
                 on_epoch(trial)
             if trial.should_prune():
@@ -277,6 +309,7 @@ def run_replay(
     tau_budgets: Sequence[int] = TAU_BUDGETS,
     sampler_pruner: tuple[BaseSampler, BasePruner] | None = None,
     workdir: str | os.PathLike[str] | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
 ) -> RunResult:
     """Run ``method`` on ``hub`` with ``seed`` until ``budget`` epochs are spent.
 
@@ -297,6 +330,9 @@ def run_replay(
         Use these instead of the registered method's (tests: an oracle sampler).
     workdir:
         Directory for the artifact store (default: a temporary directory, removed after).
+    storage:
+        Storage of the run's study (default: a fresh in-memory one); pass one to inspect the
+        trials afterwards.
 
     Examples
     --------
@@ -309,16 +345,11 @@ def run_replay(
     (20, 20)
     """
     torch_seed(seed)
-    if sampler_pruner is None:
-        m = get_method(method)
-        if workdir is None:
-            with tempfile.TemporaryDirectory(prefix="fms-replay-") as tmp:
-                return _run(hub, method, seed, budget, tau_budgets, m, None, tmp)
-        return _run(hub, method, seed, budget, tau_budgets, m, None, str(workdir))
+    m = get_method(method) if sampler_pruner is None else None
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="fms-replay-") as tmp:
-            return _run(hub, method, seed, budget, tau_budgets, None, sampler_pruner, tmp)
-    return _run(hub, method, seed, budget, tau_budgets, None, sampler_pruner, str(workdir))
+            return _run(hub, method, seed, budget, tau_budgets, m, sampler_pruner, tmp, storage)
+    return _run(hub, method, seed, budget, tau_budgets, m, sampler_pruner, str(workdir), storage)
 
 
 def torch_seed(seed: int) -> None:
@@ -337,6 +368,7 @@ def _run(
     m: Any,
     sampler_pruner: tuple[BaseSampler, BasePruner] | None,
     workdir: str,
+    storage: str | optuna.storages.BaseStorage | None = None,
 ) -> RunResult:
     store = optuna.artifacts.FileSystemArtifactStore(workdir)
     sampler, pruner = sampler_pruner if sampler_pruner is not None else m.make(hub, seed, store)
@@ -353,7 +385,8 @@ def _run(
     has_surrogate = hasattr(sampler, "_forecaster") and (m is None or m.surrogate)
     pending = sorted(b for b in tau_budgets if b <= budget) if has_surrogate else []
     if has_surrogate:
-        result.tau = {b: math.nan for b in pending}
+        for k in _BUDGET_MAPS:
+            setattr(result, k, {b: math.nan for b in pending})
     true_final = hub.final_scores()
 
     def on_epoch(trial: Trial) -> None:
@@ -363,10 +396,18 @@ def _run(
         t0 = time.perf_counter()
         predicted = predict_final_scores(sampler, trial.study, hub)
         if predicted is not None:
+            seen = np.zeros(hub.n_configs, dtype=bool)
+            seen[list(tracker.touched)] = True
             result.tau[b] = kendall_tau(predicted, true_final)
+            result.tau_observed[b] = kendall_tau(predicted[seen], true_final[seen])
+            result.tau_unseen[b] = kendall_tau(predicted[~seen], true_final[~seen])
+            best = np.flatnonzero(seen)[np.argmax(predicted[seen])]
+            result.forecast_recommended_final[b] = float(true_final[best])
         result.snapshot_seconds += time.perf_counter() - t0
 
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study = optuna.create_study(
+        direction="maximize", sampler=sampler, pruner=pruner, storage=storage
+    )
     objective = make_objective(hub, store, tracker, on_epoch)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -378,6 +419,7 @@ def _run(
     trials = study.get_trials(deepcopy=False)
     result.best_observed = tracker.result_best
     result.incumbent_final = tracker.result_inc
+    result.recommended_final = tracker.result_rec
     result.sampler_seconds = sampler_watch.seconds
     result.pruner_seconds = pruner_watch.seconds
     result.n_trials = len(trials)

@@ -15,7 +15,7 @@ from optuna_fms.bench import Hub
 from optuna_fms.bench import build_hub
 from optuna_fms.bench import main_build
 from optuna_fms.bench._build import make_recipe
-from optuna_fms.bench._build import sample_configs
+from optuna_fms.bench._build import grid_configs
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def test_tiny_hub_shape_and_layout(tiny: Hub, tiny_dir: Path) -> None:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
         assert all(f.get_slice(k).get_shape()[0] == 6 for k in f.keys())
     index = json.loads((tiny_dir / "index.json").read_text())
-    assert index["format"] == 1 and index["n_epochs"] == 6
+    assert index["format"] == 2 and index["n_epochs"] == 6
 
 
 def test_scores_in_range_and_learning_happens(tiny: Hub) -> None:
@@ -81,9 +81,29 @@ def test_build_is_deterministic_and_independent_of_workers(tiny: Hub, tmp_path: 
 
 
 def test_other_seed_gives_other_hub() -> None:
-    a = sample_configs(make_recipe("tiny", seed=0))
-    b = sample_configs(make_recipe("tiny", seed=1))
-    assert a != b
+    a, b = make_recipe("tiny", seed=0), make_recipe("tiny", seed=1)
+    assert grid_configs(a) == grid_configs(b)  # the grid is the same...
+    assert a.starts != b.starts  # ...the zoo members (and the training seeds) are not
+
+
+@pytest.mark.parametrize("name", ["zoo", "arch"])
+def test_full_recipes_are_grids_of_the_promised_size(name: str) -> None:
+    recipe = make_recipe(name)
+    configs = grid_configs(recipe)
+    assert len(configs) == recipe.n_configs == len({tuple(c.values()) for c in configs})
+    assert recipe.n_configs >= (1920 if name == "zoo" else 300)
+    assert recipe.n_epochs >= (30 if name == "zoo" else 20)
+    assert len(recipe.starts) >= (60 if name == "zoo" else 12)
+    for k in recipe.ordered:
+        values = np.asarray(recipe.grid[k], dtype=float)
+        assert np.all(np.diff(values) > 0)
+        if len(values) > 2:  # the index is linear in the log of the value
+            steps = np.diff(np.log(values))
+            np.testing.assert_allclose(steps, steps[0], rtol=1e-3)
+    space = recipe.search_space
+    for c in configs:
+        for k, v in c.items():
+            assert space[k]._contains(space[k].to_internal_repr(v))
 
 
 def test_checkpoint_reproduces_stored_score(tiny: Hub) -> None:
@@ -117,21 +137,28 @@ def test_checkpoints_change_over_epochs_and_start_from_start_weights(tiny: Hub) 
         tiny.checkpoint(c, tiny.n_epochs)
 
 
-def test_search_space_and_find_config(tiny: Hub) -> None:
+def test_search_space_is_the_grid(tiny: Hub) -> None:
     space = tiny.search_space
-    assert set(space) == {"member", "lr", "momentum", "weight_decay", "batch_size"}
+    assert set(space) == {"member", "lr", "batch_size"}
     assert isinstance(space["member"], optuna.distributions.CategoricalDistribution)
-    assert space["lr"].log and space["weight_decay"].log and not space["momentum"].log
+    assert space["lr"] == optuna.distributions.IntDistribution(0, 1)
+    assert tiny.ordered == ("lr", "batch_size")
+    assert tiny.grid["lr"] == [0.01, 0.1] and tiny.grid["batch_size"] == [16, 32]
+    # Every point of the search space is exactly one configuration.
+    points = {(m, lr, b) for m in space["member"].choices for lr in (0, 1) for b in (0, 1)}
+    assert points == {(c["member"], c["lr"], c["batch_size"]) for c in tiny.configs}
     for i, params in enumerate(tiny.configs):
         for k, d in space.items():
             assert d._contains(d.to_internal_repr(params[k]))
         assert tiny.find_config(params) == i
         assert tiny.find_config(dict(reversed(list(params.items())))) == i
-        assert tiny.nearest_config({**params, "lr": params["lr"] * 1.001}) == i
+        hp = tiny.hyperparameters(i)
+        assert hp["lr"] == tiny.grid["lr"][params["lr"]]
+        assert hp["momentum"] == 0.9 and hp["member"] == params["member"]
     with pytest.raises(KeyError):
-        tiny.find_config({**tiny.configs[0], "lr": 0.123456})
+        tiny.find_config({**tiny.configs[0], "lr": 2})
     with pytest.raises(KeyError):
-        tiny.find_config({"lr": 0.1})
+        tiny.find_config({"lr": 0})
 
 
 def test_structure_is_json_and_shared_per_arch(tiny: Hub) -> None:

@@ -19,9 +19,12 @@ from optuna_fms.bench import build_hub
 from optuna_fms.bench._cli import main as bench_main
 from optuna_fms.bench._cli import table
 from optuna_fms.bench._methods import METHODS
+from optuna_fms.bench._metrics import best_reference
 from optuna_fms.bench._metrics import kendall_tau
+from optuna_fms.bench._metrics import reference_predictors
 from optuna_fms.bench._metrics import mean_se
 from optuna_fms.bench._replay import CONFIG_ATTR
+from optuna_fms.bench._replay import HPARAMS_ATTR
 from optuna_fms.bench._replay import RunResult
 from optuna_fms.bench._replay import _Tracker
 from optuna_fms.bench._replay import make_objective
@@ -141,6 +144,68 @@ def test_methods_spend_exactly_the_budget(hub: Hub, name: str) -> None:
     assert r.tau == {}
     # The curve is a real best-so-far of reported hub scores.
     assert r.best_observed[-1] in set(hub.scores.ravel().tolist())
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_replayed_trial_runs_exactly_its_parameters(hub: Hub, name: str) -> None:
+    # The search space is the hub's grid: whatever a method proposes (and whatever trial it
+    # continues) is a trained configuration, replayed as is: no nearest-configuration snapping.
+    storage = optuna.storages.InMemoryStorage()
+    r = run_replay(hub, name, seed=0, budget=60, storage=storage)
+    assert r.error is None
+    study = optuna.load_study(study_name=None, storage=storage)
+    trials = [t for t in study.get_trials() if CONFIG_ATTR in t.user_attrs]
+    assert len(trials) >= 10
+    for t in trials:
+        c = t.user_attrs[CONFIG_ATTR]
+        assert t.params == hub.configs[c]
+        assert hub.find_config(t.params) == c
+        assert t.user_attrs[HPARAMS_ATTR] == hub.hyperparameters(c)
+        assert t.distributions == hub.search_space
+        steps = sorted(t.intermediate_values)
+        np.testing.assert_array_equal(
+            [t.intermediate_values[s] for s in steps], hub.scores[c, steps]
+        )
+
+
+def test_recommendation_and_tau_split(hub: Hub) -> None:
+    r = run_replay(hub, "dyhpo", seed=0, budget=50, tau_budgets=(40,))
+    assert r.error is None
+    final = hub.final_scores()
+    # The model-free recommendation is the configuration with the best furthest-trained score:
+    # never worse than what the incumbent rule picks at the full budget of a finished curve.
+    assert len(r.recommended_final) == 50
+    assert set(r.recommended_final) <= set(final.tolist())
+    for split in (r.tau, r.tau_observed, r.tau_unseen):
+        assert set(split) == {40}
+        assert -1.0 <= split[40] <= 1.0 or np.isnan(split[40])
+    assert r.forecast_recommended_final[40] in set(final.tolist())
+    again = RunResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again.tau_unseen == r.tau_unseen
+    assert again.forecast_recommended_final == r.forecast_recommended_final
+
+
+def test_tracker_recommends_best_furthest_trained_observation(hub: Hub) -> None:
+    tracker = _Tracker(hub, budget=100)
+    tracker.record(0.9, 1, epoch=0)  # a lucky first epoch
+    tracker.record(0.5, 2, epoch=0)
+    assert tracker.recommended == 1
+    tracker.record(0.4, 1, epoch=1)  # configuration 1 falls back
+    assert tracker.recommended == 2
+    assert tracker.incumbent == 1  # the incumbent keeps the best score ever seen
+    tracker.record(0.3, 2, epoch=0)  # a rerun from scratch: at the same epoch the newest counts
+    assert tracker.latest[2] == (0, 0.3)
+    assert tracker.recommended == 1
+
+
+def test_reference_predictors(hub: Hub) -> None:
+    taus = reference_predictors(hub)
+    final = hub.final_scores()
+    assert taus["score after 1 epoch"] == pytest.approx(kendall_tau(hub.scores[:, 0], final))
+    assert taus["lr"] == pytest.approx(kendall_tau([c["lr"] for c in hub.configs], final))
+    assert set(hub.ordered) <= set(taus)
+    name, tau = best_reference(taus)
+    assert abs(tau) == max(abs(t) for t in taus.values())
 
 
 def test_seeds_are_independent_and_reproducible(hub: Hub) -> None:
