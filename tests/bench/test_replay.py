@@ -18,6 +18,7 @@ from optuna_fms.bench import Hub
 from optuna_fms.bench import build_hub
 from optuna_fms.bench._cli import main as bench_main
 from optuna_fms.bench._cli import table
+from optuna_fms.bench._methods import FMS_STARTUP_TRIALS
 from optuna_fms.bench._methods import METHODS
 from optuna_fms.bench._metrics import best_reference
 from optuna_fms.bench._metrics import kendall_tau
@@ -153,9 +154,11 @@ def test_every_replayed_trial_runs_exactly_its_parameters(hub: Hub, name: str) -
     storage = optuna.storages.InMemoryStorage()
     r = run_replay(hub, name, seed=0, budget=60, storage=storage)
     assert r.error is None
-    study = optuna.load_study(study_name=None, storage=storage)
+    (name,) = [n for n in optuna.get_all_study_names(storage) if not n.endswith(":fms-claims")]
+    study = optuna.load_study(study_name=name, storage=storage)
     trials = [t for t in study.get_trials() if CONFIG_ATTR in t.user_attrs]
-    assert len(trials) >= 10
+    # FMS's first 10 trials are random: make sure its model proposed some too.
+    assert len(trials) > (FMS_STARTUP_TRIALS if METHODS[name].surrogate else 5)
     for t in trials:
         c = t.user_attrs[CONFIG_ATTR]
         assert t.params == hub.configs[c]
