@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import inspect
 import operator
+import threading
 from typing import Any
 
 import torch
@@ -96,7 +97,61 @@ def describe_module(module: torch.nn.Module) -> dict[str, Any]:
     }
 
 
+# torch.fx traces by patching ``torch.nn.Module.__call__`` and ``__getattr__`` on the class, for
+# the whole process, and keeps the active patcher in a module global. Two traces at once would
+# restore each other's patches (leaving one installed for good), so traces are serialised.
+_TRACE_LOCK = threading.Lock()
+
+
 class _Tracer(torch.fx.Tracer):
+    """fx tracer that keeps ``nn`` containers transparent and affects its own thread only.
+
+    While :meth:`trace` runs, every module call and module attribute lookup in the process goes
+    through the tracer. Calls from other threads (a surrogate fit, another trial's training
+    under ``study.optimize(n_jobs=...)``) are handed straight to the original implementations,
+    and no function of theirs is auto-wrapped, so they compute exactly what they would without
+    a trace.
+    """
+
+    def __init__(self) -> None:
+        self._owner: int | None = None
+        super().__init__()
+
+    def _foreign(self) -> bool:
+        return self._owner is not None and threading.get_ident() != self._owner
+
+    @property  # type: ignore[override]
+    def _autowrap_function_ids(self) -> set[int]:
+        return set() if self._foreign() else self._own_autowrap_function_ids
+
+    @_autowrap_function_ids.setter
+    def _autowrap_function_ids(self, ids: set[int]) -> None:
+        self._own_autowrap_function_ids = ids
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> torch.fx.Graph:
+        with _TRACE_LOCK:
+            self._owner = threading.get_ident()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                self._owner = None
+
+    def call_module(
+        self,
+        m: torch.nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if self._foreign():
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self._foreign():
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
             return False
