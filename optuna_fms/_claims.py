@@ -79,6 +79,24 @@ def _compare_and_set_running(storage: BaseStorage, claim_id: int) -> bool:
         return result.rowcount == 1
 
 
+def is_claim_of(storage: BaseStorage, claim_id: int, paused: FrozenTrial) -> bool:
+    """Whether ``claim_id`` is a claim opened for the trial ``paused``."""
+    try:
+        claim = storage.get_trial(claim_id)
+    except KeyError:
+        return False
+    return claim.user_attrs.get("trial_id") == paused._trial_id
+
+
+def withdraw_claim(storage: BaseStorage, claim_id: int) -> bool:
+    """Close an open claim nobody took (its trial went on); ``False`` if it was taken."""
+    if not _compare_and_set_running(storage, claim_id):
+        return False
+    storage.set_trial_user_attr(claim_id, "withdrawn", True)
+    storage.set_trial_state_values(claim_id, TrialState.FAIL)
+    return True
+
+
 def take_claim(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> bool:
     """Atomically take a claim for ``child``; ``False`` if another worker was first."""
     if not _compare_and_set_running(storage, claim_id):

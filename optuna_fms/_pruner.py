@@ -93,6 +93,16 @@ class FMSPruner(BasePruner):
         step = trial.last_step
         if step is None:
             return False
+        if self._should_pause(study, trial, step):
+            self._pause(study, trial)
+            return True
+        # The trial goes on: a claim opened by an earlier decision no longer stands for it.
+        paused = trial.user_attrs.get(_attrs.PAUSED)
+        if paused is not None and "claim" in paused:
+            self._withdraw(study, trial, paused)
+        return False
+
+    def _should_pause(self, study: Study, trial: FrozenTrial, step: int) -> bool:
         budget = step + 1
         if budget < self._min_steps or budget >= self.max_steps:
             return False
@@ -115,21 +125,52 @@ class FMSPruner(BasePruner):
             _attrs.FORECAST,
             {"step": step, "mean": mean, "std": std},
         )
-        if math.isnan(value) or ei >= self._tolerance * alternative:
-            # A NaN report carries no evidence either way: never pause on it.
-            return False
-        self._pause(study, trial)
-        return True
+        # A NaN report carries no evidence either way: never pause on it.
+        return not (math.isnan(value) or ei >= self._tolerance * alternative)
 
     def _pause(self, study: Study, trial: FrozenTrial) -> None:
-        """Record ``trial`` as paused at its last step, continuable if checkpointed there."""
+        """Record ``trial`` as paused at its last step, continuable if checkpointed there.
+
+        One pause opens at most one claim: asking again at the same step (a second
+        ``should_prune``) keeps the claim already open, and pausing at a later step (the
+        objective went on after an earlier pause) first withdraws the earlier claim. If that
+        claim was already taken, the trial is being continued and no second claim is opened.
+        """
         storage = study._storage
         step = trial.last_step
         assert step is not None
+        user_attrs = storage.get_trial_user_attrs(trial._trial_id)
+        previous = user_attrs.get(_attrs.PAUSED)
+        if (
+            previous is not None
+            and "claim" in previous
+            and _claims.is_claim_of(storage, previous["claim"], trial)
+        ):
+            if previous["step"] == step:
+                return
+            if not self._withdraw(study, trial, previous):
+                return
         paused: dict[str, int] = {"step": step}
-        checkpoints = storage.get_trial_user_attrs(trial._trial_id).get(_attrs.CHECKPOINTS, {})
+        checkpoints = user_attrs.get(_attrs.CHECKPOINTS, {})
         off = storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
         if str(step) in checkpoints and not off:
             claims_id = self._forecaster(study).claims_id(study)
             paused["claim"] = _claims.open_claim(storage, claims_id, trial, step)
         storage.set_trial_user_attr(trial._trial_id, _attrs.PAUSED, paused)
+
+    @staticmethod
+    def _withdraw(study: Study, trial: FrozenTrial, paused: dict[str, int]) -> bool:
+        """Withdraw the claim of an earlier pause of ``trial``; ``False`` if it was taken.
+
+        A claim that is not ``trial``'s own (the attribute was copied, e.g. by
+        :class:`~optuna.storages.RetryFailedTrialCallback`) is left alone.
+        """
+        storage = study._storage
+        if not _claims.is_claim_of(storage, paused["claim"], trial):
+            return True
+        if not _claims.withdraw_claim(storage, paused["claim"]):
+            return False
+        study._storage.set_trial_user_attr(
+            trial._trial_id, _attrs.PAUSED, {"step": paused["step"]}
+        )
+        return True

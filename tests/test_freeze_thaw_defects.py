@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 from pathlib import Path
 import threading
 
 import optuna
 from optuna.trial import TrialState
+import test_freeze_thaw
 import torch
 import workers
 
 import optuna_fms
+from optuna_fms import _attrs
+from optuna_fms import _claims
 from optuna_fms.metanet import describe_module
+
+
+def _claims_per_parent(study: optuna.Study) -> collections.Counter:
+    claims_id = _claims.claims_study_id(study._storage, study._study_id)
+    claims = study._storage.get_all_trials(claims_id, deepcopy=False)
+    return collections.Counter(c.user_attrs["trial_id"] for c in claims)
+
+
+def _continued_parents(study: optuna.Study) -> list[int]:
+    return [
+        t.user_attrs[_attrs.CONTINUES]["trial"]
+        for t in study.trials
+        if _attrs.CONTINUES in t.user_attrs
+    ]
 
 
 def _fms_study(tmp_path: Path, storage=None, seed: int = 0) -> optuna.Study:
@@ -74,3 +93,51 @@ def test_threads_with_checkpoints_and_freeze_thaw(tmp_path: Path) -> None:
         states = [t.state for t in study.trials]
         assert len(states) == 16
         assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
+
+
+# ------------------------------------------------------------- 1: one claim per pause
+def test_asking_twice_at_a_step_opens_one_claim(tmp_path: Path) -> None:
+    study = test_freeze_thaw._study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(functools.partial(workers.train_objective, checks=2), n_trials=3)
+    parent = study.trials[0]
+    assert parent.state == TrialState.PRUNED
+    assert _claims_per_parent(study) == {parent._trial_id: 1}
+    assert _continued_parents(study) == [0]
+    assert _attrs.CONTINUES not in study.trials[2].user_attrs
+
+
+def test_surrogate_pauses_checked_twice_are_continued_once(tmp_path: Path) -> None:
+    study = _fms_study(tmp_path, seed=1)
+    study.optimize(functools.partial(workers.curve_objective, checks=2), n_trials=25)
+    paused = [t for t in study.trials if "claim" in t.user_attrs.get(_attrs.PAUSED, {})]
+    assert paused, "nothing was paused"
+    assert set(_claims_per_parent(study).values()) == {1}
+    parents = _continued_parents(study)
+    assert parents, "no paused trial was ever continued"
+    assert len(parents) == len(set(parents))
+
+
+def test_a_trial_that_goes_on_after_a_pause_withdraws_its_claim(tmp_path: Path) -> None:
+    class _PauseAtThreeAndFive(optuna_fms.FMSPruner):
+        def _should_pause(self, study, trial, step):
+            return trial.number == 0 and step in (3, 5)
+
+    study = test_freeze_thaw._study(tmp_path, pruner=_PauseAtThreeAndFive(max_steps=workers.STEPS))
+
+    def ignore_first_pause(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-3, 0.5, log=True)
+        for step in range(workers.STEPS):
+            optuna_fms.save_checkpoint(trial, {"w": torch.ones(2) * step}, step=step)
+            trial.report(float(step), step)
+            if trial.should_prune() and step > 3:
+                raise optuna.TrialPruned()
+        return 1.0
+
+    study.optimize(ignore_first_pause, n_trials=1)
+    trial = study.trials[0]
+    assert trial.user_attrs[_attrs.PAUSED]["step"] == 5
+    claims_id = _claims.claims_study_id(study._storage, study._study_id)
+    claims = study._storage.get_all_trials(claims_id)
+    assert [c.state for c in claims] == [TrialState.FAIL, TrialState.WAITING]
+    assert claims[1]._trial_id == trial.user_attrs[_attrs.PAUSED]["claim"]

@@ -20,8 +20,12 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train_objective(trial: optuna.Trial) -> float:
-    """Deterministic CPU training with momentum SGD, checkpointing every epoch."""
+def train_objective(trial: optuna.Trial, checks: int = 1) -> float:
+    """Deterministic CPU training with momentum SGD, checkpointing every epoch.
+
+    ``checks`` is how often ``should_prune`` is asked per step (a logging callback or a
+    user's extra check ask more than once); the last answer decides.
+    """
     lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -39,7 +43,7 @@ def train_objective(trial: optuna.Trial) -> float:
             loss = torch.nn.functional.mse_loss(model(x), y).item()
         optuna_fms.save_checkpoint(trial, model, step=epoch, optimizer=opt)
         trial.report(loss, epoch)
-        if trial.should_prune():
+        if [trial.should_prune() for _ in range(checks)][-1]:
             raise optuna.TrialPruned()
     return loss
 
@@ -50,8 +54,11 @@ class _Holder(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(3))
 
 
-def curve_objective(trial: optuna.Trial) -> float:
-    """Cheap synthetic curves with a tiny checkpoint per step; resumes when continued."""
+def curve_objective(trial: optuna.Trial, checks: int = 1) -> float:
+    """Cheap synthetic curves with a tiny checkpoint per step; resumes when continued.
+
+    ``checks``: how often ``should_prune`` is asked per step, as in :func:`train_objective`.
+    """
     q = trial.suggest_float("q", 0.0, 1.0)
     holder = _Holder()
     start = optuna_fms.resume(trial, holder)
@@ -64,7 +71,7 @@ def curve_objective(trial: optuna.Trial) -> float:
         assert holder.w[0].item() == step + 1
         optuna_fms.save_checkpoint(trial, holder, step=step)
         trial.report(value, step)
-        if trial.should_prune():
+        if [trial.should_prune() for _ in range(checks)][-1]:
             raise optuna.TrialPruned()
     return value
 

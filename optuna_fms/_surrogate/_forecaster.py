@@ -324,7 +324,11 @@ class Forecaster:
         out = []
         for claim in _claims.open_claims(study._storage, self.claims_id(study)):
             curve = by_id.get(claim.user_attrs["trial_id"])
-            if curve is not None and curve.last_step + 1 < fit.max_steps:
+            if curve is None or curve.last_step + 1 >= fit.max_steps:
+                continue
+            # Only the claim the pause recorded stands for the paused trial.
+            paused = curve.trial.user_attrs.get(_attrs.PAUSED) or {}
+            if paused.get("claim") == claim._trial_id:
                 out.append((claim, curve))
         return out
 
