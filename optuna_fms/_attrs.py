@@ -18,8 +18,9 @@ PAUSED = "fms:paused"
 continuation (see :mod:`optuna_fms._claims`)."""
 
 CONTINUES = "fms:continues"
-"""``{"trial": number, "trial_id": id, "step": int}`` on a trial that continues a paused trial
-from that trial's checkpoint at ``step``."""
+"""``{"trial": number, "trial_id": id, "step": int, "claim": id}`` on a trial that continues a
+paused trial from that trial's checkpoint at ``step``, having taken the claim ``claim``. A trial
+that carries the attribute without holding the claim (a retry copies it) is no continuation."""
 
 RESUMED = "fms:resumed"
 """``True`` once :func:`optuna_fms.resume` has restored the checkpoint of the parent."""
@@ -38,4 +39,5 @@ PROPOSAL = "fms:proposal"
 
 # Study system attributes.
 CONTINUATION_OFF = "fms:continuation_off"
-"""Set once an objective ran a continued trial without calling :func:`optuna_fms.resume`."""
+"""Set once an objective finished a continued trial without calling :func:`optuna_fms.resume`
+(a failed continuation does not set it)."""

@@ -11,6 +11,11 @@ a continuable trial it creates a WAITING *claim trial* in a companion study name
 ``"<study name>:fms-claims"``; a sampler that wants to continue the paused trial must win the
 WAITING -> RUNNING transition of that claim trial first. The companion study keeps the claim
 trials out of the user's study, where ``ask`` would pop them as ordinary trials.
+
+A claim's life: WAITING (open; one per pause, recorded in the paused trial's ``fms:paused``),
+RUNNING while its continuation runs (``continued_by_id`` names it), then COMPLETE when the
+continuation finished, back to WAITING when it failed (the paused trial stays continuable),
+or FAIL when it was withdrawn (the paused trial went on) or its continuations kept failing.
 """
 
 from __future__ import annotations
@@ -97,10 +102,49 @@ def withdraw_claim(storage: BaseStorage, claim_id: int) -> bool:
     return True
 
 
+MAX_ATTEMPTS = 2
+"""Continuations of one pause that may fail before the paused trial is given up."""
+
+
 def take_claim(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> bool:
-    """Atomically take a claim for ``child``; ``False`` if another worker was first."""
+    """Atomically take a claim for ``child``; ``False`` if another worker was first.
+
+    The claim stays RUNNING while ``child`` runs: :func:`finish_claim` closes it once the
+    continuation finished, :func:`release_claim` opens it again if the continuation failed.
+    """
     if not _compare_and_set_running(storage, claim_id):
         return False
     storage.set_trial_user_attr(claim_id, "continued_by", child.number)
+    storage.set_trial_user_attr(claim_id, "continued_by_id", child._trial_id)
+    return True
+
+
+def is_held_by(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> bool:
+    """Whether ``child`` took the claim ``claim_id`` (and it was not released since)."""
+    try:
+        claim = storage.get_trial(claim_id)
+    except KeyError:
+        return False
+    held = claim.state in (TrialState.RUNNING, TrialState.COMPLETE)
+    return held and claim.user_attrs.get("continued_by_id") == child._trial_id
+
+
+def finish_claim(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> None:
+    """Close the claim that ``child`` used: the paused trial has been continued."""
     storage.set_trial_state_values(claim_id, TrialState.COMPLETE, values=[float(child.number)])
+
+
+def release_claim(storage: BaseStorage, claim_id: int) -> bool:
+    """Open the claim again after its continuation failed; ``True`` if it is open again.
+
+    After :data:`MAX_ATTEMPTS` failed continuations of the same pause the claim is closed
+    instead (a continuation that fails every time, e.g. on a checkpoint that no longer fits
+    the model, must not take every later trial).
+    """
+    attempts = storage.get_trial(claim_id).user_attrs.get("failed_continuations", 0) + 1
+    storage.set_trial_user_attr(claim_id, "failed_continuations", attempts)
+    if attempts >= MAX_ATTEMPTS:
+        storage.set_trial_state_values(claim_id, TrialState.FAIL)
+        return False
+    storage.set_trial_state_values(claim_id, TrialState.WAITING)
     return True

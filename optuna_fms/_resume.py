@@ -8,6 +8,7 @@ from optuna.trial import Trial
 import torch
 
 from optuna_fms import _attrs
+from optuna_fms import _claims
 from optuna_fms._checkpoint import CheckpointError
 from optuna_fms._checkpoint import _load_checkpoint_full
 from optuna_fms._checkpoint import _resolve_artifact_store
@@ -66,6 +67,18 @@ def resume(
         _attrs.CONTINUES
     )
     if parent_ref is None:
+        return 0
+    claim = parent_ref.get("claim")
+    if claim is not None and not _claims.is_held_by(storage, claim, trial):
+        # The attribute was copied from the trial that took the claim (a retry keeps the
+        # failed trial's attributes): only that trial may load the parent's weights.
+        _logger.warning(
+            "Trial %d carries %r of another trial but did not claim paused trial %d; it "
+            "trains from step 0.",
+            trial.number,
+            _attrs.CONTINUES,
+            parent_ref["trial"],
+        )
         return 0
     parent = storage.get_trial(parent_ref["trial_id"])
     step = int(parent_ref["step"])

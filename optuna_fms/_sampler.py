@@ -192,7 +192,11 @@ class FMSSampler(BaseSampler):
             return
         storage = study._storage
         params = decision.fresh
-        if decision.claim is not None and decision.paused is not None:
+        # Only a trial whose parameters the sampler chooses may continue a paused one: an
+        # enqueued, retried or added trial keeps its own parameters, and must not train on
+        # another trial's weights.
+        preset = bool(trial.params) or "fixed_params" in trial.system_attrs
+        if decision.claim is not None and decision.paused is not None and not preset:
             # A lost race (another worker took the claim first) falls back to the fresh pick.
             if _claims.take_claim(storage, decision.claim._trial_id, trial):
                 parent = decision.paused.trial
@@ -204,6 +208,7 @@ class FMSSampler(BaseSampler):
                         "trial": parent.number,
                         "trial_id": parent._trial_id,
                         "step": int(decision.claim.user_attrs["step"]),
+                        "claim": decision.claim._trial_id,
                     },
                 )
         storage.set_trial_system_attr(
@@ -278,10 +283,27 @@ class FMSSampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
-        attrs = study._storage.get_trial(trial._trial_id).user_attrs
+        storage = study._storage
+        attrs = storage.get_trial(trial._trial_id).user_attrs
+        ref = attrs.get(_attrs.CONTINUES)
+        if ref is None:
+            return
+        claim = ref.get("claim")
+        if claim is not None and not _claims.is_held_by(storage, claim, trial):
+            return  # The attribute was copied onto this trial (a retry): not its continuation.
+        if state == TrialState.FAIL:
+            # A failed continuation says nothing about the objective: the paused trial stays
+            # continuable (up to _claims.MAX_ATTEMPTS failures).
+            if claim is not None:
+                _claims.release_claim(storage, claim)
+            return
+        if claim is not None:
+            _claims.finish_claim(storage, claim, trial)
         resumed = attrs.get(_attrs.RESUMED) or _attrs.RESUME_FAILED in attrs
-        if _attrs.CONTINUES in attrs and not resumed:
-            study._storage.set_study_system_attr(study._study_id, _attrs.CONTINUATION_OFF, True)
+        if not resumed:
+            # The evidence continuation is switched off for: the objective finished a
+            # continued trial without calling resume.
+            storage.set_study_system_attr(study._study_id, _attrs.CONTINUATION_OFF, True)
             if not self._warned_no_resume:
                 self._warned_no_resume = True
                 _logger.warning(
@@ -290,7 +312,7 @@ class FMSSampler(BaseSampler):
                     "trials is now off for this study. Call resume() before training to use "
                     "freeze-thaw.",
                     trial.number,
-                    attrs[_attrs.CONTINUES]["trial"],
+                    ref["trial"],
                 )
 
     @staticmethod

@@ -61,6 +61,7 @@ def test_continued_trial_matches_an_uninterrupted_run(tmp_path: Path) -> None:
         "trial": 0,
         "trial_id": paused._trial_id,
         "step": 3,
+        "claim": paused.user_attrs[_attrs.PAUSED]["claim"],
     }
     assert continued.params == {"lr": 0.05}
 

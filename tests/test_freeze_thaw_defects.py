@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 from pathlib import Path
 import threading
 
 import optuna
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
+import pytest
 import test_freeze_thaw
 import torch
 import workers
@@ -141,3 +144,120 @@ def test_a_trial_that_goes_on_after_a_pause_withdraws_its_claim(tmp_path: Path) 
     claims = study._storage.get_all_trials(claims_id)
     assert [c.state for c in claims] == [TrialState.FAIL, TrialState.WAITING]
     assert claims[1]._trial_id == trial.user_attrs[_attrs.PAUSED]["claim"]
+
+
+# ------------------------------------------------ 2: preset trials never take a claim
+def _preset_by_enqueue(study: optuna.Study) -> None:
+    study.enqueue_trial({"lr": 0.3})
+
+
+def _preset_by_add_trial(study: optuna.Study) -> None:
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params={"lr": 0.3},
+            distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True)},
+        )
+    )
+
+
+def _preset_by_retry(study: optuna.Study) -> None:
+    def fails(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-3, 0.5, log=True)
+        raise RuntimeError("worker lost")
+
+    study.enqueue_trial({"lr": 0.3})
+    study.optimize(fails, n_trials=1, catch=(RuntimeError,))
+    RetryFailedTrialCallback()(study, study.trials[-1])
+
+
+@pytest.mark.parametrize("preset", [_preset_by_enqueue, _preset_by_add_trial, _preset_by_retry])
+def test_a_trial_with_preset_parameters_does_not_continue(tmp_path: Path, preset) -> None:
+    study = test_freeze_thaw._study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=1)
+    preset(study)
+    study.optimize(workers.train_objective, n_trials=1)
+    own = study.trials[-1]
+    assert own.params == {"lr": 0.3}
+    assert _attrs.CONTINUES not in own.user_attrs
+    assert sorted(own.intermediate_values) == list(range(workers.STEPS))
+    # The paused trial is continued with its own parameters by a trial the sampler chose.
+    study.optimize(workers.train_objective, n_trials=1)
+    child = study.trials[-1]
+    assert child.user_attrs[_attrs.CONTINUES]["trial"] == 0
+    assert child.params == {"lr": 0.05}
+    assert child.user_attrs[_attrs.RESUMED]
+
+
+# ------------------------------------- 3: a failed continuation releases its claim
+def _fail_first_continuation(how: str):
+    failed: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        continues = _attrs.CONTINUES in trial.study._storage.get_trial_user_attrs(trial._trial_id)
+        if continues and not failed:
+            failed.append(trial.number)
+            if how == "raise":
+                trial.suggest_float("lr", 1e-3, 0.5, log=True)
+                raise RuntimeError("out of memory while building the model")
+            # A model that does not fit the parent's checkpoint: resume raises.
+            optuna_fms.resume(trial, torch.nn.Linear(3, 3))
+        return workers.train_objective(trial)
+
+    return objective
+
+
+@pytest.mark.parametrize("how", ["raise", "shape mismatch"])
+def test_a_failed_continuation_releases_its_claim(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = test_freeze_thaw._study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(_fail_first_continuation(how), n_trials=3, catch=(Exception,))
+    paused, failed, child = study.trials
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs[_attrs.CONTINUES]["trial"] == 0
+    assert not study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
+    assert not [r for r in caplog.records if "never called" in r.message]
+    # The parent stayed continuable and was continued from its checkpoint.
+    assert child.user_attrs[_attrs.CONTINUES]["trial"] == 0
+    assert child.user_attrs[_attrs.RESUMED]
+    assert child.params == paused.params
+    assert child.state == TrialState.COMPLETE
+    for step, value in paused.intermediate_values.items():
+        assert child.intermediate_values[step] == value
+
+
+def test_a_retried_continuation_does_not_load_the_claim_it_did_not_take(tmp_path: Path) -> None:
+    study = test_freeze_thaw._study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(_fail_first_continuation("raise"), n_trials=2, catch=(Exception,))
+    failed = study.trials[1]
+    RetryFailedTrialCallback()(study, failed)
+    study.optimize(workers.train_objective, n_trials=2)
+    retry, child = study.trials[2], study.trials[3]
+    # The retry keeps the failed trial's parameters (the parent's) but trains from step 0.
+    assert retry.params == {"lr": 0.05}
+    assert not retry.user_attrs.get(_attrs.RESUMED)
+    assert sorted(retry.intermediate_values) == list(range(workers.STEPS))
+    # Exactly one trial restored the parent's checkpoint.
+    assert child.user_attrs[_attrs.CONTINUES]["trial"] == 0 and child.user_attrs[_attrs.RESUMED]
+    resumed = [t for t in study.trials if t.user_attrs.get(_attrs.RESUMED)]
+    assert resumed == [child]
+
+
+def test_repeatedly_failing_continuations_give_the_pause_up(tmp_path: Path) -> None:
+    def fails_when_continued(trial: optuna.Trial) -> float:
+        if _attrs.CONTINUES in trial.study._storage.get_trial_user_attrs(trial._trial_id):
+            raise RuntimeError("checkpoint does not fit")
+        return workers.train_objective(trial)
+
+    study = test_freeze_thaw._study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(fails_when_continued, n_trials=5, catch=(RuntimeError,))
+    states = [t.state for t in study.trials]
+    assert states[1:3] == [TrialState.FAIL, TrialState.FAIL]
+    assert states[3:] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert not study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)

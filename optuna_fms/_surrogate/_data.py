@@ -50,12 +50,13 @@ def collect_curves(
     """Learning curves of the trials that fit ``encoder``'s search space.
 
     A paused trial whose continuation has already restored its checkpoint is left out, since
-    the continuing trial's curve starts with the parent's values.
+    the continuing trial's curve starts with the parent's values (unless the continuation
+    failed: failed trials are left out, and their parent is continued again).
     """
     superseded = set()
     for t in trials:
         parent = t.user_attrs.get(_attrs.CONTINUES)
-        if parent is not None and t.user_attrs.get(_attrs.RESUMED):
+        if parent is not None and t.user_attrs.get(_attrs.RESUMED) and t.state != TrialState.FAIL:
             superseded.add(parent["trial_id"])
     curves = []
     kept: list[FrozenTrial] = []
