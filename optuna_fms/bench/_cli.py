@@ -185,7 +185,13 @@ def tau_table(
         if why is not None or not any(r.tau for r in runs):
             continue
         for key, label in (("tau", "all"), ("tau_observed", "observed"), ("tau_unseen", "unseen")):
-            rows.append([m, label] + [_map_cell(runs, key, b) for b in tb])
+            cells = [_map_cell(runs, key, b) for b in tb]
+            if key == "tau_observed":  # how many configurations the split holds, when recorded
+                for i, b in enumerate(tb):
+                    n = [r.n_observed[b] for r in runs if b in r.n_observed]
+                    if n:
+                        cells[i] += f" (n = {np.mean(n):.0f})"
+            rows.append([m, label] + cells)
     return _markdown(head, rows)
 
 

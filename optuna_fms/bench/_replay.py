@@ -137,7 +137,8 @@ class RunResult:
     those some trial has replayed and over the others (NaN where the surrogate had no fit or
     fewer than two configurations; empty for methods without a surrogate).
     ``forecast_recommended_final`` maps the same epoch counts to the true final score of the
-    observed configuration with the best *forecast* final score.
+    observed configuration with the best *forecast* final score, and ``n_observed`` to the
+    number of configurations observed then (the size of the observed split).
     """
 
     hub: str
@@ -152,6 +153,7 @@ class RunResult:
     tau_observed: dict[int, float] = field(default_factory=dict)
     tau_unseen: dict[int, float] = field(default_factory=dict)
     forecast_recommended_final: dict[int, float] = field(default_factory=dict)
+    n_observed: dict[int, int] = field(default_factory=dict)
     sampler_seconds: float = 0.0
     pruner_seconds: float = 0.0
     snapshot_seconds: float = 0.0
@@ -176,7 +178,7 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in _BUDGET_MAPS:
+        for k in (*_BUDGET_MAPS, "n_observed"):
             d[k] = {str(b): v for b, v in getattr(self, k).items()}
         return d
 
@@ -185,6 +187,7 @@ class RunResult:
         d = dict(d)
         for k in _BUDGET_MAPS:
             d[k] = {int(b): float(v) for b, v in d.get(k, {}).items()}
+        d["n_observed"] = {int(b): int(v) for b, v in d.get("n_observed", {}).items()}
         return cls(**d)
 
 
@@ -398,6 +401,7 @@ def _run(
         if predicted is not None:
             seen = np.zeros(hub.n_configs, dtype=bool)
             seen[list(tracker.touched)] = True
+            result.n_observed[b] = int(seen.sum())
             result.tau[b] = kendall_tau(predicted, true_final)
             result.tau_observed[b] = kendall_tau(predicted[seen], true_final[seen])
             result.tau_unseen[b] = kendall_tau(predicted[~seen], true_final[~seen])

@@ -18,6 +18,7 @@ from optuna_fms.bench import Hub
 from optuna_fms.bench import build_hub
 from optuna_fms.bench._cli import main as bench_main
 from optuna_fms.bench._cli import table
+from optuna_fms.bench._cli import tau_table
 from optuna_fms.bench._methods import FMS_STARTUP_TRIALS
 from optuna_fms.bench._methods import METHODS
 from optuna_fms.bench._metrics import best_reference
@@ -183,9 +184,12 @@ def test_recommendation_and_tau_split(hub: Hub) -> None:
         assert set(split) == {40}
         assert -1.0 <= split[40] <= 1.0 or np.isnan(split[40])
     assert r.forecast_recommended_final[40] in set(final.tolist())
+    assert 2 <= r.n_observed[40] <= r.n_configs
     again = RunResult.from_dict(json.loads(json.dumps(r.to_dict())))
     assert again.tau_unseen == r.tau_unseen
     assert again.forecast_recommended_final == r.forecast_recommended_final
+    assert again.n_observed == r.n_observed
+    assert "(n = " in tau_table([r], ["dyhpo"], budget=50, tau_budgets=(40,))
 
 
 def test_tracker_recommends_best_furthest_trained_observation(hub: Hub) -> None:
