@@ -261,3 +261,42 @@ def test_repeatedly_failing_continuations_give_the_pause_up(tmp_path: Path) -> N
     assert states[1:3] == [TrialState.FAIL, TrialState.FAIL]
     assert states[3:] == [TrialState.COMPLETE, TrialState.COMPLETE]
     assert not study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
+
+
+# -------------------------------------------- 5: one sampler serving several studies
+@pytest.mark.parametrize("kind", ["sqlite", "inmemory"])
+def test_one_sampler_serves_two_studies_without_mixing_claims(tmp_path: Path, kind: str) -> None:
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    sampler = test_freeze_thaw._ContinueWhenPossible(
+        seed=0,
+        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(store_dir)),
+        n_startup_trials=0,
+    )
+    pruner = test_freeze_thaw._PauseTrialZero(max_steps=workers.STEPS)
+
+    def storage(name: str) -> optuna.storages.BaseStorage:
+        if kind == "sqlite":
+            return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name}.db")
+        return optuna.storages.InMemoryStorage()
+
+    a = optuna.create_study(study_name="a", storage=storage("a"), sampler=sampler, pruner=pruner)
+    a.enqueue_trial({"lr": 0.05})
+    a.optimize(workers.train_objective, n_trials=1)
+    # A second storage numbers its studies from the start again: "b" gets "a"'s id, and
+    # "unrelated" the id of "a"'s claims study.
+    storage_b = storage("b")
+    b = optuna.create_study(study_name="b", storage=storage_b, sampler=sampler, pruner=pruner)
+    unrelated = optuna.create_study(study_name="unrelated", storage=storage_b)
+    assert b._study_id == a._study_id
+    b.enqueue_trial({"lr": 0.2})
+    b.optimize(workers.train_objective, n_trials=2)
+
+    assert unrelated.trials == []
+    paused, child = b.trials
+    assert child.user_attrs[_attrs.CONTINUES]["trial_id"] == paused._trial_id
+    assert child.params == {"lr": 0.2} and child.user_attrs[_attrs.RESUMED]
+    assert _claims_per_parent(b) == {paused._trial_id: 1}
+    # "a"'s pause is still open, in "a"'s storage.
+    a_claims = _claims.open_claims(a._storage, _claims.claims_study_id(a._storage, a._study_id))
+    assert [c.user_attrs["trial_id"] for c in a_claims] == [a.trials[0]._trial_id]

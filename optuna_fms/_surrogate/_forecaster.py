@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.search_space import IntersectionSearchSpace
+from optuna.storages import BaseStorage
 from optuna.study import Study
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
@@ -49,7 +50,23 @@ class Fit:
     curves: list[Curve]
     n_observations: int
     n_trained: int
+    surrogate: Surrogate
     alternative_ei: float | None = None
+
+
+@dataclass
+class _StudyState:
+    """What a Forecaster caches for one study: one sampler may serve several studies.
+
+    Keyed by the storage object and the study id (two in-memory storages both number their
+    first study 0); holding ``storage`` keeps its ``id`` from being reused for another one.
+    """
+
+    storage: BaseStorage
+    search_space: IntersectionSearchSpace
+    surrogate: Surrogate
+    fit: Fit | None = None
+    claims_id: int | None = None
 
 
 @dataclass
@@ -130,12 +147,10 @@ class Forecaster:
         self._retrain_growth = retrain_growth
         self._n_candidates = n_candidates
         self._surrogate_kwargs = dict(surrogate_kwargs or {})
-        self._surrogate = self._new_surrogate()
-        self._search_space = IntersectionSearchSpace(include_pruned=True)
-        self._fit: Fit | None = None
+        self._states: dict[tuple[int, int], _StudyState] = {}
+        self._current: _StudyState | None = None
         self._lock = threading.RLock()
         self._warned_failure = False
-        self._claims_ids: dict[int, int] = {}
 
     def _new_surrogate(self) -> Surrogate:
         factory = None
@@ -150,8 +165,8 @@ class Forecaster:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
-        state["_fit"] = None
-        state["_surrogate"] = None
+        state["_states"] = {}
+        state["_current"] = None
         state["_bank"] = None
         return state
 
@@ -159,7 +174,6 @@ class Forecaster:
         self.__dict__.update(state)
         self._lock = threading.RLock()
         self._bank = WeightBank(self._weights) if self._weights is not None else None
-        self._surrogate = self._new_surrogate()
 
     def reseed(self) -> None:
         self._rng.seed()
@@ -168,15 +182,50 @@ class Forecaster:
     def sign(study: Study) -> float:
         return 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
 
+    def _state(self, study: Study) -> _StudyState:
+        """This study's caches, created on first use; they become the current ones."""
+        with self._lock:
+            key = (id(study._storage), study._study_id)
+            state = self._states.get(key)
+            if state is None:
+                state = _StudyState(
+                    storage=study._storage,
+                    search_space=IntersectionSearchSpace(include_pruned=True),
+                    surrogate=self._new_surrogate(),
+                )
+                self._states[key] = state
+            self._current = state
+            return state
+
+    # The current study's fit and surrogate (the study used last), for inspection.
+    @property
+    def _fit(self) -> Fit | None:
+        return None if self._current is None else self._current.fit
+
+    @_fit.setter
+    def _fit(self, fit: Fit | None) -> None:
+        if self._current is not None:
+            self._current.fit = fit
+
+    @property
+    def _surrogate(self) -> Surrogate | None:
+        return None if self._current is None else self._current.surrogate
+
+    @_surrogate.setter
+    def _surrogate(self, surrogate: Surrogate) -> None:
+        if self._current is not None:
+            self._current.surrogate = surrogate
+
     def search_space(self, study: Study) -> dict[str, BaseDistribution]:
-        space = self._search_space.calculate(study)
+        space = self._state(study).search_space.calculate(study)
         return {n: d for n, d in space.items() if not d.single()}
 
     def claims_id(self, study: Study) -> int:
-        sid = study._study_id
-        if sid not in self._claims_ids:
-            self._claims_ids[sid] = _claims.claims_study_id(study._storage, sid)
-        return self._claims_ids[sid]
+        """Id of the study's companion claims study (in the study's own storage)."""
+        state = self._state(study)
+        if state.claims_id is None:
+            state.claims_id = _claims.claims_study_id(study._storage, study._study_id)
+        return state.claims_id
 
     # ------------------------------------------------------------------ fitting
     def refresh(self, study: Study, max_steps: int, *, eager: bool) -> Fit | None:
@@ -191,10 +240,11 @@ class Forecaster:
         their curves.
         """
         with self._lock:
+            state = self._state(study)
             trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
             n_obs = count_observations(trials)
             space = self.search_space(study)
-            fit = self._fit
+            fit = state.fit
             same = (
                 fit is not None
                 and fit.encoder.search_space == dict(sorted(space.items()))
@@ -218,13 +268,13 @@ class Forecaster:
             try:
                 if not retrain:
                     try:
-                        self._surrogate.condition(data.rows, data.y)
+                        state.surrogate.condition(data.rows, data.y)
                     except SurrogateFitError:
                         retrain = True
                 if retrain:
-                    self._surrogate.fit(layout, data.rows, data.y)
+                    state.surrogate.fit(layout, data.rows, data.y)
             except SurrogateFitError as err:
-                self._fit = None
+                state.fit = None
                 if not self._warned_failure:
                     self._warned_failure = True
                     _logger.warning(
@@ -234,8 +284,10 @@ class Forecaster:
                     )
                 return None
             n_trained = n_obs if retrain or fit is None else fit.n_trained
-            self._fit = Fit(encoder, layout, max_steps, data, curves, n_obs, n_trained)
-            return self._fit
+            state.fit = Fit(
+                encoder, layout, max_steps, data, curves, n_obs, n_trained, state.surrogate
+            )
+            return state.fit
 
     # ------------------------------------------------------------------ weights
     def _weights_index(self, curve: Curve, budget: int) -> float:
@@ -299,7 +351,7 @@ class Forecaster:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean, std (standardised) and EI against the incumbent at each row's budget."""
         rows = pack_rows(fit.layout, x, budgets, histories, fit.max_steps, fit.data.scale, ckpts)
-        mean, std = self._surrogate.predict(rows)
+        mean, std = fit.surrogate.predict(rows)
         best = np.array([fit.data.incumbent(int(b)) for b in budgets])
         return mean, std, expected_improvement(mean, std, best)
 
