@@ -17,10 +17,10 @@ the job's id only, so a hub is the same whatever the number of worker processes.
 from __future__ import annotations
 
 import argparse
-import itertools
 from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
+import itertools
 import json
 import multiprocessing
 import os
@@ -263,9 +263,7 @@ def make_recipe(name: str, size: str = "full", seed: int = 0) -> Recipe:
 def grid_configs(recipe: Recipe) -> list[dict[str, Any]]:
     """The hub's configurations, the full grid, as search-space parameters (a category's
     value, an ordered value's index), in ``itertools.product`` order over ``recipe.grid``."""
-    axes = [
-        range(len(v)) if k in recipe.ordered else v for k, v in recipe.grid.items()
-    ]
+    axes = [range(len(v)) if k in recipe.ordered else v for k, v in recipe.grid.items()]
     return [dict(zip(recipe.grid, combo)) for combo in itertools.product(*axes)]
 
 

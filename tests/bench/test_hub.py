@@ -14,8 +14,8 @@ import torch
 from optuna_fms.bench import Hub
 from optuna_fms.bench import build_hub
 from optuna_fms.bench import main_build
-from optuna_fms.bench._build import make_recipe
 from optuna_fms.bench._build import grid_configs
+from optuna_fms.bench._build import make_recipe
 
 
 @pytest.fixture(autouse=True)

@@ -23,8 +23,8 @@ from optuna_fms.bench._methods import FMS_STARTUP_TRIALS
 from optuna_fms.bench._methods import METHODS
 from optuna_fms.bench._metrics import best_reference
 from optuna_fms.bench._metrics import kendall_tau
-from optuna_fms.bench._metrics import reference_predictors
 from optuna_fms.bench._metrics import mean_se
+from optuna_fms.bench._metrics import reference_predictors
 from optuna_fms.bench._replay import CONFIG_ATTR
 from optuna_fms.bench._replay import HPARAMS_ATTR
 from optuna_fms.bench._replay import RunResult
