@@ -119,14 +119,15 @@ def take_claim(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> bool:
     return True
 
 
-def is_held_by(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> bool:
-    """Whether ``child`` took the claim ``claim_id`` (and it was not released since)."""
+def is_held_by(storage: BaseStorage, claim_id: int, child_id: int) -> bool:
+    """Whether the trial with storage id ``child_id`` took the claim ``claim_id`` (and it was
+    not released since)."""
     try:
         claim = storage.get_trial(claim_id)
     except KeyError:
         return False
     held = claim.state in (TrialState.RUNNING, TrialState.COMPLETE)
-    return held and claim.user_attrs.get("continued_by_id") == child._trial_id
+    return held and claim.user_attrs.get("continued_by_id") == child_id
 
 
 def finish_claim(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> None:

@@ -69,7 +69,7 @@ def resume(
     if parent_ref is None:
         return 0
     claim = parent_ref.get("claim")
-    if claim is not None and not _claims.is_held_by(storage, claim, trial):
+    if claim is not None and not _claims.is_held_by(storage, claim, trial._trial_id):
         # The attribute was copied from the trial that took the claim (a retry keeps the
         # failed trial's attributes): only that trial may load the parent's weights.
         _logger.warning(

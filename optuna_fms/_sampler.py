@@ -289,7 +289,7 @@ class FMSSampler(BaseSampler):
         if ref is None:
             return
         claim = ref.get("claim")
-        if claim is not None and not _claims.is_held_by(storage, claim, trial):
+        if claim is not None and not _claims.is_held_by(storage, claim, trial._trial_id):
             return  # The attribute was copied onto this trial (a retry): not its continuation.
         if state == TrialState.FAIL:
             # A failed continuation says nothing about the objective: the paused trial stays
