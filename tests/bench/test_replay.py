@@ -155,8 +155,9 @@ def test_every_replayed_trial_runs_exactly_its_parameters(hub: Hub, name: str) -
     storage = optuna.storages.InMemoryStorage()
     r = run_replay(hub, name, seed=0, budget=60, storage=storage)
     assert r.error is None
-    (name,) = [n for n in optuna.get_all_study_names(storage) if not n.endswith(":fms-claims")]
-    study = optuna.load_study(study_name=name, storage=storage)
+    names = [n for n in optuna.get_all_study_names(storage) if not n.endswith(":fms-claims")]
+    assert len(names) == 1
+    study = optuna.load_study(study_name=names[0], storage=storage)
     trials = [t for t in study.get_trials() if CONFIG_ATTR in t.user_attrs]
     # FMS's first 10 trials are random: make sure its model proposed some too.
     assert len(trials) > (FMS_STARTUP_TRIALS if METHODS[name].surrogate else 5)
