@@ -10,8 +10,8 @@ import torch
 from optuna_fms import _attrs
 from optuna_fms import _claims
 from optuna_fms._checkpoint import CheckpointError
-from optuna_fms._checkpoint import _load_checkpoint_full
-from optuna_fms._checkpoint import _resolve_artifact_store
+from optuna_fms._checkpoint import read_checkpoint
+from optuna_fms._checkpoint._store import _resolve_artifact_store
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -84,9 +84,7 @@ def resume(
     step = int(parent_ref["step"])
     store = _resolve_artifact_store(trial.study, artifact_store)
     try:
-        tensors, optimizer_state, _ = _load_checkpoint_full(
-            parent, step, artifact_store=store, map_location="cpu"
-        )
+        checkpoint = read_checkpoint(parent, step, artifact_store=store, map_location="cpu")
     except CheckpointError as err:
         # The study goes on: this trial trains the parent's configuration from scratch.
         _logger.warning(
@@ -98,9 +96,9 @@ def resume(
         )
         storage.set_trial_user_attr(trial._trial_id, _attrs.RESUME_FAILED, str(err))
         return 0
-    model.load_state_dict(tensors)
-    if optimizer is not None and optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    model.load_state_dict(checkpoint.tensors)
+    if optimizer is not None and checkpoint.optimizer_state is not None:
+        optimizer.load_state_dict(checkpoint.optimizer_state)
     for s, value in sorted(parent.intermediate_values.items()):
         if s <= step:
             trial.report(value, s)
