@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,22 +45,6 @@ DEFAULT_MAX_EDGES_PER_LAYER = 1024
 _N_INPUT, _N_HIDDEN, _N_OUTPUT, _N_BIAS, _N_GAMMA, _N_BETA = range(len(NODE_TYPES))
 _E = {name: i for i, name in enumerate(EDGE_TYPES)}
 
-_LINEAR_TYPES = frozenset({"Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"})
-_CONV_TYPES = frozenset({"Conv1d", "Conv2d", "Conv3d"})
-_NORM_TYPES = frozenset(
-    {
-        "BatchNorm1d",
-        "BatchNorm2d",
-        "BatchNorm3d",
-        "SyncBatchNorm",
-        "InstanceNorm1d",
-        "InstanceNorm2d",
-        "InstanceNorm3d",
-        "LayerNorm",
-        "GroupNorm",
-        "RMSNorm",
-    }
-)
 _ADD_OPS = frozenset({"add", "iadd", "add_", "__add__", "__iadd__", "__radd__", "sub", "isub"})
 _MATMUL_OPS = frozenset({"matmul", "bmm", "mm", "__matmul__", "einsum_last"})
 _CAT_OPS = frozenset({"cat", "concat", "concatenate", "hstack"})
@@ -242,6 +227,163 @@ class _Param:
         self.key = key
 
 
+# -- layer registry -------------------------------------------------------------------------
+# Every supported module type is one entry of ``_LAYERS``: a function decorated with
+# ``@_layer("ClassName", ..., infer=...)`` that adds the module's nodes and edges.
+@dataclass(frozen=True)
+class _ModuleCall:
+    """One call of a module in the data flow, as a layer-building function sees it.
+
+    Attributes
+    ----------
+    path:
+        Qualified name of the module (used in error messages and as the layer's name).
+    src:
+        The neurons feeding the module (its first data-flow input).
+    params:
+        Local tensor name (``"weight"``, ``"running_mean"``, ...) -> state-dict key.
+    shapes:
+        Local tensor name -> shape recorded in the structure (empty without a structure).
+    attrs:
+        Hyper-parameters recorded in the structure (``groups``, ``eps``, ...).
+    node:
+        The structure node of the call (empty without a structure).
+    env:
+        Structure node name -> what the builder made of it so far.
+    """
+
+    path: str
+    src: _Group
+    params: Mapping[str, str]
+    shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    node: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, Any] = field(default_factory=dict)
+
+    def groups_of(self, names: Sequence[str]) -> list[_Group | None]:
+        """The neuron groups passed as the named arguments (``None`` where not a group)."""
+        refs = _node_args(self.node, names)
+        groups = [self.env.get(r) if r is not None else None for r in refs]
+        return [g if isinstance(g, _Group) else None for g in groups]
+
+
+_BuildLayer = Callable[["_Builder", _ModuleCall], _Group]
+_InferLayer = Callable[[Mapping[str, torch.Tensor]], bool]
+
+
+@dataclass(frozen=True)
+class _LayerKind:
+    """How the module types of one kind become nodes and edges of the parameter graph.
+
+    Attributes
+    ----------
+    build:
+        Adds the layer's nodes and edges and returns the neurons it outputs.
+    infer:
+        Without a structure, whether a module's tensors (local name -> tensor, as in the
+        state dict) are of this kind; ``None``: never inferred.
+    """
+
+    build: _BuildLayer
+    infer: _InferLayer | None = None
+
+
+_LAYERS: dict[str, _LayerKind] = {}
+"""Module class name -> how it enters the graph: the one table of supported layer types."""
+
+
+def _layer(*names: str, infer: _InferLayer | None = None) -> Callable[[_BuildLayer], _BuildLayer]:
+    """Register the decorated function as the graph builder of the module types ``names``."""
+
+    def register(build: _BuildLayer) -> _BuildLayer:
+        kind = _LayerKind(build, infer)
+        for name in names:
+            _LAYERS[name] = kind
+        return build
+
+    return register
+
+
+def _has_stats(tensors: Mapping[str, torch.Tensor]) -> bool:
+    return "running_mean" in tensors or "running_var" in tensors
+
+
+def _weight_dim(tensors: Mapping[str, torch.Tensor]) -> int | None:
+    weight = tensors.get("weight")
+    return None if weight is None else weight.dim()
+
+
+@_layer(
+    "Linear",
+    "NonDynamicallyQuantizableLinear",
+    "LazyLinear",
+    infer=lambda t: _weight_dim(t) == 2 and not _has_stats(t),
+)
+def _linear_layer(b: _Builder, call: _ModuleCall) -> _Group:
+    return b.linear(call.path, b.weight(call), b.local(call, "bias"), call.src)
+
+
+@_layer(
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    infer=lambda t: _weight_dim(t) in (3, 4, 5) and not _has_stats(t),
+)
+def _conv_layer(b: _Builder, call: _ModuleCall) -> _Group:
+    groups = call.attrs.get("groups", 1)
+    return b.conv(
+        call.path,
+        b.weight(call),
+        b.local(call, "bias"),
+        call.src,
+        None if groups is None else int(groups),
+    )
+
+
+@_layer("Embedding")
+def _embedding_layer(b: _Builder, call: _ModuleCall) -> _Group:
+    return b.linear(call.path, b.weight(call).t(), None, call.src, _E["embedding"])
+
+
+@_layer(
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "GroupNorm",
+    "RMSNorm",
+    infer=lambda t: (_weight_dim(t) == 1) if "weight" in t else (_has_stats(t) or "bias" in t),
+)
+def _norm_layer(b: _Builder, call: _ModuleCall) -> _Group:
+    eps = call.attrs.get("eps", 1e-5)
+    return b.norm(
+        call.path,
+        call.src,
+        b.local(call, "weight"),
+        b.local(call, "bias"),
+        b.local(call, "running_mean"),
+        b.local(call, "running_var"),
+        float(eps) if eps is not None else 1e-5,
+    )
+
+
+@_layer("MultiheadAttention")
+def _attention_layer(b: _Builder, call: _ModuleCall) -> _Group:
+    query, key, value = call.groups_of(("query", "key", "value"))
+    q = query if query is not None else call.src
+    k = key if key is not None else q
+    v = value if value is not None else k
+    return b.attention(call, q, k, v)
+
+
+# Without a structure a convolution's number of groups is inferred from its input width.
+_INFERRED_ATTRS: Mapping[str, Any] = {"groups": None}
+
+
 class _Builder:
     def __init__(self, state_dict: Mapping[str, torch.Tensor], max_edges: int | None) -> None:
         if max_edges is not None and max_edges < 1:
@@ -315,6 +457,15 @@ class _Builder:
             )
         self.used.add(key)
         return tensor
+
+    def local(self, call: _ModuleCall, local: str) -> torch.Tensor | None:
+        """The tensor a module holds under ``local`` (``None`` if it has none)."""
+        return self._get(call.params.get(local), call.shapes.get(local))
+
+    def weight(self, call: _ModuleCall) -> torch.Tensor:
+        weight = self.local(call, "weight")
+        assert weight is not None
+        return weight
 
     # -- layers ------------------------------------------------------------------------------
     def linear(
@@ -441,17 +592,11 @@ class _Builder:
                 self._edges(node.expand(group.size), group.ids, values, self.layer, _E[etype])
         return group
 
-    def attention(
-        self,
-        name: str,
-        params: Mapping[str, str],
-        shapes: Mapping[str, Sequence[int]],
-        query: _Group,
-        key: _Group,
-        value: _Group,
-    ) -> _Group:
+    def attention(self, call: _ModuleCall, query: _Group, key: _Group, value: _Group) -> _Group:
+        name = call.path
+
         def get(local: str) -> torch.Tensor | None:
-            return self._get(params.get(local), shapes.get(local))
+            return self.local(call, local)
 
         in_w, in_b = get("in_proj_weight"), get("in_proj_bias")
         ws: list[torch.Tensor | None]
@@ -545,13 +690,7 @@ class _Builder:
         target = node["target"]
         path = node.get("path", node["name"])
         params: Mapping[str, str] = node.get("params", {})
-        shapes: Mapping[str, Sequence[int]] = node.get("shapes", {})
-        attrs: Mapping[str, Any] = node.get("attrs", {})
         src = next((g for g in inputs if isinstance(g, _Group)), None)
-
-        def get(local: str) -> torch.Tensor | None:
-            return self._get(params.get(local), shapes.get(local))
-
         float_params = [
             k
             for k in params
@@ -565,37 +704,12 @@ class _Builder:
                     f"module '{path}' ({target}) does not read the network's data flow"
                 )
             return None
-        if target in _LINEAR_TYPES:
-            weight = get("weight")
-            assert weight is not None
-            return self.linear(path, weight, get("bias"), src)
-        if target in _CONV_TYPES:
-            weight = get("weight")
-            assert weight is not None
-            return self.conv(path, weight, get("bias"), src, int(attrs.get("groups", 1)))
-        if target == "Embedding":
-            weight = get("weight")
-            assert weight is not None
-            return self.linear(path, weight.t(), None, src, _E["embedding"])
-        if target in _NORM_TYPES:
-            eps = attrs.get("eps", 1e-5)
-            return self.norm(
-                path,
-                src,
-                get("weight"),
-                get("bias"),
-                get("running_mean"),
-                get("running_var"),
-                float(eps) if eps is not None else 1e-5,
+        kind = _LAYERS.get(target)
+        if kind is not None:
+            call = _ModuleCall(
+                path, src, params, node.get("shapes", {}), node.get("attrs", {}), node, env
             )
-        if target == "MultiheadAttention":
-            refs = _node_args(node, ("query", "key", "value"))
-            qkv = [env.get(r) if r is not None else None for r in refs]
-            qkv = [g if isinstance(g, _Group) else None for g in qkv]
-            q = qkv[0] if qkv[0] is not None else src
-            k = qkv[1] if qkv[1] is not None else q
-            v = qkv[2] if qkv[2] is not None else k
-            return self.attention(path, params, shapes, q, k, v)
+            return kind.build(self, call)
         if float_params:
             raise UnsupportedArchitectureError(
                 f"module '{path}' of type {target} (parameters {sorted(float_params)}) cannot be "
@@ -705,53 +819,29 @@ class _Builder:
         self.order += 1
         current = _Group(None, self.order, "input")
         for prefix, locals_ in modules.items():
-            name = prefix or "<root>"
             tensors = {k: self.sd[v] for k, v in locals_.items()}
-            float_keys = {k for k, t in tensors.items() if t.is_floating_point()}
-            weight = tensors.get("weight")
             extra = [
                 k
-                for k in locals_
-                if k in float_keys and k not in {"weight", "bias", *_STAT_BUFFERS}
+                for k, t in tensors.items()
+                if t.is_floating_point() and k not in {"weight", "bias", *_STAT_BUFFERS}
             ]
             if extra:
                 raise UnsupportedArchitectureError(
                     f"cannot infer the role of '{locals_[extra[0]]}' without the structure; "
                     "pass structure=describe_module(model)"
                 )
-
-            def get(local: str, locals_: dict[str, str] = locals_) -> torch.Tensor | None:
-                return self._get(locals_.get(local))
-
-            has_stats = "running_mean" in tensors or "running_var" in tensors
-            if weight is not None and weight.dim() == 2 and not has_stats:
-                w = get("weight")
-                assert w is not None
-                current = self.linear(name, w, get("bias"), current)
-            elif weight is not None and weight.dim() in (3, 4, 5) and not has_stats:
-                w = get("weight")
-                assert w is not None
-                current = self.conv(name, w, get("bias"), current, None)
-            elif (weight is None or weight.dim() == 1) and (
-                weight is not None or has_stats or "bias" in tensors
-            ):
-                current = self.norm(
-                    name,
-                    current,
-                    get("weight"),
-                    get("bias"),
-                    get("running_mean"),
-                    get("running_var"),
-                    1e-5,
-                )
-                self._get(locals_.get("num_batches_tracked"))
-            else:
+            kind = next(
+                (k for k in _LAYERS.values() if k.infer is not None and k.infer(tensors)), None
+            )
+            if kind is None:
                 first = next(iter(locals_.values()))
                 raise UnsupportedArchitectureError(
                     f"cannot infer the role of '{first}' with shape "
                     f"{list(self.sd[first].shape)} without the structure; "
                     "pass structure=describe_module(model)"
                 )
+            call = _ModuleCall(prefix or "<root>", current, locals_, attrs=_INFERRED_ATTRS)
+            current = kind.build(self, call)
         if current.ids is not None:
             self.outputs.append(current)
 
