@@ -20,10 +20,10 @@ _EDGE_VALUE_COL = EDGE_FEATURES.index("value")
 class GraphMetanetwork(torch.nn.Module):
     """Embed parameter graphs into vectors, invariantly to permutations of hidden neurons.
 
-    A graph network on PyTorch Geometric (Lim et al., ICLR 2024): node and edge features are
-    encoded to ``hidden`` dimensions, then ``num_layers`` ``torch_geometric.nn.MetaLayer`` blocks
-    update every edge from its two end nodes and itself, and every node from itself and the
-    means of its incoming and outgoing edges (residual updates with LayerNorm). The readout is
+    A graph network (Lim et al., ICLR 2024): node and edge features are encoded to ``hidden``
+    dimensions, then ``num_layers`` message-passing blocks update every edge from its two end
+    nodes and itself, and every node from itself and the means of its incoming and outgoing
+    edges (residual updates with LayerNorm). The readout is
     the mean over each graph's edges, concatenated with the mean over its nodes
     (``node_readout=True``), followed by a linear map to ``out_dim``. Every step is equivariant to
     a relabelling of nodes, so the output is invariant to any permutation of hidden neurons that
@@ -45,9 +45,10 @@ class GraphMetanetwork(torch.nn.Module):
 
     Notes
     -----
-    ``forward`` converts each :class:`ParamGraph` once (cached on the graph by
-    :meth:`ParamGraph.to_pyg`) and keeps the last batch it built, so refitting on the same list
-    of graphs rebuilds nothing. ``torch_geometric`` is imported when the first instance is made.
+    ``forward`` batches the graphs with PyTorch Geometric, converting each :class:`ParamGraph`
+    once (cached on the graph by :meth:`ParamGraph.to_pyg`), and keeps the last batch it built,
+    so refitting on the same list of graphs rebuilds nothing. ``torch_geometric`` is imported
+    when the first batch is built; the blocks themselves are plain ``torch.nn`` modules.
 
     Examples
     --------
@@ -69,17 +70,12 @@ class GraphMetanetwork(torch.nn.Module):
         node_readout: bool = True,
     ) -> None:
         super().__init__()
-        from torch_geometric.nn import MetaLayer
-
         self.out_dim = out_dim
         self.hidden = hidden
         self.node_readout = node_readout
         self.node_encoder = _mlp(len(NODE_FEATURES), hidden)
         self.edge_encoder = _mlp(len(EDGE_FEATURES) + 1, hidden)
-        self.blocks = torch.nn.ModuleList(
-            _block_class(MetaLayer)(_EdgeModel(hidden), _NodeModel(hidden))
-            for _ in range(num_layers)
-        )
+        self.blocks = torch.nn.ModuleList(_Block(hidden) for _ in range(num_layers))
         self.head = torch.nn.Linear(hidden * (2 if node_readout else 1), out_dim)
         self._batch_key: tuple[int, ...] | None = None
         self._batch_graphs: list[ParamGraph] = []
@@ -98,8 +94,6 @@ class GraphMetanetwork(torch.nn.Module):
 
     def forward(self, graphs: Sequence[ParamGraph]) -> torch.Tensor:
         """Embed ``graphs`` into a ``[len(graphs), out_dim]`` tensor (differentiable)."""
-        from torch_geometric.utils import scatter
-
         device = self.head.weight.device
         if len(graphs) == 0:
             return torch.zeros(0, self.out_dim, device=device)
@@ -113,38 +107,12 @@ class GraphMetanetwork(torch.nn.Module):
         h = self.node_encoder(x)
         m = self.edge_encoder(e)
         for block in self.blocks:
-            h, m, _ = block(h, batch.edge_index, m, None, batch.batch)
+            h, m = block(h, batch.edge_index, m)
         edge_graph = batch.batch[batch.edge_index[0]]
-        pooled = [scatter(m, edge_graph, dim=0, dim_size=num_graphs, reduce="mean")]
+        pooled = [_scatter_mean(m, edge_graph, num_graphs)]
         if self.node_readout:
-            pooled.append(scatter(h, batch.batch, dim=0, dim_size=num_graphs, reduce="mean"))
+            pooled.append(_scatter_mean(h, batch.batch, num_graphs))
         return self.head(torch.cat(pooled, 1))
-
-
-_BLOCK_CLASS: Any = None
-
-
-def _block_class(meta_layer: type) -> Any:
-    """``MetaLayer`` whose edge update projects node states before gathering them per edge."""
-    global _BLOCK_CLASS
-    if _BLOCK_CLASS is None:
-
-        class _Block(meta_layer):  # type: ignore[valid-type, misc]
-            def forward(
-                self,
-                x: torch.Tensor,
-                edge_index: torch.Tensor,
-                edge_attr: torch.Tensor | None = None,
-                u: torch.Tensor | None = None,
-                batch: torch.Tensor | None = None,
-            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-                assert edge_attr is not None
-                edge_attr = self.edge_model.update(x, edge_index, edge_attr)
-                x = self.node_model(x, edge_index, edge_attr, u, batch)
-                return x, edge_attr, u
-
-        _BLOCK_CLASS = _Block
-    return _BLOCK_CLASS
 
 
 def _mlp(in_dim: int, hidden: int) -> torch.nn.Sequential:
@@ -153,12 +121,38 @@ def _mlp(in_dim: int, hidden: int) -> torch.nn.Sequential:
     )
 
 
+def _scatter_mean(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean of the rows of ``src`` sharing an ``index``, ``[size, dim]`` (zero where none).
+
+    The same operations as ``torch_geometric.utils.scatter(..., reduce="mean")``.
+    """
+    count = src.new_zeros(size).scatter_add_(0, index, src.new_ones(src.shape[0]))
+    total = src.new_zeros(size, src.shape[1]).scatter_add_(0, index[:, None].expand_as(src), src)
+    return total / count.clamp(min=1)[:, None]
+
+
+class _Block(torch.nn.Module):
+    """One message-passing step: update every edge, then every node from the new edges."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.edge_model = _EdgeModel(hidden)
+        self.node_model = _NodeModel(hidden)
+
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the updated node states ``[N, hidden]`` and edge states ``[E, hidden]``."""
+        edge_attr = self.edge_model(x, edge_index, edge_attr)
+        return self.node_model(x, edge_index, edge_attr), edge_attr
+
+
 class _EdgeModel(torch.nn.Module):
     """``e' = LayerNorm(e + MLP([x_src, x_dst, e]))``.
 
-    The first layer of the MLP is split into three blocks, so that the node terms can be
-    computed once per node and gathered (see :meth:`update`), which is the same function with
-    a third of the per-edge multiply-adds.
+    The first layer of the MLP is split into three blocks, so that the node terms are computed
+    once per node and then gathered per edge: the same function with a third of the per-edge
+    multiply-adds.
     """
 
     def __init__(self, hidden: int) -> None:
@@ -170,43 +164,25 @@ class _EdgeModel(torch.nn.Module):
         self.lin_out = torch.nn.Linear(hidden, hidden)
         self.norm = torch.nn.LayerNorm(hidden)
 
-    def _finish(self, edge_attr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.norm(edge_attr + self.lin_out(self.act(z + self.lin_edge(edge_attr))))
-
     def forward(
-        self,
-        src: torch.Tensor,
-        dst: torch.Tensor,
-        edge_attr: torch.Tensor,
-        u: torch.Tensor | None,
-        batch: torch.Tensor | None,
-    ) -> torch.Tensor:
-        return self._finish(edge_attr, self.lin_src(src) + self.lin_dst(dst))
-
-    def update(
         self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
     ) -> torch.Tensor:
         z = self.lin_src(x)[edge_index[0]] + self.lin_dst(x)[edge_index[1]]
-        return self._finish(edge_attr, z)
+        return self.norm(edge_attr + self.lin_out(self.act(z + self.lin_edge(edge_attr))))
 
 
 class _NodeModel(torch.nn.Module):
+    """``x' = LayerNorm(x + MLP([x, mean of incoming edges, mean of outgoing edges]))``."""
+
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.mlp = _mlp(3 * hidden, hidden)
         self.norm = torch.nn.LayerNorm(hidden)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        edge_index: torch.Tensor,
-        edge_attr: torch.Tensor,
-        u: torch.Tensor | None,
-        batch: torch.Tensor | None,
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
     ) -> torch.Tensor:
-        from torch_geometric.utils import scatter
-
         n = x.shape[0]
-        incoming = scatter(edge_attr, edge_index[1], dim=0, dim_size=n, reduce="mean")
-        outgoing = scatter(edge_attr, edge_index[0], dim=0, dim_size=n, reduce="mean")
+        incoming = _scatter_mean(edge_attr, edge_index[1], n)
+        outgoing = _scatter_mean(edge_attr, edge_index[0], n)
         return self.norm(x + self.mlp(torch.cat([x, incoming, outgoing], 1)))
