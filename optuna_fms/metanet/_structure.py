@@ -8,10 +8,14 @@ shapes and hyper-parameters (kernel size, number of heads, ...), and which node 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
+import functools
 import inspect
+import math
 import operator
-import threading
+from types import FunctionType
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -97,65 +101,158 @@ def describe_module(module: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-# torch.fx traces by patching ``torch.nn.Module.__call__`` and ``__getattr__`` on the class, for
-# the whole process, and keeps the active patcher in a module global. Two traces at once would
-# restore each other's patches (leaving one installed for good), so traces are serialised.
-_TRACE_LOCK = threading.Lock()
-
-
 class _Tracer(torch.fx.Tracer):
-    """fx tracer that keeps ``nn`` containers transparent and affects its own thread only.
-
-    While :meth:`trace` runs, every module call and module attribute lookup in the process goes
-    through the tracer. Calls from other threads (a surrogate fit, another trial's training
-    under ``study.optimize(n_jobs=...)``) are handed straight to the original implementations,
-    and no function of theirs is auto-wrapped, so they compute exactly what they would without
-    a trace.
-    """
-
-    def __init__(self) -> None:
-        self._owner: int | None = None
-        super().__init__()
-
-    def _foreign(self) -> bool:
-        return self._owner is not None and threading.get_ident() != self._owner
-
-    @property  # type: ignore[override]
-    def _autowrap_function_ids(self) -> set[int]:
-        return set() if self._foreign() else self._own_autowrap_function_ids
-
-    @_autowrap_function_ids.setter
-    def _autowrap_function_ids(self, ids: set[int]) -> None:
-        self._own_autowrap_function_ids = ids
-
-    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> torch.fx.Graph:
-        with _TRACE_LOCK:
-            self._owner = threading.get_ident()
-            try:
-                return super().trace(root, concrete_args)
-            finally:
-                self._owner = None
-
-    def call_module(
-        self,
-        m: torch.nn.Module,
-        forward: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        if self._foreign():
-            return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
-
-    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
-        if self._foreign():
-            return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
+    """fx tracer that keeps ``nn`` containers transparent (``torch.nn`` layers stay leaves)."""
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
             return False
         return super().is_leaf_module(m, module_qualified_name)
+
+
+# Hook tables of a module that ``nn.Module.__call__`` runs; emptied on the shadow of a leaf,
+# whose call is recorded, not run.
+_HOOK_TABLES = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
+
+
+def _trace(module: torch.nn.Module, concrete_args: dict[str, Any] | None) -> torch.fx.Graph:
+    """Symbolically trace ``module`` with :mod:`torch.fx`, touching no process-wide state.
+
+    ``torch.fx.Tracer.trace`` patches ``torch.nn.Module.__call__`` and ``__getattr__`` and the
+    auto-wrapped functions (``math.*``) for the whole process and sets fx's global "tracing"
+    flag, so a forward pass in another thread during a trace (a trial under
+    ``study.optimize(n_jobs=...)``) runs through the tracer or sees the flag (a
+    ``torch.compile``-d model then raises). Here the module tree is mirrored instead by
+    shallow copies, "shadows", that share the original's tensors and are reachable from the
+    traced ``forward`` only: a shadow's ``forward`` is an instance attribute that hands the
+    call to the tracer (a leaf becomes one ``call_module`` node, a container is traced
+    through), and reading one of its parameters or buffers gives a ``get_attr`` proxy. Each
+    traced ``forward`` runs on a private copy of its module's globals in which ``math``
+    functions and functions registered with ``torch.fx.wrap`` record a node when given a
+    proxy, which ``Tracer.trace`` does by patching them in place. The graph is the one
+    ``Tracer.trace`` records (helpers called from ``forward`` see their own globals, so
+    ``math`` on a proxy there fails and the description falls back to module order).
+    """
+    tracer = _Tracer()
+    fn = _rebind(type(module).forward, {})
+    tracer.root = module
+    tracer.root_module_name = module._get_name()
+    tracer.graph = torch.fx.Graph(tracer_cls=_Tracer)
+    tracer.tensor_attrs = {}
+    for path, sub in module.named_modules(remove_duplicate=False):
+        for key, value in vars(sub).items():
+            if isinstance(value, (torch.Tensor, torch.ScriptObject)):
+                tracer.tensor_attrs[value] = _join(path, key)
+    paths = {id(sub): path for path, sub in module.named_modules()}
+    shadows: dict[int, torch.nn.Module] = {}
+    proxies: dict[str, Any] = {}
+    namespaces: dict[int, dict[str, Any]] = {}
+
+    def shadow(sub: torch.nn.Module) -> torch.nn.Module:
+        if id(sub) in shadows:
+            return shadows[id(sub)]
+        copy = object.__new__(type(sub))
+        shadows[id(sub)] = copy
+        state = vars(copy)
+        state.update(vars(sub))
+        state["_parameters"] = _ProxyTable(sub._parameters, tracer, proxies)
+        state["_buffers"] = _ProxyTable(sub._buffers, tracer, proxies)
+        state["_modules"] = {
+            k: None if child is None else shadow(child) for k, child in sub._modules.items()
+        }
+        if tracer.is_leaf_module(copy, paths[id(sub)]):
+            state.update((table, OrderedDict()) for table in _HOOK_TABLES if table in state)
+        forward = functools.partial(_rebind(type(sub).forward, namespaces), copy)
+        state["forward"] = functools.partial(_call_shadow, tracer, copy, forward)
+        return copy
+
+    root = shadow(module)
+    tracer.submodule_paths = {shadows[i]: path for i, path in paths.items()}
+    fn, args = tracer.create_args_for_root(fn, True, concrete_args)
+    out = fn(root, *args[1:])  # args[0] is the module itself
+    tracer.create_node("output", "output", (tracer.create_arg(out),), {})
+    return tracer.graph
+
+
+def _call_shadow(
+    tracer: _Tracer,
+    shadow: torch.nn.Module,
+    forward: Callable[..., Any],
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    return tracer.call_module(shadow, forward, args, kwargs)
+
+
+def _rebind(fn: Any, namespaces: dict[int, dict[str, Any]]) -> FunctionType:
+    """``fn`` on a copy of its globals with the auto-wrapped functions wrapped (see _trace)."""
+    if not isinstance(fn, FunctionType):
+        raise TypeError(f"cannot trace {fn!r}")
+    key = id(fn.__globals__)
+    if key not in namespaces:
+        namespace = dict(fn.__globals__)
+        registered = getattr(torch.fx._symbolic_trace, "_wrapped_fns_to_patch", {})
+        for name, value in fn.__globals__.items():
+            if value is math:
+                namespace[name] = _MATH
+            elif (key, name) in registered or (
+                not name.startswith("_") and callable(value) and id(value) in _MATH_IDS
+            ):
+                namespace[name] = _autowrapped(value)
+        namespaces[key] = namespace
+    rebound = FunctionType(
+        fn.__code__, namespaces[key], fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    rebound.__kwdefaults__ = fn.__kwdefaults__
+    return rebound
+
+
+def _autowrapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` that records a ``call_function`` node when an argument is a proxy."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        found: list[torch.fx.Proxy] = []
+        torch.fx.node.map_aggregate(
+            (args, kwargs), lambda a: found.append(a) if isinstance(a, torch.fx.Proxy) else None
+        )
+        if found:
+            return found[0].tracer.create_proxy("call_function", fn, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+# ``math`` as the traced code sees it: its public functions auto-wrapped, as torch.fx does.
+_MATH_IDS = frozenset(
+    id(v) for k, v in vars(math).items() if not k.startswith("_") and callable(v)
+)
+_MATH = SimpleNamespace(
+    **{
+        k: _autowrapped(v) if id(v) in _MATH_IDS and not k.startswith("_") else v
+        for k, v in vars(math).items()
+    }
+)
+
+
+class _ProxyTable(dict):  # type: ignore[type-arg]
+    """A shadow's parameters or buffers: reading one by name gives the tracer's proxy."""
+
+    def __init__(self, table: dict[str, Any], tracer: _Tracer, cache: dict[str, Any]) -> None:
+        super().__init__(table)
+        self._tracer = tracer
+        self._cache = cache
+
+    def __getitem__(self, key: str) -> Any:
+        return self._tracer.getattr(key, super().__getitem__(key), self._cache)
 
 
 def _describe_fx(module: torch.nn.Module) -> list[dict[str, Any]]:
@@ -168,7 +265,7 @@ def _describe_fx(module: torch.nn.Module) -> list[dict[str, Any]]:
         for i, (name, p) in enumerate(signature.parameters.items()):
             if i > 0 and p.default is not inspect.Parameter.empty:
                 concrete[name] = p.default
-    graph = _Tracer().trace(module, concrete_args=concrete or None)
+    graph = _trace(module, concrete or None)
     submodules = dict(module.named_modules())
     alias: dict[str, str] = {}
     out: list[dict[str, Any]] = []
