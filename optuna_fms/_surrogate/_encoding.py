@@ -18,7 +18,7 @@ class SpaceEncoder:
     """Map parameter dictionaries to vectors in ``[0, 1]^d`` and back.
 
     Numerical parameters are min-max scaled (after a log where ``log=True``); categorical
-    parameters are one-hot encoded (design.md section 2: never raw values).
+    parameters are one-hot encoded (never raw values: see docs/design.md).
 
     Parameters
     ----------

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import gpytorch
 import torch
 from torch import nn
-
-
-WeightEncoder = Callable[[torch.Tensor], torch.Tensor]
-"""Maps a column of checkpoint indices (``-1`` = no weights) to an ``(n, d)`` embedding."""
 
 
 class RowLayout:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import hashlib
 import logging
 from typing import Any
+from typing import Literal
+from typing import get_args
 
 import torch
 from torch import nn
@@ -20,7 +22,9 @@ from torch import nn
 
 _logger = logging.getLogger("optuna_fms")
 
-WEIGHT_KINDS = ("gmn", "stats")
+WeightsKind = Literal["gmn", "stats"]
+"""How checkpoints enter the surrogate: a graph metanetwork or per-layer weight statistics."""
+WEIGHT_KINDS: tuple[str, ...] = get_args(WeightsKind)
 GMN_EVERY = 25
 """A GMN forward/backward over all checkpoints is costly, so the metanetwork takes a step every
 ``GMN_EVERY`` epochs of the surrogate fit (on the same marginal likelihood); the kernel and the
@@ -52,7 +56,7 @@ class WeightBank:
     always uses statistics. The bank is shared, never copied, by the surrogate's models.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: WeightsKind) -> None:
         if kind not in WEIGHT_KINDS:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {kind!r}.")
         self.kind = kind
