@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import logging
 import threading
 from typing import Any
+from typing import get_args
 
 import numpy as np
 from optuna.distributions import BaseDistribution
@@ -32,10 +33,13 @@ from optuna_fms._budget import resolve_max_steps
 from optuna_fms._lineage import Lineage
 from optuna_fms._surrogate import Curve
 from optuna_fms._surrogate import FittedModel
+from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import RowLayout
 from optuna_fms._surrogate import SpaceEncoder
 from optuna_fms._surrogate import Surrogate
 from optuna_fms._surrogate import SurrogateFitError
+from optuna_fms._surrogate import SurrogateKind
+from optuna_fms._surrogate import SurrogateModel
 from optuna_fms._surrogate import WeightBank
 from optuna_fms._surrogate import acquisition
 from optuna_fms._surrogate import build_training_set
@@ -109,7 +113,7 @@ class _StudyState:
 
     storage: BaseStorage
     search_space: IntersectionSearchSpace
-    surrogate: Surrogate | None = None
+    surrogate: SurrogateModel | None = None
     fit: Fit | None = None
     alternative: tuple[Fit, float] | None = None
     claims_id: int | None = None
@@ -156,8 +160,13 @@ class Engine:
         Train the surrogate again once the observations grew by this fraction since the
         last training, and only condition the trained GP on new data in between. 0 trains
         at every new observation, as DyHPO does.
+    surrogate:
+        The model: ``"gp"`` (ARD Matern-5/2 GP with priors on hyperparameters, log budget
+        and a fixed weight embedding) or ``"deep-kernel"`` (DyHPO's deep-kernel GP, which
+        also reads the learning curve and learns the weight embedding).
     surrogate_kwargs:
-        Passed to :class:`~optuna_fms._surrogate.Surrogate`.
+        Passed to the model's class (:class:`~optuna_fms._surrogate.GPSurrogate` or
+        :class:`~optuna_fms._surrogate.Surrogate`).
     weights:
         ``"gmn"``, ``"stats"`` or ``None``: how checkpoints enter the surrogate.
     start_weights:
@@ -189,6 +198,7 @@ class Engine:
         max_train_rows: int = 256,
         n_candidates: int = 512,
         retrain_growth: float = 0.0,
+        surrogate: SurrogateKind = "deep-kernel",
         surrogate_kwargs: dict[str, Any] | None = None,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
@@ -206,6 +216,11 @@ class Engine:
         self._max_train_rows = max_train_rows
         self._retrain_growth = retrain_growth
         self._n_candidates = n_candidates
+        if surrogate not in get_args(SurrogateKind):
+            raise ValueError(
+                f"surrogate must be one of {get_args(SurrogateKind)}, got {surrogate!r}."
+            )
+        self._surrogate_kind = surrogate
         self._surrogate_kwargs = dict(surrogate_kwargs or {})
         self._states: dict[tuple[int, int], _StudyState] = {}
         self._lock = threading.RLock()
@@ -226,10 +241,13 @@ class Engine:
     def reseed(self) -> None:
         self._rng.seed()
 
-    def new_surrogate(self) -> Surrogate:
+    def new_surrogate(self) -> SurrogateModel:
         """An unfitted surrogate with this engine's settings (and checkpoint encoder)."""
-        factory = None
         bank = self.bank
+        if self._surrogate_kind == "gp":
+            embed = bank.embedding if bank is not None else None
+            return GPSurrogate(seed=self._seed, embed=embed, **self._surrogate_kwargs)
+        factory = None
         if bank is not None:
 
             def factory() -> tuple[torch.nn.Module, int]:
@@ -263,7 +281,7 @@ class Engine:
         """The last fit made on ``study`` (for inspection), without refreshing it."""
         return self._state(study).fit
 
-    def surrogate(self, study: Study) -> Surrogate | None:
+    def surrogate(self, study: Study) -> SurrogateModel | None:
         """The surrogate of ``study`` (for inspection); ``None`` before the first fit."""
         return self._state(study).surrogate
 

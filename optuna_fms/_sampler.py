@@ -21,6 +21,7 @@ from optuna_fms import _claims
 from optuna_fms._engine import Decision
 from optuna_fms._engine import Engine
 from optuna_fms._surrogate import SpaceEncoder
+from optuna_fms._surrogate import SurrogateKind
 from optuna_fms._surrogate._weights import WeightsKind
 
 
@@ -65,6 +66,13 @@ class FMSSampler(BaseSampler):
     max_train_rows:
         Cap on the surrogate's training rows, which bounds the cost of a fit (cubic in it).
         Above it, every trial's latest observation is kept and the others subsampled.
+    surrogate:
+        The model that forecasts: ``"deep-kernel"`` (DyHPO's deep-kernel GP: an MLP feature
+        extractor over hyperparameters, budget, a Conv1d summary of the learning curve and
+        the weight embedding, trained by Adam) or ``"gp"`` (an ARD Matern-5/2 GP with
+        GPSampler-style priors over the hyperparameters, the log budget and a few fixed
+        components of the weight embedding, fitted by L-BFGS; it reads a configuration's
+        curve as observations at their budgets).
     n_scratch_epochs, n_warm_epochs, lr:
         Adam schedule of the surrogate: epochs from scratch (first fit and after a
         failure), epochs of a warm-started refit, and the learning rate. (DyHPO uses 1000
@@ -126,6 +134,7 @@ class FMSSampler(BaseSampler):
         n_scratch_epochs: int = 300,
         n_warm_epochs: int = 50,
         lr: float = 1e-2,
+        surrogate: SurrogateKind = "deep-kernel",
         retrain_growth: float = 0.0,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
@@ -144,8 +153,11 @@ class FMSSampler(BaseSampler):
             max_train_rows=max_train_rows,
             n_candidates=n_candidates,
             retrain_growth=retrain_growth,
-            surrogate_kwargs=dict(
-                lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs
+            surrogate=surrogate,
+            surrogate_kwargs=(
+                dict(lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs)
+                if surrogate == "deep-kernel"
+                else {}
             ),
             weights=weights,
             start_weights=start_weights,

@@ -5,7 +5,8 @@ about studies, storages, claims or checkpoints (:mod:`optuna_fms._engine` feeds 
 
 - :class:`SpaceEncoder`: parameters <-> the unit cube;
 - :class:`Curve`, :func:`build_training_set`: learning curves -> packed training rows;
-- :class:`Surrogate`: fit and query the GP; :class:`FittedModel`: one fit and its data;
+- :class:`GPSurrogate` (ARD Matern GP with priors) and :class:`Surrogate` (deep-kernel GP):
+  fit and query; :class:`FittedModel`: one fit and its data;
 - :mod:`~optuna_fms._surrogate.acquisition`: expected improvement and the decisions made
   with it;
 - :class:`WeightBank`: featurised checkpoints the rows refer to by index.
@@ -15,6 +16,9 @@ from optuna_fms._surrogate._data import Curve
 from optuna_fms._surrogate._data import build_training_set
 from optuna_fms._surrogate._encoding import SpaceEncoder
 from optuna_fms._surrogate._fitted import FittedModel
+from optuna_fms._surrogate._fitted import SurrogateKind
+from optuna_fms._surrogate._fitted import SurrogateModel
+from optuna_fms._surrogate._gp import GPSurrogate
 from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._surrogate import Surrogate
 from optuna_fms._surrogate._surrogate import SurrogateFitError
@@ -24,10 +28,13 @@ from optuna_fms._surrogate._weights import WeightBank
 __all__ = [
     "Curve",
     "FittedModel",
+    "GPSurrogate",
     "RowLayout",
     "SpaceEncoder",
     "Surrogate",
     "SurrogateFitError",
+    "SurrogateKind",
+    "SurrogateModel",
     "WeightBank",
     "build_training_set",
 ]

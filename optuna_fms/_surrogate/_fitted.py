@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
+from typing import Protocol
 
 import numpy as np
 
 from optuna_fms._surrogate._data import TrainingSet
 from optuna_fms._surrogate._data import pack_rows
 from optuna_fms._surrogate._model import RowLayout
-from optuna_fms._surrogate._surrogate import Surrogate
+
+
+SurrogateKind = Literal["gp", "deep-kernel"]
+"""``"gp"``: ARD Matern GP with priors (:class:`~optuna_fms._surrogate._gp.GPSurrogate`);
+``"deep-kernel"``: DyHPO's deep-kernel GP (:class:`~optuna_fms._surrogate.Surrogate`)."""
+
+
+class SurrogateModel(Protocol):
+    """What the engine needs of a surrogate: fit, condition on new rows, predict."""
+
+    def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None: ...
+
+    def condition(self, rows: np.ndarray, y: np.ndarray) -> None: ...
+
+    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,7 @@ class FittedModel:
     --------
     >>> import numpy as np
     >>> from optuna_fms._surrogate._data import Curve, build_training_set
+    >>> from optuna_fms._surrogate._surrogate import Surrogate
     >>> lay = RowLayout(x_dim=1, curve_len=3)
     >>> curves = [Curve(i, {}, np.arange(4), np.linspace(0, v, 4), np.array([v]))
     ...           for i, v in enumerate([0.2, 0.5, 0.9])]
@@ -47,7 +64,7 @@ class FittedModel:
     layout: RowLayout
     max_steps: int
     data: TrainingSet
-    surrogate: Surrogate
+    surrogate: SurrogateModel
 
     def predict(
         self,
