@@ -2,8 +2,9 @@
 
 - :class:`FMSSampler` and :class:`FMSPruner`: the sampler/pruner pair sharing one deep-kernel
   GP surrogate over hyperparameters, budget, learning curve and (optionally) checkpoints.
-- :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`resume`: checkpoints as Optuna
-  artifacts in safetensors format, and freeze-thaw continuation of paused trials.
+- :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`read_checkpoint` (a
+  :class:`Checkpoint`), :func:`resume`: checkpoints as Optuna artifacts in safetensors format,
+  and freeze-thaw continuation of paused trials.
 - :func:`forecast`: the surrogate's forecast of configurations' final scores.
 - :class:`EpochBudget`: stop a study after a number of epochs really trained.
 - :class:`DashboardReport`: FMS's learning curves and progress in optuna-dashboard.
@@ -11,8 +12,10 @@
 
 from optuna_fms._budget import EpochBudget
 from optuna_fms._budget import epochs_spent
+from optuna_fms._checkpoint import Checkpoint
 from optuna_fms._checkpoint import CheckpointError
 from optuna_fms._checkpoint import load_checkpoint
+from optuna_fms._checkpoint import read_checkpoint
 from optuna_fms._checkpoint import save_checkpoint
 from optuna_fms._dashboard import DashboardReport
 from optuna_fms._forecast import Forecast
@@ -26,6 +29,7 @@ from optuna_fms._surrogate import SurrogateFitError
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
     "DashboardReport",
     "EpochBudget",
@@ -37,6 +41,7 @@ __all__ = [
     "epochs_spent",
     "forecast",
     "load_checkpoint",
+    "read_checkpoint",
     "resume",
     "save_checkpoint",
 ]

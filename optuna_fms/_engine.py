@@ -30,6 +30,7 @@ import torch
 from optuna_fms import _attrs
 from optuna_fms import _claims
 from optuna_fms._budget import resolve_max_steps
+from optuna_fms._checkpoint import read_checkpoint
 from optuna_fms._lineage import Lineage
 from optuna_fms._surrogate import Curve
 from optuna_fms._surrogate import FittedModel
@@ -440,11 +441,9 @@ class Engine:
         return self._start_index(curve.params)
 
     def _load(self, trial: FrozenTrial, step: int) -> tuple[Any, Any]:
-        from optuna_fms._checkpoint import _load_checkpoint_full
-
         store = self._artifact_store() if self._artifact_store is not None else None
-        tensors, _, meta = _load_checkpoint_full(trial, step, artifact_store=store)
-        return tensors, meta.get("structure")
+        checkpoint = read_checkpoint(trial, step, artifact_store=store)
+        return checkpoint.tensors, checkpoint.structure
 
     def _start_index(self, params: dict[str, Any]) -> float:
         if self._start_weights is None or self.bank is None:

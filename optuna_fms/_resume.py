@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import Trial
@@ -10,8 +9,8 @@ import torch
 from optuna_fms import _attrs
 from optuna_fms import _claims
 from optuna_fms._checkpoint import CheckpointError
-from optuna_fms._checkpoint import _load_checkpoint_full
-from optuna_fms._checkpoint import _resolve_artifact_store
+from optuna_fms._checkpoint import read_checkpoint
+from optuna_fms._checkpoint._store import _resolve_artifact_store
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -63,12 +62,10 @@ def resume(
     0
     """
     storage = trial.study._storage
-    parent_ref: dict[str, Any] | None = storage.get_trial_user_attrs(trial._trial_id).get(
-        _attrs.CONTINUES
-    )
+    parent_ref = _attrs.read_continuation(storage.get_trial_user_attrs(trial._trial_id))
     if parent_ref is None:
         return 0
-    claim = parent_ref.get("claim")
+    claim = parent_ref.claim
     if claim is not None and not _claims.is_held_by(storage, claim, trial._trial_id):
         # The attribute was copied from the trial that took the claim (a retry keeps the
         # failed trial's attributes): only that trial may load the parent's weights.
@@ -77,16 +74,14 @@ def resume(
             "trains from step 0.",
             trial.number,
             _attrs.CONTINUES,
-            parent_ref["trial"],
+            parent_ref.trial,
         )
         return 0
-    parent = storage.get_trial(parent_ref["trial_id"])
-    step = int(parent_ref["step"])
+    parent = storage.get_trial(parent_ref.trial_id)
+    step = parent_ref.step
     store = _resolve_artifact_store(trial.study, artifact_store)
     try:
-        tensors, optimizer_state, _ = _load_checkpoint_full(
-            parent, step, artifact_store=store, map_location="cpu"
-        )
+        checkpoint = read_checkpoint(parent, step, artifact_store=store, map_location="cpu")
     except CheckpointError as err:
         # The study goes on: this trial trains the parent's configuration from scratch.
         _logger.warning(
@@ -98,9 +93,9 @@ def resume(
         )
         storage.set_trial_user_attr(trial._trial_id, _attrs.RESUME_FAILED, str(err))
         return 0
-    model.load_state_dict(tensors)
-    if optimizer is not None and optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    model.load_state_dict(checkpoint.tensors)
+    if optimizer is not None and checkpoint.optimizer_state is not None:
+        optimizer.load_state_dict(checkpoint.optimizer_state)
     for s, value in sorted(parent.intermediate_values.items()):
         if s <= step:
             trial.report(value, s)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -15,10 +16,11 @@ import torch
 
 from optuna_fms import _attrs
 from optuna_fms._checkpoint import OPTIMIZER_PREFIX
+from optuna_fms._checkpoint import Checkpoint
 from optuna_fms._checkpoint import CheckpointError
-from optuna_fms._checkpoint import _load_checkpoint_full
 from optuna_fms._checkpoint import _resolve_artifact_store
 from optuna_fms._checkpoint import load_checkpoint
+from optuna_fms._checkpoint import read_checkpoint
 from optuna_fms._checkpoint import save_checkpoint
 
 
@@ -64,9 +66,11 @@ def test_round_trip_model_and_adam(study: optuna.Study, store: FileSystemArtifac
     # A fresh model and optimizer (other seed) restored from the store are identical.
     fresh = _mlp(1)
     fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.5)
-    tensors, opt_state, meta = _load_checkpoint_full(trial, artifact_store=store)
-    fresh.load_state_dict(tensors)
-    fresh_opt.load_state_dict(opt_state)
+    ckpt = read_checkpoint(trial, artifact_store=store)
+    assert isinstance(ckpt, Checkpoint) and ckpt.step == 0
+    meta = ckpt.metadata
+    fresh.load_state_dict(ckpt.tensors)
+    fresh_opt.load_state_dict(ckpt.optimizer_state)
     for (k, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), k
     want, got = opt.state_dict(), fresh_opt.state_dict()
@@ -313,11 +317,13 @@ def test_structure_metadata(study: optuna.Study, store: FileSystemArtifactStore)
     model = _mlp(0)
     trial = study.ask()
     save_checkpoint(trial, model, step=0, artifact_store=store)
-    _, _, meta = _load_checkpoint_full(trial, artifact_store=store)
-    assert meta["structure"] == json.loads(json.dumps(describe_module(model)))
+    ckpt = read_checkpoint(trial, artifact_store=store)
+    assert ckpt.structure == json.loads(json.dumps(describe_module(model)))
+    assert ckpt.metadata["structure"] == ckpt.structure
     # A bare state dict has no structure.
     save_checkpoint(trial, model.state_dict(), step=1, artifact_store=store)
-    assert _load_checkpoint_full(trial, artifact_store=store)[2]["structure"] is None
+    ckpt = read_checkpoint(trial, artifact_store=store)
+    assert ckpt.structure is None and ckpt.metadata["structure"] is None
 
 
 class _MemoryStore:
@@ -376,3 +382,154 @@ def test_save_creates_a_missing_store_folder(tmp_path: Path) -> None:
     save_checkpoint(trial, {"w": torch.ones(2)}, step=0, artifact_store=store)
     loaded = load_checkpoint(trial, 0, artifact_store=store)
     assert torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_read_checkpoint_and_the_tuple_alias(
+    study: optuna.Study, store: FileSystemArtifactStore
+) -> None:
+    import optuna_fms
+
+    assert optuna_fms.read_checkpoint is read_checkpoint and optuna_fms.Checkpoint is Checkpoint
+    assert {"Checkpoint", "read_checkpoint"} <= set(optuna_fms.__all__)
+    trial = study.ask()
+    model = _mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train(model, opt)
+    save_checkpoint(trial, model, step=3, optimizer=opt, artifact_store=store)
+    save_checkpoint(trial, {"w": torch.ones(2)}, step=5, artifact_store=store)
+
+    ckpt = read_checkpoint(trial, 3, artifact_store=store)
+    assert ckpt.step == 3 and ckpt.metadata["step"] == 3
+    assert ckpt.metadata["trial_number"] == trial.number
+    assert ckpt.metadata["optimizer_class"] == "torch.optim.sgd.SGD"
+    assert ckpt.optimizer_state is not None
+    assert ckpt.optimizer_state["param_groups"][0]["momentum"] == 0.9
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ckpt.step = 4  # type: ignore[misc]
+    assert "step=3" in repr(ckpt) and "tensor(" not in repr(ckpt)
+    latest = read_checkpoint(trial, artifact_store=store)
+    assert latest.step == 5 and latest.optimizer_state is None and latest.structure is None
+
+
+def _rewrite_header(path: Path, **changes: str) -> None:
+    """Rewrite a checkpoint file with some header entries replaced (same tensors)."""
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+    metadata.update(changes)
+    path.unlink()
+    save_file(tensors, str(path), metadata=metadata)
+
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"optimizer": _DEEP},
+        {"structure": _DEEP},
+        {"aliases": _DEEP},
+        {"optimizer": '{"state": ' + '{"a": ' * 100_000 + "1" + "}" * 100_001},
+        {"aliases": "[1]"},  # Valid JSON of the wrong type.
+        {"aliases": '{"x": "missing"}'},
+        {"optimizer": '{"__dict__": 5}'},
+        {"optimizer": '{"state": {"__tensor__": "nope"}}'},
+        {"step": "three"},
+        {"format_version": "x"},
+    ],
+    ids=lambda c: next(iter(c)) + "=" + next(iter(c.values()))[:12],
+)
+def test_malformed_header_raises_checkpoint_error(
+    study: optuna.Study, store: FileSystemArtifactStore, changes: dict[str, str]
+) -> None:
+    trial = study.ask()
+    model = _mlp(0)
+    opt = torch.optim.Adam(model.parameters())
+    _train(model, opt, 1)
+    artifact_id = save_checkpoint(trial, model, step=2, optimizer=opt, artifact_store=store)
+    _rewrite_header(_artifact_path(store, artifact_id), **changes)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(trial, artifact_store=store)
+    message = str(e.value)
+    assert f"trial {trial.number}" in message and "step 2" in message and artifact_id in message
+    with pytest.raises(CheckpointError):
+        load_checkpoint(trial, artifact_store=store)
+
+
+def test_optimizer_keys_that_collide_when_joined(
+    study: optuna.Study, store: FileSystemArtifactStore
+) -> None:
+    # "a.b" and "a" -> "b" both join to "x.a.b"; int 0 and str "0" both to "state.0.m".
+    state = {
+        "x": {"a.b": torch.full((2,), 1.0), "a": {"b": torch.full((2,), 2.0)}},
+        "state": {0: {"m": torch.full((2,), 3.0)}, "0": {"m": torch.full((2,), 4.0)}},
+        "lst": [torch.full((1,), 5.0), torch.full((1,), 6.0)],  # "lst.1" ...
+        "lst.1": torch.full((1,), 7.0),  # ... and "lst.1" again.
+        "x.a.b~1": torch.full((1,), 8.0),  # The name the second "x.a.b" gets.
+    }
+    trial = study.ask()
+    artifact_id = save_checkpoint(
+        trial, {"w": torch.ones(1)}, 0, optimizer=state, artifact_store=store
+    )
+    got = read_checkpoint(trial, artifact_store=store).optimizer_state
+    assert got is not None
+    assert got.keys() == state.keys()
+    assert torch.equal(got["x"]["a.b"], state["x"]["a.b"])
+    assert torch.equal(got["x"]["a"]["b"], state["x"]["a"]["b"])
+    assert set(got["state"]) == {0, "0"}
+    assert torch.equal(got["state"][0]["m"], state["state"][0]["m"])
+    assert torch.equal(got["state"]["0"]["m"], state["state"]["0"]["m"])
+    assert torch.equal(got["lst"][0], state["lst"][0])
+    assert torch.equal(got["lst"][1], state["lst"][1])
+    assert torch.equal(got["lst.1"], state["lst.1"])
+    assert torch.equal(got["x.a.b~1"], state["x.a.b~1"])
+    with safe_open(str(_artifact_path(store, artifact_id)), "pt") as f:
+        assert sum(k.startswith(OPTIMIZER_PREFIX) for k in f.keys()) == 8
+
+
+@pytest.mark.parametrize("step", [-1, -5, 2**63 - 1, 2**63, 2**70])
+def test_step_out_of_range_is_refused(
+    study: optuna.Study, store: FileSystemArtifactStore, step: int
+) -> None:
+    trial = study.ask()
+    with pytest.raises(ValueError, match=r"step must be in \[0, 2\*\*63 - 1\)"):
+        save_checkpoint(trial, {"w": torch.ones(1)}, step=step, artifact_store=store)
+    assert _attrs.CHECKPOINTS not in trial.user_attrs
+    assert os.listdir(store._base_path) == []
+
+
+def test_largest_step_round_trips(study: optuna.Study, store: FileSystemArtifactStore) -> None:
+    trial = study.ask()
+    step = 2**63 - 2
+    save_checkpoint(trial, {"w": torch.ones(1)}, step=step, artifact_store=store)
+    assert read_checkpoint(trial, artifact_store=store).metadata["step"] == step
+
+
+@pytest.mark.parametrize("kind", ["sparse_coo", "sparse_csr", "meta", "optimizer_sparse"])
+def test_unstorable_tensors_are_refused_by_name(
+    study: optuna.Study, store: FileSystemArtifactStore, kind: str
+) -> None:
+    trial = study.ask()
+    sd: dict[str, torch.Tensor] = {"ok": torch.ones(2)}
+    optimizer = None
+    if kind == "sparse_coo":
+        sd["emb.weight"] = torch.eye(3).to_sparse()
+    elif kind == "sparse_csr":
+        sd["emb.weight"] = torch.eye(3).to_sparse_csr()
+    elif kind == "meta":
+        sd["emb.weight"] = torch.empty(3, 3, device="meta")
+    else:
+        optimizer = {"state": {0: {"emb.weight": torch.eye(3).to_sparse()}}}
+    with pytest.raises(ValueError, match=r"emb\.weight"):
+        save_checkpoint(trial, sd, 0, optimizer=optimizer, artifact_store=store)
+    assert _attrs.CHECKPOINTS not in trial.user_attrs
+    assert os.listdir(store._base_path) == []
+
+    # A model built on the meta device (e.g. for sharded loading) is refused the same way.
+    with torch.device("meta"):
+        model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"'weight' is on the meta device"):
+        save_checkpoint(trial, model, 0, artifact_store=store)

@@ -11,7 +11,7 @@ import torch
 pl = pytest.importorskip("lightning.pytorch")
 
 from optuna_fms import _attrs  # noqa: E402
-from optuna_fms._checkpoint import _load_checkpoint_full  # noqa: E402
+from optuna_fms._checkpoint import read_checkpoint  # noqa: E402
 from optuna_fms.integration.lightning import FMSCallback  # noqa: E402
 
 
@@ -87,7 +87,8 @@ def test_reports_and_checkpoints_each_epoch(tmp_path: Path) -> None:
     assert sorted(trial.intermediate_values) == [0, 1, 2]  # Sanity check not reported.
     assert sorted(trial.user_attrs[_attrs.CHECKPOINTS]) == ["1", "2"]  # keep_last=2
 
-    tensors, opt_state, meta = _load_checkpoint_full(trial, artifact_store=store)
+    ckpt = read_checkpoint(trial, artifact_store=store)
+    tensors, opt_state, meta = ckpt.tensors, ckpt.optimizer_state, ckpt.metadata
     assert meta["step"] == 2 and meta["structure"] is not None
     fresh = _MLP()
     fresh.load_state_dict(tensors)
@@ -107,5 +108,4 @@ def test_pruning_stops_training(tmp_path: Path) -> None:
     assert seen["trainer"].current_epoch == 1  # Epoch 2 never ran.
     # The checkpoint the paused trial would resume from exists.
     assert trial.user_attrs[_attrs.CHECKPOINTS].keys() == {"0", "1"}
-    _, _, meta = _load_checkpoint_full(trial, artifact_store=store)
-    assert meta["step"] == 1
+    assert read_checkpoint(trial, artifact_store=store).metadata["step"] == 1

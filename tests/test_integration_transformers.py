@@ -13,7 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from optuna_fms import _attrs  # noqa: E402
-from optuna_fms._checkpoint import _load_checkpoint_full  # noqa: E402
+from optuna_fms._checkpoint import read_checkpoint  # noqa: E402
 from optuna_fms.integration.transformers import FMSTrainerCallback  # noqa: E402
 from optuna_fms.integration.transformers import _epoch_index  # noqa: E402
 
@@ -112,7 +112,8 @@ def test_reports_and_checkpoints_each_epoch(tmp_path: Path) -> None:
     assert sorted(trial.intermediate_values) == [0, 1, 2]
     assert sorted(trial.user_attrs[_attrs.CHECKPOINTS]) == ["1", "2"]
 
-    tensors, opt_state, meta = _load_checkpoint_full(trial, artifact_store=store)
+    ckpt = read_checkpoint(trial, artifact_store=store)
+    tensors, opt_state, meta = ckpt.tensors, ckpt.optimizer_state, ckpt.metadata
     assert meta["step"] == 2 and opt_state is not None
     fresh = _model()
     fresh.load_state_dict(tensors)

@@ -45,6 +45,7 @@ from optuna_fms.bench._data import make_task
 from optuna_fms.bench._hub import CURVES_FILE
 from optuna_fms.bench._hub import FORMAT_VERSION
 from optuna_fms.bench._hub import INDEX_FILE
+from optuna_fms.bench._hub import _resolve_hyperparameters
 from optuna_fms.bench._hub import checkpoint_file
 from optuna_fms.bench._hub import describe_structure
 from optuna_fms.bench._hub import save_checkpoints
@@ -269,11 +270,8 @@ def grid_configs(recipe: Recipe) -> list[dict[str, Any]]:
 
 def hyperparameters(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
     """The fine-tuning hyper-parameters of a configuration: indices resolved to values,
-    fixed ones added."""
-    out = dict(recipe.fixed)
-    for k, v in params.items():
-        out[k] = recipe.grid[k][v] if k in recipe.ordered else v
-    return out
+    fixed ones added (the rule :meth:`Hub.hyperparameters` reads a built hub with)."""
+    return _resolve_hyperparameters(recipe.grid, recipe.ordered, recipe.fixed, params)
 
 
 def _start_index(recipe: Recipe, params: dict[str, Any]) -> int:

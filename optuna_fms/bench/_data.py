@@ -15,7 +15,6 @@ optionally restricted to some classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 import functools
 from typing import Any
@@ -126,10 +125,3 @@ def make_task(spec: TaskSpec) -> Task:
         x_val=torch.from_numpy(x[val].copy()),
         y_val=torch.from_numpy(relabel[y[val]]),
     )
-
-
-def describe_classes(classes: Sequence[int]) -> str:
-    cs = sorted(classes)
-    if cs == list(range(cs[0], cs[-1] + 1)):
-        return f"{cs[0]}-{cs[-1]}"
-    return ",".join(str(c) for c in cs)

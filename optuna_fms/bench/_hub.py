@@ -29,7 +29,9 @@ dtypes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Mapping
+from collections.abc import Sequence
 import functools
 import json
 from pathlib import Path
@@ -90,6 +92,29 @@ def save_checkpoints(path: Path, states: list[dict[str, torch.Tensor]]) -> None:
 def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def _resolve_hyperparameters(
+    grid: Mapping[str, Sequence[Any]],
+    ordered: Collection[str],
+    fixed: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The fine-tuning hyper-parameters of a configuration, as training used them.
+
+    ``params`` holds the configuration's search-space values, where an ordered parameter is an
+    index into its ``grid`` values; those are resolved to the values, and the hyper-parameters
+    every configuration shares (``fixed``) are added. One rule for the hub builder (what a
+    configuration is trained with) and :meth:`Hub.hyperparameters` (what it was trained with).
+
+    >>> grid = {"lr": [0.1, 0.01], "opt": ["sgd", "adam"]}
+    >>> _resolve_hyperparameters(grid, ("lr",), {"wd": 0.0}, {"lr": 1, "opt": "adam"})
+    {'wd': 0.0, 'lr': 0.01, 'opt': 'adam'}
+    """
+    out = dict(fixed)
+    for k, v in params.items():
+        out[k] = grid[k][v] if k in ordered else v
+    return out
 
 
 def _as_float32(t: torch.Tensor) -> torch.Tensor:
@@ -243,10 +268,9 @@ class Hub:
         resolved to their values (``lr=0.01``), and hyper-parameters every configuration shares
         (``index["fixed"]``) are added.
         """
-        out = dict(self.index.get("fixed", {}))
-        for k, v in self.configs[config_id].items():
-            out[k] = self.grid[k][v] if k in self.ordered else v
-        return out
+        return _resolve_hyperparameters(
+            self.grid, self.ordered, self.index.get("fixed", {}), self.configs[config_id]
+        )
 
     # ------------------------------------------------------------------ weights and modules
     def _start(self, config_id: int) -> dict[str, Any]:

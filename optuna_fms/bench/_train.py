@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-import copy
 import math
 from typing import Any
 
@@ -112,10 +111,3 @@ def train(
         if on_epoch is not None:
             mean = total / max(count, 1)
             on_epoch(epoch, mean if math.isfinite(mean) else float("inf"))
-
-
-def eval_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """A copy of ``model`` holding ``state`` (upcast to float32), for evaluation."""
-    clone = copy.deepcopy(model)
-    clone.load_state_dict(upcast(state))
-    return clone
