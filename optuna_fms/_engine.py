@@ -372,7 +372,7 @@ class Engine:
                 not same or fit is None or n_obs >= (1 + self._retrain_growth) * fit.n_trained
             )
             encoder = SpaceEncoder(space)
-            layout = RowLayout(encoder.dim, max(0, max_steps - 1))
+            layout = RowLayout(encoder.dim, max(0, max_steps - 1), encoder.groups, encoder.names)
             curves = self.collect_curves(study, trials, encoder, max_steps)
             if len(curves) < 2:
                 return None

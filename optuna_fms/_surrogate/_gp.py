@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 import math
+from typing import Any
 import warnings
 
 import gpytorch
@@ -44,36 +45,103 @@ class GPDiagnostics:
     """The fitted hyperparameters of one fit (standardised units; inputs in ``[0, 1]``)."""
 
     noise: float
-    output_scale: float
+    persistent_scale: float
+    """Variance of the part of a configuration's quality that persists across budgets."""
+    budget_scale: float
+    """Variance of its smooth deviation from that along log budget."""
+    budget_slope: float
+    """Slope of the prior mean in log budget (0 to 1 over the full budget)."""
     lengthscales: dict[str, float]
     n_rows: int
 
 
+class _GroupedMatern(gpytorch.kernels.Kernel):
+    """Matern-5/2 with one lengthscale per *parameter*: the one-hot columns of a categorical
+    share theirs, so two different categories are one fixed distance apart (as in Optuna's
+    GPSampler) instead of adding a lengthscale per category."""
+
+    def __init__(self, groups: list[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("_group", torch.as_tensor(groups, dtype=torch.long))
+        n = max(groups, default=0) + 1
+        self.register_parameter("raw_lengthscale", torch.nn.Parameter(torch.zeros(n)))
+        self.register_constraint("raw_lengthscale", gpytorch.constraints.Positive())
+
+    @property
+    def lengthscale(self) -> torch.Tensor:
+        return self.raw_lengthscale_constraint.transform(self.raw_lengthscale)
+
+    @lengthscale.setter
+    def lengthscale(self, value: torch.Tensor) -> None:
+        raw = self.raw_lengthscale_constraint.inverse_transform(torch.as_tensor(value))
+        self.initialize(raw_lengthscale=raw.to(self.raw_lengthscale))
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params: object
+    ) -> torch.Tensor:
+        ls = self.lengthscale[self._group]
+        d = self.covar_dist(x1 / ls, x2 / ls, diag=diag, **params)  # type: ignore[arg-type]
+        r = math.sqrt(5.0) * d
+        return (1.0 + r + r**2 / 3.0) * torch.exp(-r)
+
+
+class _BudgetMean(gpytorch.means.Mean):
+    """A constant plus a slope in log budget: scores rise with training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.constant = torch.nn.Parameter(torch.zeros(1))
+        self.slope = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.constant + self.slope * x[..., -1]
+
+
 class _ExactGP(gpytorch.models.ExactGP):
+    """``k((x, b), (x', b')) = k_x(x, x') * (s_q + s_b * k_b(b, b'))``.
+
+    A configuration's quality persists across budgets (the ``s_q`` part) and deviates from
+    it smoothly in log budget (the ``s_b`` part), around a mean that rises in log budget.
+    """
+
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, likelihood: gpytorch.likelihoods.Likelihood
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        likelihood: gpytorch.likelihoods.Likelihood,
+        groups: list[int],
     ) -> None:
         super().__init__(x, y, likelihood)
-        self.mean_module = gpytorch.means.ConstantMean()
-        self.covar_module = gpytorch.kernels.ScaleKernel(
-            gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=x.shape[-1])
+        n_x = len(groups)
+        self.mean_module = _BudgetMean()
+        self.x_kernel = _GroupedMatern(groups, active_dims=torch.arange(n_x))
+        self.persistent = gpytorch.kernels.ConstantKernel()
+        self.budget_kernel = gpytorch.kernels.ScaleKernel(
+            gpytorch.kernels.MaternKernel(nu=2.5, active_dims=torch.tensor([n_x]))
         )
 
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
-        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+        covar = self.x_kernel(x) * (self.persistent(x) + self.budget_kernel(x))
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), covar)
 
 
 def _log_prior(model: _ExactGP) -> torch.Tensor:
-    """Optuna GPSampler's priors: inverse squared lengthscales near 1, a Gamma(2, 1) output
-    scale and a Gamma(1.1, 30) noise variance (small noise unless the data says otherwise)."""
-    lengthscale = model.covar_module.base_kernel.lengthscale.reshape(-1)
-    inv_sq = 1.0 / lengthscale**2
-    scale = model.covar_module.outputscale
+    """Optuna GPSampler's priors: inverse squared lengthscales near 1, Gamma(2, 1) scales
+    and a Gamma(1.1, 30) noise variance (small noise unless the data says otherwise)."""
+    lengthscales = torch.cat(
+        [
+            model.x_kernel.lengthscale.reshape(-1),
+            model.budget_kernel.base_kernel.lengthscale.reshape(-1),
+        ]
+    )
+    inv_sq = 1.0 / lengthscales**2
+    scales = torch.cat(
+        [model.persistent.constant.reshape(-1), model.budget_kernel.outputscale.reshape(-1)]
+    )
     noise = model.likelihood.noise.reshape(-1)[0]
     return (
         -(0.1 / inv_sq + 0.1 * inv_sq).sum()
-        + (2.0 - 1.0) * torch.log(scale)
-        - scale
+        + ((2.0 - 1.0) * torch.log(scales) - scales).sum()
         + (1.1 - 1.0) * torch.log(noise)
         - 30.0 * noise
     )
@@ -126,21 +194,24 @@ class GPSurrogate:
         self._layout: RowLayout | None = None
         self._pca: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._names: list[str] = []
+        self._groups: list[int] = []
         self._n_fits = 0
 
     # ------------------------------------------------------------------ features
     def _features(self, rows: np.ndarray) -> np.ndarray:
+        """``[x | weight components | log budget]`` of packed rows."""
         lay = self._layout
         assert lay is not None
         max_steps = lay.curve_len + 1
         frac = np.clip(rows[:, lay.budget], 1e-12, None)
         log_budget = 1.0 + np.log(frac) / math.log(max_steps) if max_steps > 1 else frac
-        parts = [rows[:, : lay.x_dim], log_budget[:, None]]
+        parts = [rows[:, : lay.x_dim]]
         if self._pca is not None:
             assert self._embed is not None
             mean, basis, scale = self._pca
             emb = self._embed(rows[:, lay.ckpt])
             parts.append(((emb - mean) @ basis) / scale)
+        parts.append(log_budget[:, None])
         return np.concatenate(parts, axis=1)
 
     def _fit_pca(self, rows: np.ndarray) -> None:
@@ -180,8 +251,10 @@ class GPSurrogate:
         self._layout = layout
         self._fit_pca(rows)
         x, yt = self._unique_rows(rows, y)
-        self._names = [f"x{i}" for i in range(layout.x_dim)] + ["log_budget"]
-        self._names += [f"weights_pc{i}" for i in range(x.shape[1] - len(self._names))]
+        n_pc = x.shape[1] - layout.x_dim - 1
+        n_params = max(layout.x_groups, default=-1) + 1
+        self._groups = layout.x_groups + [n_params + i for i in range(n_pc)]
+        self._names = layout.x_names + [f"weights_pc{i}" for i in range(n_pc)]
         if warm is not None and warm.train_inputs[0].shape[1] != x.shape[1]:
             warm = None
         last: Exception | None = None
@@ -209,13 +282,15 @@ class GPSurrogate:
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
             noise_constraint=gpytorch.constraints.GreaterThan(MIN_NOISE)
         )
-        model = _ExactGP(x, y, likelihood).double()
+        model = _ExactGP(x, y, likelihood, self._groups).double()
         if warm is not None:
             model.load_state_dict(warm.state_dict(), strict=False)
             model.set_train_data(x, y, strict=False)
         else:
-            model.covar_module.base_kernel.lengthscale = torch.ones(x.shape[1])
-            model.covar_module.outputscale = 1.0
+            model.x_kernel.lengthscale = torch.ones(max(self._groups, default=0) + 1)
+            model.budget_kernel.base_kernel.lengthscale = 1.0
+            model.persistent.constant = torch.tensor(1.0)
+            model.budget_kernel.outputscale = 0.5
             model.likelihood.noise = 1e-2
         model.train()
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
@@ -279,12 +354,17 @@ class GPSurrogate:
         """Noise, output scale and one lengthscale per input of the current fit."""
         if self._model is None:
             raise RuntimeError("The GP has not been fitted.")
-        lengthscale = self._model.covar_module.base_kernel.lengthscale.detach().reshape(-1)
+        model = self._model
+        lengthscale = model.x_kernel.lengthscale.detach().reshape(-1).tolist()
+        lengthscales = dict(zip(self._names, lengthscale))
+        lengthscales["log_budget"] = float(model.budget_kernel.base_kernel.lengthscale.item())
         return GPDiagnostics(
-            noise=float(self._model.likelihood.noise.item()),
-            output_scale=float(self._model.covar_module.outputscale.item()),
-            lengthscales=dict(zip(self._names, lengthscale.tolist())),
-            n_rows=int(self._model.train_inputs[0].shape[0]),
+            noise=float(model.likelihood.noise.item()),
+            persistent_scale=float(model.persistent.constant.item()),
+            budget_scale=float(model.budget_kernel.outputscale.item()),
+            budget_slope=float(model.mean_module.slope.item()),
+            lengthscales=lengthscales,
+            n_rows=int(model.train_inputs[0].shape[0]),
         )
 
 
