@@ -5,6 +5,7 @@
 - :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`read_checkpoint` (a
   :class:`Checkpoint`), :func:`resume`: checkpoints as Optuna artifacts in safetensors format,
   and freeze-thaw continuation of paused trials.
+- :func:`forecast`: the surrogate's forecast of configurations' final scores.
 - :class:`EpochBudget`: stop a study after a number of epochs really trained.
 - :class:`DashboardReport`: FMS's learning curves and progress in optuna-dashboard.
 """
@@ -17,9 +18,12 @@ from optuna_fms._checkpoint import load_checkpoint
 from optuna_fms._checkpoint import read_checkpoint
 from optuna_fms._checkpoint import save_checkpoint
 from optuna_fms._dashboard import DashboardReport
+from optuna_fms._forecast import Forecast
+from optuna_fms._forecast import forecast
 from optuna_fms._pruner import FMSPruner
 from optuna_fms._resume import resume
 from optuna_fms._sampler import FMSSampler
+from optuna_fms._surrogate import SurrogateFitError
 
 
 __version__ = "0.1.0"
@@ -31,8 +35,11 @@ __all__ = [
     "EpochBudget",
     "FMSPruner",
     "FMSSampler",
+    "Forecast",
+    "SurrogateFitError",
     "__version__",
     "epochs_spent",
+    "forecast",
     "load_checkpoint",
     "read_checkpoint",
     "resume",

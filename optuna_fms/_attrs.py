@@ -1,11 +1,16 @@
 """Names of the trial and study attributes that hold FMS's shared state.
 
-Everything another worker needs lives in the study's storage under these keys (design.md
-section 3). User attributes are used where a person wants to see the value in
+Everything another worker needs lives in the study's storage under these keys (see
+docs/design.md). User attributes are used where a person wants to see the value in
 optuna-dashboard; system attributes where the value is bookkeeping only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from dataclasses import dataclass
+from typing import Any
 
 
 # Trial user attributes.
@@ -41,3 +46,93 @@ PROPOSAL = "fms:proposal"
 CONTINUATION_OFF = "fms:continuation_off"
 """Set once an objective finished a continued trial without calling :func:`optuna_fms.resume`
 (a failed continuation does not set it)."""
+
+
+# ---------------------------------------------------------------------------- typed readers
+# Attributes live in storage, where anyone (a retry, copy_study, a user) can write anything:
+# every reader returns ``None`` or an empty value for a malformed entry instead of raising.
+
+
+@dataclass(frozen=True)
+class Pause:
+    """:data:`PAUSED`: the step a trial was paused at, and the claim that continues it."""
+
+    step: int
+    claim: int | None = None
+
+    def to_json(self) -> dict[str, int]:
+        return {"step": self.step} if self.claim is None else asdict(self)
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """:data:`CONTINUES`: the paused trial a trial continues (number and storage id), the
+    step it continues from, and the claim it took (``None`` in records written before claims
+    were recorded)."""
+
+    trial: int
+    trial_id: int
+    step: int
+    claim: int | None = None
+
+    def to_json(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def read_checkpoints(user_attrs: Mapping[str, Any]) -> dict[int, str]:
+    """:data:`CHECKPOINTS` as ``{step: artifact_id}`` (malformed entries left out).
+
+    Examples
+    --------
+    >>> read_checkpoints({CHECKPOINTS: {"3": "a", "x": "b", "4": 5}})
+    {3: 'a'}
+    """
+    raw = user_attrs.get(CHECKPOINTS)
+    out: dict[int, str] = {}
+    if isinstance(raw, Mapping):
+        for step, artifact_id in raw.items():
+            if isinstance(step, str) and step.isdigit() and isinstance(artifact_id, str):
+                out[int(step)] = artifact_id
+    return out
+
+
+def read_pause(user_attrs: Mapping[str, Any]) -> Pause | None:
+    """:data:`PAUSED`, or ``None`` when the trial was never paused (or the entry is malformed).
+
+    Examples
+    --------
+    >>> read_pause({PAUSED: {"step": 3, "claim": 12}})
+    Pause(step=3, claim=12)
+    >>> read_pause({PAUSED: {"step": "3"}}) is None
+    True
+    """
+    raw = user_attrs.get(PAUSED)
+    if not isinstance(raw, Mapping) or _int(raw.get("step")) is None:
+        return None
+    return Pause(step=raw["step"], claim=_int(raw.get("claim")))
+
+
+def read_continuation(user_attrs: Mapping[str, Any]) -> Continuation | None:
+    """:data:`CONTINUES`, or ``None`` when the trial continues nothing (or it is malformed).
+
+    Examples
+    --------
+    >>> read_continuation({CONTINUES: {"trial": 1, "trial_id": 2, "step": 3, "claim": 4}})
+    Continuation(trial=1, trial_id=2, step=3, claim=4)
+    """
+    raw = user_attrs.get(CONTINUES)
+    if not isinstance(raw, Mapping):
+        return None
+    fields = [_int(raw.get(k)) for k in ("trial", "trial_id", "step")]
+    if any(f is None for f in fields):
+        return None
+    return Continuation(raw["trial"], raw["trial_id"], raw["step"], _int(raw.get("claim")))
+
+
+def read_resumed(user_attrs: Mapping[str, Any]) -> bool:
+    """Whether :func:`optuna_fms.resume` restored the parent's checkpoint (:data:`RESUMED`)."""
+    return user_attrs.get(RESUMED) is True

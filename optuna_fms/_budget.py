@@ -1,12 +1,39 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from optuna_fms import _attrs
+from optuna_fms._lineage import Lineage
 
 
-def epochs_spent(trials: list[FrozenTrial]) -> int:
+def resolve_max_steps(
+    study: Study, explicit: int | None = None, trials: Sequence[FrozenTrial] | None = None
+) -> int:
+    """The full budget in steps: ``explicit`` when given, else the study pruner's
+    ``max_steps`` (an :class:`~optuna_fms.FMSPruner`), else the largest step reported so far
+    plus one. The sampler, the pruner's surrogate and the dashboard all read it here.
+
+    Examples
+    --------
+    >>> import optuna, optuna_fms
+    >>> study = optuna.create_study(pruner=optuna_fms.FMSPruner(max_steps=30))
+    >>> resolve_max_steps(study), resolve_max_steps(study, explicit=10)
+    (30, 10)
+    """
+    if explicit is not None:
+        return explicit
+    pruner_steps = getattr(study.pruner, "max_steps", None)
+    if isinstance(pruner_steps, int):
+        return pruner_steps
+    if trials is None:
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    last = [max(t.intermediate_values) for t in trials if t.intermediate_values]
+    return max(last) + 1 if last else 1
+
+
+def epochs_spent(trials: Sequence[FrozenTrial]) -> int:
     """Steps actually run: reported steps, less those a continuation copied from its parent.
 
     Examples
@@ -19,10 +46,10 @@ def epochs_spent(trials: list[FrozenTrial]) -> int:
     >>> epochs_spent(study.trials)
     3
     """
+    lineage = Lineage(trials)
     total = 0
     for t in trials:
-        parent = t.user_attrs.get(_attrs.CONTINUES)
-        copied = parent["step"] if parent and t.user_attrs.get(_attrs.RESUMED) else -1
+        copied = lineage.copied_steps(t)
         total += sum(1 for s in t.intermediate_values if s > copied)
     return total
 

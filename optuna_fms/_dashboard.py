@@ -32,6 +32,8 @@ from optuna.trial import TrialState
 
 from optuna_fms import _attrs
 from optuna_fms._budget import epochs_spent
+from optuna_fms._budget import resolve_max_steps
+from optuna_fms._lineage import Lineage
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -160,13 +162,7 @@ class DashboardReport:
 
     # ------------------------------------------------------------------ internals
     def _budget(self, study: Study, trials: Sequence[FrozenTrial]) -> int:
-        if self.max_steps is not None:
-            return self.max_steps
-        pruner_steps = getattr(study.pruner, "max_steps", None)
-        if isinstance(pruner_steps, int):
-            return pruner_steps
-        last = [max(t.intermediate_values) for t in trials if t.intermediate_values]
-        return max(last) + 1 if last else 1
+        return resolve_max_steps(study, self.max_steps, trials)
 
     def _figure(self, study: Study, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
         maximize = study.directions[0] == StudyDirection.MAXIMIZE
@@ -281,13 +277,18 @@ class DashboardReport:
         max_steps = self._budget(study, trials)
         by_id = {t._trial_id: t for t in trials}
         states = [t.state for t in trials]
-        children = [t for t in trials if _attrs.CONTINUES in t.user_attrs]
-        continued_ids = {c.user_attrs[_attrs.CONTINUES]["trial_id"]: c for c in children}
-        paused = [t for t in trials if _attrs.PAUSED in t.user_attrs]
+        lineage = Lineage(trials)
+        children = lineage.continuations()
+        links = [lineage.continuation(c) for c in children]
+        continued_ids = {link.trial_id for link in links if link is not None}
+        pauses = {
+            t._trial_id: p for t in trials if (p := _attrs.read_pause(t.user_attrs)) is not None
+        }
+        paused = [t for t in trials if t._trial_id in pauses]
         waiting = [
             t
             for t in paused
-            if "claim" in t.user_attrs[_attrs.PAUSED] and t._trial_id not in continued_ids
+            if pauses[t._trial_id].claim is not None and t._trial_id not in continued_ids
         ]
         fresh = len(trials) - len(children)
         spent = epochs_spent(list(trials))
@@ -331,11 +332,12 @@ class DashboardReport:
                 "|---|---|---|---|",
             ]
             for child in children[-self.max_continuations :]:
-                ref = child.user_attrs[_attrs.CONTINUES]
-                parent = by_id.get(ref["trial_id"])
-                number = parent.number if parent is not None else ref["trial"]
+                ref = lineage.continuation(child)
+                assert ref is not None
+                parent = by_id.get(ref.trial_id)
+                number = parent.number if parent is not None else ref.trial
                 lines.append(
-                    f"| {number} | {ref['step']} | {child.number} | {child.state.name.lower()} |"
+                    f"| {number} | {ref.step} | {child.number} | {child.state.name.lower()} |"
                 )
         lines += [
             "",
@@ -369,42 +371,30 @@ class _Chain:
 
 def _chains(trials: Sequence[FrozenTrial]) -> list[_Chain]:
     """Group trials into chains of continuations, each with its joined learning curve."""
-    by_id = {t._trial_id: t for t in trials}
-    child_of: dict[int, FrozenTrial] = {}
-    for t in trials:
-        ref = t.user_attrs.get(_attrs.CONTINUES)
-        if ref is not None and ref.get("trial_id") in by_id:
-            child_of[ref["trial_id"]] = t
+    lineage = Lineage(trials)
     chains = []
-    for root in trials:
-        ref = root.user_attrs.get(_attrs.CONTINUES)
-        if ref is not None and ref.get("trial_id") in by_id:
-            continue  # Drawn as part of its parent's chain.
+    for members in lineage.chains():
+        root = members[0]
         chain = _Chain(root)
-        node: FrozenTrial | None = root
-        while node is not None:
-            ref = node.user_attrs.get(_attrs.CONTINUES)
+        chain.trials = members
+        for i, node in enumerate(members):
             own = {s: (v, node.number) for s, v in node.intermediate_values.items()}
-            if node is not root and ref is not None and node.user_attrs.get(_attrs.RESUMED):
+            cut = lineage.copied_steps(node)
+            if i > 0 and cut >= 0:
                 # A resumed continuation copied its parent's curve up to the pause step.
-                cut = int(ref["step"])
                 chain.curve = {s: p for s, p in chain.curve.items() if s <= cut}
                 chain.curve.update({s: p for s, p in own.items() if s > cut})
             else:
                 # A fresh trial, or a continuation that was not resumed and started over.
                 chain.curve = own
-            child = child_of.get(node._trial_id)
-            paused = node.user_attrs.get(_attrs.PAUSED)
-            if paused is not None and paused.get("step") in node.intermediate_values:
-                step = int(paused["step"])
-                text = f"trial {node.number} paused at step {step}"
+            child = members[i + 1] if i + 1 < len(members) else None
+            pause = _attrs.read_pause(node.user_attrs)
+            if pause is not None and pause.step in node.intermediate_values:
+                text = f"trial {node.number} paused at step {pause.step}"
                 if child is not None:
                     text += f", continued by trial {child.number}"
-                value = _round(node.intermediate_values[step])
-                chain.pauses.append((step, value, text, child is not None))
-            if child is not None:
-                chain.trials.append(child)
-            node = child
+                value = _round(node.intermediate_values[pause.step])
+                chain.pauses.append((pause.step, value, text, child is not None))
         chains.append(chain)
     return chains
 

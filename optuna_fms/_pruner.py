@@ -9,8 +9,9 @@ from optuna.trial import TrialState
 
 from optuna_fms import _attrs
 from optuna_fms import _claims
-from optuna_fms._sampler import FMSSampler
-from optuna_fms._surrogate import Forecaster
+from optuna_fms._engine import Engine
+from optuna_fms._engine import engine_of
+from optuna_fms._surrogate import acquisition
 
 
 class FMSPruner(BasePruner):
@@ -24,10 +25,10 @@ class FMSPruner(BasePruner):
     its checkpoint at the current step exists (see :func:`~optuna_fms.save_checkpoint`),
     :class:`~optuna_fms.FMSSampler` may later continue it from there (freeze-thaw).
 
-    The pruner uses the surrogate of the study's :class:`~optuna_fms.FMSSampler` when there
-    is one (one fit per process), and its own otherwise. It never prunes during the first
-    ``n_startup_trials`` trials, before ``min_steps`` steps, at the last step, or while the
-    surrogate cannot be fitted.
+    The pruner uses the engine (and surrogate) of the study's
+    :class:`~optuna_fms.FMSSampler` when there is one (one fit per process), and its own
+    otherwise. It never prunes during the first ``n_startup_trials`` trials, before
+    ``min_steps`` steps, at the last step, or while the surrogate cannot be fitted.
 
     Parameters
     ----------
@@ -83,11 +84,11 @@ class FMSPruner(BasePruner):
         self._interval = interval
         self._n_startup_trials = n_startup_trials
         self._tolerance = tolerance
-        self._own = Forecaster(seed=seed)
+        self._own = Engine(seed=seed, max_steps=max_steps)
 
-    def _forecaster(self, study: Study) -> Forecaster:
-        sampler = study.sampler
-        return sampler._forecaster if isinstance(sampler, FMSSampler) else self._own
+    def engine(self, study: Study) -> Engine:
+        """The engine this pruner decides with on ``study``: the FMSSampler's, else its own."""
+        return engine_of(study) or self._own
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
@@ -97,8 +98,8 @@ class FMSPruner(BasePruner):
             self._pause(study, trial)
             return True
         # The trial goes on: a claim opened by an earlier decision no longer stands for it.
-        paused = trial.user_attrs.get(_attrs.PAUSED)
-        if paused is not None and "claim" in paused:
+        paused = _attrs.read_pause(trial.user_attrs)
+        if paused is not None and paused.claim is not None:
             self._withdraw(study, trial, paused)
         return False
 
@@ -114,19 +115,20 @@ class FMSPruner(BasePruner):
         )
         if len(finished) < self._n_startup_trials:
             return False
-        forecaster = self._forecaster(study)
-        fit = forecaster.refresh(study, self.max_steps, eager=False)
+        engine = self.engine(study)
+        fit = engine.refresh(study, eager=False)
         if fit is None or not fit.encoder.contains(trial.params):
             return False
-        ei, alternative, mean, std = forecaster.forecast(study, fit, trial)
-        storage = study._storage
-        storage.set_trial_user_attr(
+        forecast = engine.step_forecast(study, fit, trial)
+        study._storage.set_trial_user_attr(
             trial._trial_id,
             _attrs.FORECAST,
-            {"step": step, "mean": mean, "std": std},
+            {"step": step, "mean": forecast.mean, "std": forecast.std},
         )
         # A NaN report carries no evidence either way: never pause on it.
-        return not (math.isnan(value) or ei >= self._tolerance * alternative)
+        if math.isnan(value):
+            return False
+        return not acquisition.keeps_running(forecast.ei, forecast.alternative_ei, self._tolerance)
 
     def _pause(self, study: Study, trial: FrozenTrial) -> None:
         """Record ``trial`` as paused at its last step, continuable if checkpointed there.
@@ -140,37 +142,38 @@ class FMSPruner(BasePruner):
         step = trial.last_step
         assert step is not None
         user_attrs = storage.get_trial_user_attrs(trial._trial_id)
-        previous = user_attrs.get(_attrs.PAUSED)
+        previous = _attrs.read_pause(user_attrs)
         if (
             previous is not None
-            and "claim" in previous
-            and _claims.is_claim_of(storage, previous["claim"], trial)
+            and previous.claim is not None
+            and _claims.is_claim_of(storage, previous.claim, trial)
         ):
-            if previous["step"] == step:
+            if previous.step == step:
                 return
             if not self._withdraw(study, trial, previous):
                 return
-        paused: dict[str, int] = {"step": step}
-        checkpoints = user_attrs.get(_attrs.CHECKPOINTS, {})
+        claim = None
         off = storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
-        if str(step) in checkpoints and not off:
-            claims_id = self._forecaster(study).claims_id(study)
-            paused["claim"] = _claims.open_claim(storage, claims_id, trial, step)
-        storage.set_trial_user_attr(trial._trial_id, _attrs.PAUSED, paused)
+        if step in _attrs.read_checkpoints(user_attrs) and not off:
+            claims_id = self.engine(study).claims_id(study)
+            claim = _claims.open_claim(storage, claims_id, trial, step)
+        pause = _attrs.Pause(step=step, claim=claim)
+        storage.set_trial_user_attr(trial._trial_id, _attrs.PAUSED, pause.to_json())
 
     @staticmethod
-    def _withdraw(study: Study, trial: FrozenTrial, paused: dict[str, int]) -> bool:
+    def _withdraw(study: Study, trial: FrozenTrial, paused: _attrs.Pause) -> bool:
         """Withdraw the claim of an earlier pause of ``trial``; ``False`` if it was taken.
 
         A claim that is not ``trial``'s own (the attribute was copied, e.g. by
         :class:`~optuna.storages.RetryFailedTrialCallback`) is left alone.
         """
         storage = study._storage
-        if not _claims.is_claim_of(storage, paused["claim"], trial):
+        assert paused.claim is not None
+        if not _claims.is_claim_of(storage, paused.claim, trial):
             return True
-        if not _claims.withdraw_claim(storage, paused["claim"]):
+        if not _claims.withdraw_claim(storage, paused.claim):
             return False
-        study._storage.set_trial_user_attr(
-            trial._trial_id, _attrs.PAUSED, {"step": paused["step"]}
+        storage.set_trial_user_attr(
+            trial._trial_id, _attrs.PAUSED, _attrs.Pause(step=paused.step).to_json()
         )
         return True

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import Trial
@@ -63,12 +62,10 @@ def resume(
     0
     """
     storage = trial.study._storage
-    parent_ref: dict[str, Any] | None = storage.get_trial_user_attrs(trial._trial_id).get(
-        _attrs.CONTINUES
-    )
+    parent_ref = _attrs.read_continuation(storage.get_trial_user_attrs(trial._trial_id))
     if parent_ref is None:
         return 0
-    claim = parent_ref.get("claim")
+    claim = parent_ref.claim
     if claim is not None and not _claims.is_held_by(storage, claim, trial._trial_id):
         # The attribute was copied from the trial that took the claim (a retry keeps the
         # failed trial's attributes): only that trial may load the parent's weights.
@@ -77,11 +74,11 @@ def resume(
             "trains from step 0.",
             trial.number,
             _attrs.CONTINUES,
-            parent_ref["trial"],
+            parent_ref.trial,
         )
         return 0
-    parent = storage.get_trial(parent_ref["trial_id"])
-    step = int(parent_ref["step"])
+    parent = storage.get_trial(parent_ref.trial_id)
+    step = parent_ref.step
     store = _resolve_artifact_store(trial.study, artifact_store)
     try:
         checkpoint = read_checkpoint(parent, step, artifact_store=store, map_location="cpu")

@@ -18,8 +18,11 @@ from optuna.trial import TrialState
 
 from optuna_fms import _attrs
 from optuna_fms import _claims
-from optuna_fms._surrogate import Forecaster
-from optuna_fms._surrogate._forecaster import Decision
+from optuna_fms._engine import Decision
+from optuna_fms._engine import Engine
+from optuna_fms._surrogate import SpaceEncoder
+from optuna_fms._surrogate import SurrogateKind
+from optuna_fms._surrogate._weights import WeightsKind
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -51,6 +54,7 @@ class FMSSampler(BaseSampler):
     max_steps:
         The full budget in steps. Defaults to the study pruner's ``max_steps`` when it is an
         :class:`~optuna_fms.FMSPruner`, else to the largest step reported so far plus one.
+        The sampler's surrogate (which the pruner shares) uses this one value.
     artifact_store:
         Where :func:`~optuna_fms.save_checkpoint` writes checkpoints and where continuations
         read them. Defaults to ``FileSystemArtifactStore("artifacts")``, created on first use.
@@ -62,6 +66,13 @@ class FMSSampler(BaseSampler):
     max_train_rows:
         Cap on the surrogate's training rows, which bounds the cost of a fit (cubic in it).
         Above it, every trial's latest observation is kept and the others subsampled.
+    surrogate:
+        The model that forecasts: ``"deep-kernel"`` (DyHPO's deep-kernel GP: an MLP feature
+        extractor over hyperparameters, budget, a Conv1d summary of the learning curve and
+        the weight embedding, trained by Adam) or ``"gp"`` (an ARD Matern-5/2 GP with
+        GPSampler-style priors over the hyperparameters, the log budget and a few fixed
+        components of the weight embedding, fitted by L-BFGS; it reads a configuration's
+        curve as observations at their budgets).
     n_scratch_epochs, n_warm_epochs, lr:
         Adam schedule of the surrogate: epochs from scratch (first fit and after a
         failure), epochs of a warm-started refit, and the learning rate. (DyHPO uses 1000
@@ -123,26 +134,30 @@ class FMSSampler(BaseSampler):
         n_scratch_epochs: int = 300,
         n_warm_epochs: int = 50,
         lr: float = 1e-2,
+        surrogate: SurrogateKind = "deep-kernel",
         retrain_growth: float = 0.0,
-        weights: str | None = None,
+        weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
         self._seed = seed
         self._n_startup_trials = n_startup_trials
-        self._max_steps = max_steps
         self._artifact_store = artifact_store
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._warn_independent_sampling = warn_independent_sampling
         self._warned_params: set[str] = set()
         self._warned_no_resume = False
-        self._forecaster: Forecaster = Forecaster(
+        self._engine = Engine(
             seed=seed,
+            max_steps=max_steps,
             max_train_rows=max_train_rows,
             n_candidates=n_candidates,
             retrain_growth=retrain_growth,
-            surrogate_kwargs=dict(
-                lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs
+            surrogate=surrogate,
+            surrogate_kwargs=(
+                dict(lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs)
+                if surrogate == "deep-kernel"
+                else {}
             ),
             weights=weights,
             start_weights=start_weights,
@@ -158,24 +173,18 @@ class FMSSampler(BaseSampler):
             self._artifact_store = optuna.artifacts.FileSystemArtifactStore(str(base))
         return self._artifact_store
 
+    @property
+    def engine(self) -> Engine:
+        """The engine that fits the surrogate and makes the decisions; the study's
+        :class:`~optuna_fms.FMSPruner` and :func:`~optuna_fms.forecast` use it too."""
+        return self._engine
+
     def _get_artifact_store(self) -> ArtifactStore:
         return self.artifact_store
 
     def reseed_rng(self) -> None:
-        self._forecaster.reseed()
+        self._engine.reseed()
         self._independent_sampler.reseed_rng()
-
-    def max_steps(self, study: Study, trials: Sequence[FrozenTrial] | None = None) -> int:
-        """The full budget in steps, from the argument, the FMSPruner or the data."""
-        if self._max_steps is not None:
-            return self._max_steps
-        pruner_steps = getattr(study.pruner, "max_steps", None)
-        if isinstance(pruner_steps, int):
-            return pruner_steps
-        if trials is None:
-            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        last = [max(t.intermediate_values) for t in trials if t.intermediate_values]
-        return max(last) + 1 if last else 1
 
     def _ready(self, study: Study) -> bool:
         trials = study._storage.get_all_trials(
@@ -196,34 +205,31 @@ class FMSSampler(BaseSampler):
         # enqueued, retried or added trial keeps its own parameters, and must not train on
         # another trial's weights.
         preset = bool(trial.params) or "fixed_params" in trial.system_attrs
-        if decision.claim is not None and decision.paused is not None and not preset:
+        if decision.claim is not None and decision.parent is not None and not preset:
             # A lost race (another worker took the claim first) falls back to the fresh pick.
             if _claims.take_claim(storage, decision.claim._trial_id, trial):
-                parent = decision.paused.trial
+                parent = decision.parent
                 params = dict(parent.params)
-                storage.set_trial_user_attr(
-                    trial._trial_id,
-                    _attrs.CONTINUES,
-                    {
-                        "trial": parent.number,
-                        "trial_id": parent._trial_id,
-                        "step": int(decision.claim.user_attrs["step"]),
-                        "claim": decision.claim._trial_id,
-                    },
+                link = _attrs.Continuation(
+                    trial=parent.number,
+                    trial_id=parent._trial_id,
+                    step=int(decision.claim.user_attrs["step"]),
+                    claim=decision.claim._trial_id,
                 )
+                storage.set_trial_user_attr(trial._trial_id, _attrs.CONTINUES, link.to_json())
         storage.set_trial_system_attr(
             trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(params))
         )
 
     def _decide(self, study: Study) -> Decision | None:
         """DyHPO's decision for the next trial, or ``None`` to sample at random."""
-        fit = self._forecaster.refresh(study, self.max_steps(study), eager=True)
-        return None if fit is None else self._forecaster.propose(study, fit)
+        fit = self._engine.refresh(study, eager=True)
+        return None if fit is None else self._engine.propose(study, fit)
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self._forecaster.search_space(study)
+        return self._engine.search_space(study)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -236,16 +242,13 @@ class FMSSampler(BaseSampler):
         if not search_space:
             return {}
         proposal = self._stored_proposal(study, trial)
-        if proposal is not None and all(
-            name in proposal and _is_valid(dist, proposal[name])
-            for name, dist in search_space.items()
-        ):
+        if proposal is not None and SpaceEncoder(search_space).contains(proposal):
             return {name: proposal[name] for name in search_space}
         if self._ready(study):
-            fit = self._forecaster.refresh(study, self.max_steps(study), eager=True)
+            fit = self._engine.refresh(study, eager=True)
             if fit is not None and fit.encoder.search_space == dict(sorted(search_space.items())):
-                return self._forecaster.propose_fresh_only(study, fit)
-        return self._forecaster.random_params(study, search_space)
+                return self._engine.propose_fresh_only(study, fit)
+        return self._engine.random_params(search_space)
 
     def sample_independent(
         self,
@@ -257,7 +260,9 @@ class FMSSampler(BaseSampler):
         if study._is_multi_objective():
             raise ValueError("FMSSampler supports single-objective studies only.")
         proposal = self._stored_proposal(study, trial)
-        if proposal is not None and _is_valid(param_distribution, proposal.get(param_name)):
+        if proposal is not None and SpaceEncoder({param_name: param_distribution}).contains(
+            proposal
+        ):
             return proposal[param_name]
         if (
             self._warn_independent_sampling
@@ -285,10 +290,10 @@ class FMSSampler(BaseSampler):
         self._independent_sampler.after_trial(study, trial, state, values)
         storage = study._storage
         attrs = storage.get_trial(trial._trial_id).user_attrs
-        ref = attrs.get(_attrs.CONTINUES)
+        ref = _attrs.read_continuation(attrs)
         if ref is None:
             return
-        claim = ref.get("claim")
+        claim = ref.claim
         if claim is not None and not _claims.is_held_by(storage, claim, trial._trial_id):
             return  # The attribute was copied onto this trial (a retry): not its continuation.
         if state == TrialState.FAIL:
@@ -299,7 +304,7 @@ class FMSSampler(BaseSampler):
             return
         if claim is not None:
             _claims.finish_claim(storage, claim, trial)
-        resumed = attrs.get(_attrs.RESUMED) or _attrs.RESUME_FAILED in attrs
+        resumed = _attrs.read_resumed(attrs) or _attrs.RESUME_FAILED in attrs
         if not resumed:
             # The evidence continuation is switched off for: the objective finished a
             # continued trial without calling resume.
@@ -312,7 +317,7 @@ class FMSSampler(BaseSampler):
                     "trials is now off for this study. Call resume() before training to use "
                     "freeze-thaw.",
                     trial.number,
-                    ref["trial"],
+                    ref.trial,
                 )
 
     @staticmethod
@@ -323,12 +328,3 @@ class FMSSampler(BaseSampler):
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
-
-
-def _is_valid(dist: BaseDistribution, value: Any) -> bool:
-    if value is None:
-        return False
-    try:
-        return dist._contains(dist.to_internal_repr(value))
-    except (ValueError, TypeError):
-        return False

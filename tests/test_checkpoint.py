@@ -18,7 +18,6 @@ from optuna_fms import _attrs
 from optuna_fms._checkpoint import OPTIMIZER_PREFIX
 from optuna_fms._checkpoint import Checkpoint
 from optuna_fms._checkpoint import CheckpointError
-from optuna_fms._checkpoint import _load_checkpoint_full
 from optuna_fms._checkpoint import _resolve_artifact_store
 from optuna_fms._checkpoint import load_checkpoint
 from optuna_fms._checkpoint import read_checkpoint
@@ -410,15 +409,6 @@ def test_read_checkpoint_and_the_tuple_alias(
     assert "step=3" in repr(ckpt) and "tensor(" not in repr(ckpt)
     latest = read_checkpoint(trial, artifact_store=store)
     assert latest.step == 5 and latest.optimizer_state is None and latest.structure is None
-
-    # The private tuple form (still used by the surrogate) returns the same three parts.
-    tensors, opt_state, meta = _load_checkpoint_full(trial, 3, artifact_store=store)
-    assert set(tensors) == set(ckpt.tensors) and meta == ckpt.metadata
-    for k, v in ckpt.tensors.items():
-        assert torch.equal(tensors[k], v), k
-    assert (
-        opt_state is not None and opt_state["param_groups"] == ckpt.optimizer_state["param_groups"]
-    )
 
 
 def _rewrite_header(path: Path, **changes: str) -> None:

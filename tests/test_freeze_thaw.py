@@ -15,7 +15,7 @@ import workers
 import optuna_fms
 from optuna_fms import _attrs
 from optuna_fms import _claims
-from optuna_fms._surrogate._forecaster import Decision
+from optuna_fms._engine import Decision
 
 
 class _PauseTrialZero(optuna_fms.FMSPruner):
@@ -32,12 +32,11 @@ class _ContinueWhenPossible(optuna_fms.FMSSampler):
     """Continues any open claim instead of asking the surrogate (the mechanism under test)."""
 
     def _decide(self, study: optuna.Study) -> Decision | None:
-        claims = _claims.open_claims(study._storage, self._forecaster.claims_id(study))
+        claims = _claims.open_claims(study._storage, self.engine.claims_id(study))
         if not claims:
             return None
         parent = study._storage.get_trial(claims[0].user_attrs["trial_id"])
-        curve = type("C", (), {"trial": parent})()
-        return Decision(fresh={}, ei=0.0, claim=claims[0], paused=curve)  # type: ignore[arg-type]
+        return Decision(fresh={}, ei=0.0, claim=claims[0], parent=parent)
 
 
 def _study(tmp_path: Path, sampler_cls=_ContinueWhenPossible, pruner=None) -> optuna.Study:

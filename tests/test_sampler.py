@@ -155,12 +155,12 @@ def test_cholesky_trouble_recovers_with_jitter_or_restart() -> None:
 def test_sampler_and_pruner_share_one_surrogate() -> None:
     sampler = _sampler()
     pruner = FMSPruner(max_steps=20, n_startup_trials=4)
-    _run(sampler, n_trials=10, pruner=pruner)
-    assert sampler._forecaster._surrogate._n_fits > 0
-    # The pruner's own surrogate (for studies without an FMSSampler) is never fitted; it is
-    # created lazily, so here it does not even exist.
-    own = pruner._own._surrogate
-    assert own is None or own._n_fits == 0
+    study = _run(sampler, n_trials=10, pruner=pruner)
+    assert pruner.engine(study) is sampler.engine
+    surrogate = sampler.engine.surrogate(study)
+    assert surrogate is not None and surrogate._n_fits > 0
+    # The pruner's own engine (for studies without an FMSSampler) never fitted anything.
+    assert pruner._own.surrogate(study) is None
 
 
 def test_pruner_alone_fits_its_own_surrogate() -> None:
@@ -169,7 +169,9 @@ def test_pruner_alone_fits_its_own_surrogate() -> None:
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=0), pruner=pruner
     )
     study.optimize(make_objective([]), n_trials=10)
-    assert pruner._own._surrogate._n_fits > 0
+    assert pruner.engine(study) is not None
+    surrogate = pruner.engine(study).surrogate(study)
+    assert surrogate is not None and surrogate._n_fits > 0
 
 
 def _storages(tmp_path: Path) -> list[object]:
@@ -195,12 +197,13 @@ def test_runs_on_every_storage(tmp_path: Path) -> None:
 
 def test_retrain_growth_conditions_between_trainings() -> None:
     every = _sampler()
-    _run(every, n_trials=14)
+    every_study = _run(every, n_trials=14)
     sparse = _sampler(retrain_growth=0.5)
     study = _run(sparse, n_trials=14)
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-    n_every = every._forecaster._surrogate._n_fits
-    n_sparse = sparse._forecaster._surrogate._n_fits
-    assert 0 < n_sparse < n_every
-    fit = sparse._forecaster._fit
+    every_surrogate = every.engine.surrogate(every_study)
+    sparse_surrogate = sparse.engine.surrogate(study)
+    assert every_surrogate is not None and sparse_surrogate is not None
+    assert 0 < sparse_surrogate._n_fits < every_surrogate._n_fits
+    fit = sparse.engine.current_fit(study)
     assert fit is not None and fit.n_trained <= fit.n_observations

@@ -41,12 +41,14 @@ def test_surrogate_with_weights_trains_and_predicts_in_a_study(
 ) -> None:
     study = _study(tmp_path, weights)
     study.optimize(workers.train_objective, n_trials=8)
-    forecaster = study.sampler._forecaster
-    kinds = {kind for kind, _ in forecaster._bank.items}
+    engine = study.sampler.engine
+    kinds = {kind for kind, _ in engine.bank.items}
     assert kinds == {"graph" if weights == "gmn" else "stats"}
-    encoder = forecaster._surrogate._model.extractor.weight_encoder
+    surrogate = engine.surrogate(study)
+    assert surrogate is not None and surrogate._model is not None
+    encoder = surrogate._model.extractor.weight_encoder
     assert isinstance(encoder, CheckpointEncoder)
-    fresh = CheckpointEncoder(forecaster._bank)
+    fresh = CheckpointEncoder(engine.bank)
     net = encoder.gmn if weights == "gmn" else encoder.stats_net
     init = fresh.gmn if weights == "gmn" else fresh.stats_net
     # Trained jointly with the GP: the featuriser moved away from a fresh initialisation.
@@ -66,7 +68,13 @@ def test_rows_never_read_weights_from_the_step_they_predict() -> None:
         intermediate_values={0: 0.1, 1: 0.2, 2: 0.3},
         user_attrs={_attrs.CHECKPOINTS: {"0": "a", "2": "c"}},
     )
-    curve = Curve(trial, np.array([0, 1, 2]), np.array([0.1, 0.2, 0.3]))
+    curve = Curve(
+        key=0,
+        params={},
+        steps=np.array([0, 1, 2]),
+        values=np.array([0.1, 0.2, 0.3]),
+        checkpoints=_attrs.read_checkpoints(trial.user_attrs),
+    )
     assert curve.checkpoint_before(1) is None  # the first epoch: starting weights only
     assert curve.checkpoint_before(2) == (0, "a")
     assert curve.checkpoint_before(3) == (0, "a")  # step 1 was not kept; step 2 is the target
@@ -109,16 +117,10 @@ def test_start_weights_rank_pretrained_models_never_tried(weights: str) -> None:
     for m in tried:
         study.enqueue_trial({"member": m})
     study.optimize(_hub_objective, n_trials=len(tried))
-    forecaster = sampler._forecaster
-    fit = forecaster.refresh(study, 6, eager=True)
-    assert fit is not None
     unseen = [m for m in range(16) if m not in tried]
-    x = fit.encoder.encode([{"member": m} for m in unseen])
-    ckpts = forecaster._candidate_weights([{"member": m} for m in unseen])
-    mean, _, _ = forecaster._score(
-        fit, x, np.full(len(unseen), 6), [np.zeros(0)] * len(unseen), ckpts
-    )
-    tau = kendalltau(mean, _SCALES[unseen]).statistic
+    forecasts = optuna_fms.forecast(study, [{"member": m} for m in unseen])
+    assert all(f.trial is None and f.step == 5 for f in forecasts)
+    tau = kendalltau([f.mean for f in forecasts], _SCALES[unseen]).statistic
     assert tau > 0.5, tau
 
 
@@ -130,9 +132,8 @@ def test_corrupt_checkpoint_warns_once_and_the_study_goes_on(
     for t in study.trials:
         for artifact_id in t.user_attrs[_attrs.CHECKPOINTS].values():
             (tmp_path / artifact_id).write_bytes(b"\x80\x04not a checkpoint")
-    study.sampler._forecaster._bank = type(study.sampler._forecaster._bank)("stats")
-    study.sampler._forecaster._fit = None
-    study.sampler._forecaster._surrogate = study.sampler._forecaster._new_surrogate()
+    # A new sampler on the same study: nothing of the readable checkpoints is cached.
+    study.sampler = _study(tmp_path, "stats").sampler
     with caplog.at_level(logging.WARNING, logger="optuna_fms"):
         study.optimize(workers.train_objective, n_trials=3)
     assert all(t.state != optuna.trial.TrialState.FAIL for t in study.trials)

@@ -375,19 +375,6 @@ def read_checkpoint(
     )
 
 
-def _load_checkpoint_full(
-    trial: Trial | FrozenTrial,
-    step: int | None = None,
-    *,
-    artifact_store: ArtifactStore | None = None,
-    map_location: str | torch.device = "cpu",
-) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
-    """``(tensors, optimizer_state, metadata)`` of :func:`read_checkpoint`, as a tuple."""
-    # Kept until the engine moves to read_checkpoint (optuna_fms._surrogate._forecaster).
-    ckpt = read_checkpoint(trial, step, artifact_store=artifact_store, map_location=map_location)
-    return ckpt.tensors, ckpt.optimizer_state, ckpt.metadata
-
-
 def load_checkpoint(
     trial_or_frozen_trial: Trial | FrozenTrial,
     step: int | None = None,

@@ -1,4 +1,4 @@
-"""Turn a study's trials into learning curves and packed training rows."""
+"""Learning curves as packed training rows for the surrogate, and the rows it is asked about."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from typing import Any
 
 import numpy as np
-from optuna.trial import FrozenTrial
-from optuna.trial import TrialState
 
-from optuna_fms import _attrs
-from optuna_fms._surrogate._encoding import SpaceEncoder
 from optuna_fms._surrogate._model import RowLayout
 
 
@@ -20,67 +17,38 @@ from optuna_fms._surrogate._model import RowLayout
 class Curve:
     """One configuration's observed learning curve, in "higher is better" units.
 
-    ``steps`` are Optuna's intermediate steps (budget = step + 1); for a trial that continues
-    a paused one, the curve already holds the parent's values (``resume`` copies them).
+    ``steps`` are the steps of the observations (budget = step + 1); ``key`` identifies the
+    run it was read from (the engine uses the trial id) and ``checkpoints`` maps steps to the
+    ids of the checkpoints stored after them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = Curve(key=7, params={"lr": 0.1}, steps=np.array([0, 1, 2]),
+    ...           values=np.array([0.1, 0.2, 0.3]), checkpoints={0: "a", 2: "c"})
+    >>> c.last_step, c.checkpoint_before(3)
+    (2, (0, 'a'))
     """
 
-    trial: FrozenTrial
+    key: int
+    params: dict[str, Any]
     steps: np.ndarray
     values: np.ndarray
     x: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    checkpoints: dict[int, str] = field(default_factory=dict)
 
     def checkpoint_before(self, budget: int) -> tuple[int, str] | None:
         """The newest stored checkpoint a model at ``budget`` may read: the weights after at
         most ``budget - 1`` epochs (never those of the epoch being predicted)."""
-        stored = self.trial.user_attrs.get(_attrs.CHECKPOINTS, {})
-        steps = [int(s) for s in stored if int(s) <= budget - 2]
+        steps = [s for s in self.checkpoints if s <= budget - 2]
         if not steps:
             return None
         step = max(steps)
-        return step, stored[str(step)]
+        return step, self.checkpoints[step]
 
     @property
     def last_step(self) -> int:
         return int(self.steps[-1]) if len(self.steps) else -1
-
-
-def collect_curves(
-    trials: Sequence[FrozenTrial], encoder: SpaceEncoder, sign: float, max_steps: int
-) -> list[Curve]:
-    """Learning curves of the trials that fit ``encoder``'s search space.
-
-    A paused trial whose continuation has already restored its checkpoint is left out, since
-    the continuing trial's curve starts with the parent's values (unless the continuation
-    failed: failed trials are left out, and their parent is continued again).
-    """
-    superseded = set()
-    for t in trials:
-        parent = t.user_attrs.get(_attrs.CONTINUES)
-        if parent is not None and t.user_attrs.get(_attrs.RESUMED) and t.state != TrialState.FAIL:
-            superseded.add(parent["trial_id"])
-    curves = []
-    kept: list[FrozenTrial] = []
-    for t in trials:
-        if t._trial_id in superseded or t.state in (TrialState.FAIL, TrialState.WAITING):
-            continue
-        if not encoder.contains(t.params):
-            continue
-        if t.intermediate_values:
-            steps = np.array(sorted(t.intermediate_values), dtype=int)
-            values = np.array([t.intermediate_values[s] for s in steps], dtype=float)
-        elif t.state == TrialState.COMPLETE and t.value is not None:
-            steps = np.array([max_steps - 1])
-            values = np.array([t.value], dtype=float)
-        else:
-            continue
-        keep = steps < max_steps
-        curves.append(Curve(trial=t, steps=steps[keep], values=sign * values[keep]))
-        kept.append(t)
-    if curves:
-        xs = encoder.encode([t.params for t in kept])
-        for c, x in zip(curves, xs):
-            c.x = x
-    return [c for c in curves if len(c.steps)]
 
 
 @dataclass
@@ -143,13 +111,6 @@ class TrainingSet:
     y: np.ndarray
     scale: Standardizer
     best_at_budget: dict[int, float]
-    n_observations: int
-
-    def incumbent(self, budget: int) -> float:
-        """Best observed value (standardised) at ``budget``, or overall if none there yet."""
-        if budget in self.best_at_budget:
-            return self.best_at_budget[budget]
-        return float(np.max(self.y)) if len(self.y) else 0.0
 
 
 def build_training_set(
@@ -222,5 +183,4 @@ def build_training_set(
         y=y_obs[pos_a[chosen]],
         scale=scale,
         best_at_budget=best,
-        n_observations=len(owner),
     )

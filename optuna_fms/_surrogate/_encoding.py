@@ -18,7 +18,7 @@ class SpaceEncoder:
     """Map parameter dictionaries to vectors in ``[0, 1]^d`` and back.
 
     Numerical parameters are min-max scaled (after a log where ``log=True``); categorical
-    parameters are one-hot encoded (design.md section 2: never raw values).
+    parameters are one-hot encoded (never raw values: see docs/design.md).
 
     Parameters
     ----------
@@ -45,6 +45,14 @@ class SpaceEncoder:
             self._slices[name] = slice(start, start + width)
             start += width
         self.dim = start
+        self.names = list(self.search_space)
+        """The parameter names, in encoded order."""
+        self.groups = [
+            i
+            for i, name in enumerate(self.names)
+            for _ in range(self._slices[name].stop - self._slices[name].start)
+        ]
+        """For each encoded column, the index of its parameter in :attr:`names`."""
         self.is_categorical = np.zeros(self.dim, dtype=bool)
         for name, dist in self.search_space.items():
             if isinstance(dist, CategoricalDistribution):

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import gpytorch
 import torch
 from torch import nn
-
-
-WeightEncoder = Callable[[torch.Tensor], torch.Tensor]
-"""Maps a column of checkpoint indices (``-1`` = no weights) to an ``(n, d)`` embedding."""
 
 
 class RowLayout:
@@ -20,9 +16,19 @@ class RowLayout:
     packed side by side; the layout says where each part lives.
     """
 
-    def __init__(self, x_dim: int, curve_len: int) -> None:
+    def __init__(
+        self,
+        x_dim: int,
+        curve_len: int,
+        x_groups: Sequence[int] | None = None,
+        x_names: Sequence[str] | None = None,
+    ) -> None:
         self.x_dim = x_dim
         self.curve_len = curve_len
+        # Which parameter each encoded column belongs to (the one-hot columns of a
+        # categorical share one), and the parameters' names; one per column by default.
+        self.x_groups = list(x_groups) if x_groups is not None else list(range(x_dim))
+        self.x_names = list(x_names) if x_names is not None else [f"x{i}" for i in range(x_dim)]
         self.budget = x_dim
         self.curve = slice(x_dim + 1, x_dim + 1 + curve_len)
         self.mask = slice(self.curve.stop, self.curve.stop + curve_len)

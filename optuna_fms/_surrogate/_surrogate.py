@@ -6,7 +6,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 import copy
-import math
 from typing import Any
 import warnings
 
@@ -84,10 +83,6 @@ class Surrogate:
         self._model: DeepKernelGP | None = None
         self._layout_key: tuple[int, int] | None = None
         self._n_fits = 0
-
-    @property
-    def ready(self) -> bool:
-        return self._model is not None
 
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None:
         """Fit on packed ``rows`` and standardised targets ``y``.
@@ -218,13 +213,3 @@ class Surrogate:
         if not (np.isfinite(mean).all() and np.isfinite(std).all()):
             raise SurrogateFitError("Surrogate prediction is not finite.")
         return mean, std
-
-
-def expected_improvement(mean: np.ndarray, std: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """Expected improvement over ``best`` for maximisation (all in the same units)."""
-    from scipy.special import ndtr
-
-    std = np.maximum(std, 1e-9)
-    z = (mean - best) / std
-    pdf = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
-    return std * (z * ndtr(z) + pdf)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import hashlib
 import logging
 from typing import Any
+from typing import Literal
+from typing import get_args
 
 import torch
 from torch import nn
@@ -20,7 +22,9 @@ from torch import nn
 
 _logger = logging.getLogger("optuna_fms")
 
-WEIGHT_KINDS = ("gmn", "stats")
+WeightsKind = Literal["gmn", "stats"]
+"""How checkpoints enter the surrogate: a graph metanetwork or per-layer weight statistics."""
+WEIGHT_KINDS: tuple[str, ...] = get_args(WeightsKind)
 GMN_EVERY = 25
 """A GMN forward/backward over all checkpoints is costly, so the metanetwork takes a step every
 ``GMN_EVERY`` epochs of the surrogate fit (on the same marginal likelihood); the kernel and the
@@ -52,16 +56,51 @@ class WeightBank:
     always uses statistics. The bank is shared, never copied, by the surrogate's models.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: WeightsKind) -> None:
         if kind not in WEIGHT_KINDS:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {kind!r}.")
         self.kind = kind
         self.items: list[tuple[str, Any]] = []  # ("graph", ParamGraph) or ("stats", Tensor)
         self._index: dict[str, int] = {}
         self._warned = False
+        self._embedded: list[Any] = []
+        self._fixed_gmn: nn.Module | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> WeightBank:
         return self
+
+    def embedding(self, index: Any) -> Any:
+        """Fixed (untrained) embeddings of bank items, ``-1`` rows all zeros: ``(n, k)`` array.
+
+        Weight statistics as they are; parameter graphs through a graph metanetwork with a
+        fixed seed, never trained. For a model that reads a few fixed inputs from the weights
+        (:class:`~optuna_fms._surrogate._gp.GPSurrogate`).
+        """
+        import numpy as np
+
+        idx = np.asarray(index, dtype=float).astype(int)
+        while len(self._embedded) < len(self.items):
+            self._embedded.append(self._embed_fixed(self.items[len(self._embedded)]))
+        dim = max((len(e) for e in self._embedded), default=1)
+        out = np.zeros((len(idx), dim))
+        for row, i in enumerate(idx):
+            if i >= 0:
+                e = self._embedded[i]
+                out[row, : len(e)] = e
+        return out
+
+    def _embed_fixed(self, item: tuple[str, Any]) -> Any:
+        kind, value = item
+        with torch.no_grad():
+            if kind == "stats":
+                return value.double().numpy()
+            if self._fixed_gmn is None:
+                from optuna_fms.metanet import GraphMetanetwork
+
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    self._fixed_gmn = GraphMetanetwork(out_dim=EMBED_DIM).eval()
+            return self._fixed_gmn([value])[0].double().numpy()
 
     def __len__(self) -> int:
         return len(self.items)

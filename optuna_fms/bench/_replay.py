@@ -103,8 +103,8 @@ def time_sampler(sampler: BaseSampler) -> Stopwatch:
     """Time every call Optuna makes to ``sampler``.
 
     The timed versions are installed on the instance itself rather than in a delegating
-    wrapper class: :class:`~optuna_fms.FMSPruner` finds the sampler's surrogate with
-    ``isinstance(study.sampler, FMSSampler)``, and a wrapper would make it fit a second one.
+    wrapper class: :class:`~optuna_fms.FMSPruner` and :func:`optuna_fms.forecast` find the
+    sampler's engine as ``study.sampler.engine``, and a wrapper would hide it.
     Under a HyperbandPruner Optuna hands the sampler a bracket-filtered study; the timed
     methods pass whatever study they get through unchanged.
     """
@@ -278,28 +278,21 @@ def make_objective(
 
 
 # ------------------------------------------------------------------------------ tau
-def predict_final_scores(sampler: Any, study: Study, hub: Hub) -> np.ndarray | None:
+def predict_final_scores(study: Study, hub: Hub) -> np.ndarray | None:
     """The FMS surrogate's forecast of every hub configuration's final score.
 
-    The surrogate is refreshed as the sampler would before its next proposal. A configuration
-    some trial has run is predicted from that trial's learning curve (the longest, when
-    several trials replayed it) and, with checkpoint features, its newest checkpoint; one no
-    trial has run from its parameters alone, with an empty curve and its starting weights
-    (design.md section 2: never weights of a run that has not happened). Returns ``None``
-    when the surrogate has no fit.
+    Read through the public :func:`optuna_fms.forecast`, which brings the surrogate up to
+    date as the sampler would before its next proposal. A configuration some trial has run
+    is forecast from the longest learning curve observed for it (and, with checkpoint
+    features, that trial's newest checkpoint); one no trial has run from its parameters
+    alone, with an empty curve and its starting weights (never weights of a run that has
+    not happened). Returns ``None`` when the surrogate has no fit.
     """
-    forecaster = sampler._forecaster
-    fit = forecaster.refresh(study, sampler.max_steps(study), eager=True)
-    if fit is None:
+    try:
+        forecasts = optuna_fms.forecast(study, list(hub.configs))
+    except optuna_fms.SurrogateFitError:
         return None
-    observed: dict[int, Any] = {}
-    for curve in fit.curves:
-        c = curve.trial.user_attrs.get(CONFIG_ATTR)
-        if c is not None and (c not in observed or len(curve.steps) > len(observed[c].steps)):
-            observed[c] = curve
-    curves = [observed.get(c) for c in range(hub.n_configs)]
-    mean, _ = forecaster.forecast_final(study, fit, list(hub.configs), curves)
-    return mean
+    return np.array([f.mean for f in forecasts])
 
 
 # ------------------------------------------------------------------------------ one run
@@ -385,7 +378,7 @@ def _run(
         budget=budget,
         best_final_score=hub.best_final_score,
     )
-    has_surrogate = hasattr(sampler, "_forecaster") and (m is None or m.surrogate)
+    has_surrogate = hasattr(sampler, "engine") and (m is None or m.surrogate)
     pending = sorted(b for b in tau_budgets if b <= budget) if has_surrogate else []
     if has_surrogate:
         for k in _BUDGET_MAPS:
@@ -397,7 +390,7 @@ def _run(
             return
         b = pending.pop(0)
         t0 = time.perf_counter()
-        predicted = predict_final_scores(sampler, trial.study, hub)
+        predicted = predict_final_scores(trial.study, hub)
         if predicted is not None:
             seen = np.zeros(hub.n_configs, dtype=bool)
             seen[list(tracker.touched)] = True

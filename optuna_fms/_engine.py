@@ -1,0 +1,626 @@
+"""The engine between Optuna and the surrogate, shared by FMSSampler and FMSPruner.
+
+It owns everything that reads or writes a study: trials into learning curves (following the
+continuation lineage), the paused trials open for continuation (claims), checkpoints loaded
+into the weight bank, the fit schedule and the per-study caches. The decisions themselves
+are made by :mod:`optuna_fms._surrogate.acquisition` on arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+import logging
+import threading
+from typing import Any
+from typing import get_args
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from optuna.search_space import IntersectionSearchSpace
+from optuna.storages import BaseStorage
+from optuna.study import Study
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+import torch
+
+from optuna_fms import _attrs
+from optuna_fms import _claims
+from optuna_fms._budget import resolve_max_steps
+from optuna_fms._checkpoint import read_checkpoint
+from optuna_fms._lineage import Lineage
+from optuna_fms._surrogate import Curve
+from optuna_fms._surrogate import FittedModel
+from optuna_fms._surrogate import GPSurrogate
+from optuna_fms._surrogate import RowLayout
+from optuna_fms._surrogate import SpaceEncoder
+from optuna_fms._surrogate import Surrogate
+from optuna_fms._surrogate import SurrogateFitError
+from optuna_fms._surrogate import SurrogateKind
+from optuna_fms._surrogate import SurrogateModel
+from optuna_fms._surrogate import WeightBank
+from optuna_fms._surrogate import acquisition
+from optuna_fms._surrogate import build_training_set
+from optuna_fms._surrogate._weights import EMBED_DIM
+from optuna_fms._surrogate._weights import CheckpointEncoder
+from optuna_fms._surrogate._weights import WeightsKind
+from optuna_fms._surrogate._weights import fingerprint
+
+
+_logger = logging.getLogger("optuna_fms")
+
+
+@dataclass
+class Fit:
+    """One fit of the surrogate on a study: the model, the curves it read and their trials."""
+
+    encoder: SpaceEncoder
+    model: FittedModel
+    curves: list[Curve]
+    trials: dict[int, FrozenTrial]
+    """The trial each curve was read from, by :attr:`Curve.key` (the trial id)."""
+    n_observations: int
+    n_trained: int
+
+    @property
+    def max_steps(self) -> int:
+        return self.model.max_steps
+
+
+@dataclass(frozen=True)
+class Decision:
+    """DyHPO's choice for the next trial: the best fresh configuration, and the paused trial
+    to continue instead when its expected improvement is higher (``claim`` set)."""
+
+    fresh: dict[str, Any]
+    ei: float
+    claim: FrozenTrial | None = None
+    parent: FrozenTrial | None = None
+
+
+@dataclass(frozen=True)
+class StepForecast:
+    """What the pruner weighs for a running trial: the expected improvement of its next
+    step, that of the best other use of the step, and its forecast final score (objective
+    units)."""
+
+    ei: float
+    alternative_ei: float
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class FinalForecast:
+    """Forecasts of the score at the full budget (objective units) of configurations:
+    ``curves[i]`` is the observed curve forecast ``i`` extends, or ``None``."""
+
+    params: list[dict[str, Any]]
+    curves: list[Curve | None]
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass
+class _StudyState:
+    """The engine's caches for one study (one engine may serve several studies).
+
+    Keyed by the storage object and the study id (two in-memory storages both number their
+    first study 0); holding ``storage`` keeps its ``id`` from being reused for another one.
+    """
+
+    storage: BaseStorage
+    search_space: IntersectionSearchSpace
+    surrogate: SurrogateModel | None = None
+    fit: Fit | None = None
+    alternative: tuple[Fit, float] | None = None
+    claims_id: int | None = None
+
+
+def count_observations(trials: Sequence[FrozenTrial]) -> int:
+    """Reported values plus completed trials without reports: the surrogate's data size."""
+    n = 0
+    for t in trials:
+        if t.intermediate_values:
+            n += len(t.intermediate_values)
+        elif t.state == TrialState.COMPLETE:
+            n += 1
+    return n
+
+
+def engine_of(study: Study) -> Engine | None:
+    """The engine of the study's sampler (an :class:`~optuna_fms.FMSSampler`), if any."""
+    engine = getattr(study.sampler, "engine", None)
+    return engine if isinstance(engine, Engine) else None
+
+
+class Engine:
+    """Fits the surrogate on a study and makes DyHPO's decisions with it.
+
+    One instance is shared by an :class:`~optuna_fms.FMSSampler` (its ``engine``) and the
+    :class:`~optuna_fms.FMSPruner` of the same study, so a process fits one surrogate. It
+    keeps only caches; what other workers need is in storage.
+
+    Parameters
+    ----------
+    seed:
+        Seeds candidate generation, row subsampling and the surrogate's initial weights.
+    max_steps:
+        The full budget in steps; ``None`` resolves it per study (see
+        :func:`~optuna_fms._budget.resolve_max_steps`).
+    max_train_rows:
+        Cap on the GP's training rows (cost is cubic in it). When more observations exist,
+        every trial's latest observation is kept and the rest subsampled.
+    n_candidates:
+        Quasi-random candidates scored for a fresh configuration; as many again are local
+        moves around the best configurations.
+    retrain_growth:
+        Train the surrogate again once the observations grew by this fraction since the
+        last training, and only condition the trained GP on new data in between. 0 trains
+        at every new observation, as DyHPO does.
+    surrogate:
+        The model: ``"gp"`` (ARD Matern-5/2 GP with priors on hyperparameters, log budget
+        and a fixed weight embedding) or ``"deep-kernel"`` (DyHPO's deep-kernel GP, which
+        also reads the learning curve and learns the weight embedding).
+    surrogate_kwargs:
+        Passed to the model's class (:class:`~optuna_fms._surrogate.GPSurrogate` or
+        :class:`~optuna_fms._surrogate.Surrogate`).
+    weights:
+        ``"gmn"``, ``"stats"`` or ``None``: how checkpoints enter the surrogate.
+    start_weights:
+        ``params -> state dict or module``: the weights a configuration starts from, used for
+        rows and candidates that have no checkpoint of their own.
+    artifact_store:
+        ``() -> store`` giving the artifact store checkpoints are read from.
+
+    Examples
+    --------
+    >>> import optuna
+    >>> study = optuna.create_study(direction="maximize")
+    >>> for i in range(4):
+    ...     t = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    ...     for step in range(3):
+    ...         t.report(t.params["x"] * (step + 1), step)
+    ...     _ = study.tell(t, t.params["x"] * 3)
+    >>> engine = Engine(seed=0, max_steps=3, surrogate_kwargs={"n_scratch_epochs": 20})
+    >>> fit = engine.refresh(study, eager=True)
+    >>> len(fit.curves), sorted(engine.propose(study, fit).fresh)
+    (4, ['x'])
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        max_steps: int | None = None,
+        max_train_rows: int = 256,
+        n_candidates: int = 512,
+        retrain_growth: float = 0.0,
+        surrogate: SurrogateKind = "deep-kernel",
+        surrogate_kwargs: dict[str, Any] | None = None,
+        weights: WeightsKind | None = None,
+        start_weights: Callable[[dict[str, Any]], Any] | None = None,
+        artifact_store: Callable[[], Any] | None = None,
+    ) -> None:
+        self._max_steps = max_steps
+        self._weights = weights
+        self._start_weights = start_weights
+        self._artifact_store = artifact_store
+        self.bank = WeightBank(weights) if weights is not None else None
+        self._warned_checkpoint = False
+        self._unreadable: set[str] = set()
+        self._seed = seed
+        self._rng = np.random.RandomState(seed)
+        self._max_train_rows = max_train_rows
+        self._retrain_growth = retrain_growth
+        self._n_candidates = n_candidates
+        if surrogate not in get_args(SurrogateKind):
+            raise ValueError(
+                f"surrogate must be one of {get_args(SurrogateKind)}, got {surrogate!r}."
+            )
+        self._surrogate_kind = surrogate
+        self._surrogate_kwargs = dict(surrogate_kwargs or {})
+        self._states: dict[tuple[int, int], _StudyState] = {}
+        self._lock = threading.RLock()
+        self._warned_failure = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_states"] = {}
+        state["bank"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self.bank = WeightBank(self._weights) if self._weights is not None else None
+
+    def reseed(self) -> None:
+        self._rng.seed()
+
+    def new_surrogate(self) -> SurrogateModel:
+        """An unfitted surrogate with this engine's settings (and checkpoint encoder)."""
+        bank = self.bank
+        if self._surrogate_kind == "gp":
+            embed = bank.embedding if bank is not None else None
+            return GPSurrogate(seed=self._seed, embed=embed, **self._surrogate_kwargs)
+        factory = None
+        if bank is not None:
+
+            def factory() -> tuple[torch.nn.Module, int]:
+                return CheckpointEncoder(bank), EMBED_DIM
+
+        return Surrogate(seed=self._seed, weight_encoder_factory=factory, **self._surrogate_kwargs)
+
+    # ------------------------------------------------------------------ the study
+    @staticmethod
+    def sign(study: Study) -> float:
+        """``+1`` for a maximised study, ``-1`` for a minimised one: the surrogate maximises."""
+        return 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+
+    def max_steps(self, study: Study, trials: Sequence[FrozenTrial] | None = None) -> int:
+        """The full budget in steps (see :func:`~optuna_fms._budget.resolve_max_steps`)."""
+        return resolve_max_steps(study, self._max_steps, trials)
+
+    def _state(self, study: Study) -> _StudyState:
+        with self._lock:
+            key = (id(study._storage), study._study_id)
+            state = self._states.get(key)
+            if state is None:
+                state = _StudyState(
+                    storage=study._storage,
+                    search_space=IntersectionSearchSpace(include_pruned=True),
+                )
+                self._states[key] = state
+            return state
+
+    def current_fit(self, study: Study) -> Fit | None:
+        """The last fit made on ``study`` (for inspection), without refreshing it."""
+        return self._state(study).fit
+
+    def surrogate(self, study: Study) -> SurrogateModel | None:
+        """The surrogate of ``study`` (for inspection); ``None`` before the first fit."""
+        return self._state(study).surrogate
+
+    def search_space(self, study: Study) -> dict[str, BaseDistribution]:
+        """The parameters every trial has (with more than one value): what the GP models."""
+        space = self._state(study).search_space.calculate(study)
+        return {n: d for n, d in space.items() if not d.single()}
+
+    def claims_id(self, study: Study) -> int:
+        """Id of the study's companion claims study (in the study's own storage)."""
+        state = self._state(study)
+        if state.claims_id is None:
+            state.claims_id = _claims.claims_study_id(study._storage, study._study_id)
+        return state.claims_id
+
+    def collect_curves(
+        self, study: Study, trials: Sequence[FrozenTrial], encoder: SpaceEncoder, max_steps: int
+    ) -> list[Curve]:
+        """Learning curves of the trials that fit ``encoder``'s search space.
+
+        A paused trial whose continuation has already restored its checkpoint is left out,
+        since the continuing trial's curve starts with the parent's values (unless the
+        continuation failed: failed trials are left out, and their parent is continued
+        again).
+        """
+        sign = self.sign(study)
+        superseded = Lineage(trials).superseded()
+        curves = []
+        for t in trials:
+            if t._trial_id in superseded or t.state in (TrialState.FAIL, TrialState.WAITING):
+                continue
+            if not encoder.contains(t.params):
+                continue
+            if t.intermediate_values:
+                steps = np.array(sorted(t.intermediate_values), dtype=int)
+                values = np.array([t.intermediate_values[s] for s in steps], dtype=float)
+            elif t.state == TrialState.COMPLETE and t.value is not None:
+                steps = np.array([max_steps - 1])
+                values = np.array([t.value], dtype=float)
+            else:
+                continue
+            keep = steps < max_steps
+            if not keep.any():
+                continue
+            curves.append(
+                Curve(
+                    key=t._trial_id,
+                    params=dict(t.params),
+                    steps=steps[keep],
+                    values=sign * values[keep],
+                    checkpoints=_attrs.read_checkpoints(t.user_attrs),
+                )
+            )
+        if curves:
+            for c, x in zip(curves, encoder.encode([c.params for c in curves])):
+                c.x = x
+        return curves
+
+    # ------------------------------------------------------------------ fitting
+    def refresh(self, study: Study, *, eager: bool) -> Fit | None:
+        """Return a fit that is current enough; ``None`` while the surrogate cannot be fitted.
+
+        The GP's hyperparameters and feature extractor are *trained* when the data grew by
+        ``retrain_growth`` since the last training (and at the first fit or when the search
+        space or budget changed). In between, ``eager`` callers (the sampler) *condition* the
+        trained model on all current data, an exact GP update that costs one Cholesky
+        factorisation; other callers (the pruner) keep the last fit until the data grew by
+        half, so that ``should_prune`` stays cheap: trials' newest values still enter through
+        their curves.
+        """
+        with self._lock:
+            state = self._state(study)
+            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+            max_steps = self.max_steps(study, trials)
+            n_obs = count_observations(trials)
+            space = self.search_space(study)
+            fit = state.fit
+            same = (
+                fit is not None
+                and fit.encoder.search_space == dict(sorted(space.items()))
+                and fit.max_steps == max_steps
+            )
+            if same and fit is not None:
+                if n_obs == fit.n_observations or (not eager and n_obs < 1.5 * fit.n_observations):
+                    return fit
+            retrain = (
+                not same or fit is None or n_obs >= (1 + self._retrain_growth) * fit.n_trained
+            )
+            encoder = SpaceEncoder(space)
+            layout = RowLayout(encoder.dim, max(0, max_steps - 1), encoder.groups, encoder.names)
+            curves = self.collect_curves(study, trials, encoder, max_steps)
+            if len(curves) < 2:
+                return None
+            by_key = {t._trial_id: t for t in trials}
+            row_weights = None
+            if self.bank is not None:
+                row_weights = lambda c, b: self._weights_index(c, b, by_key[c.key])  # noqa: E731
+
+            data = build_training_set(
+                curves, layout, max_steps, self._max_train_rows, self._rng, row_weights
+            )
+            if state.surrogate is None:
+                state.surrogate = self.new_surrogate()
+            surrogate = state.surrogate
+            try:
+                if not retrain:
+                    try:
+                        surrogate.condition(data.rows, data.y)
+                    except SurrogateFitError:
+                        retrain = True
+                if retrain:
+                    surrogate.fit(layout, data.rows, data.y)
+            except SurrogateFitError as err:
+                state.fit = None
+                if not self._warned_failure:
+                    self._warned_failure = True
+                    _logger.warning(
+                        "FMS surrogate fit failed (%s); sampling at random and not pruning "
+                        "until a later fit succeeds.",
+                        err,
+                    )
+                return None
+            n_trained = n_obs if retrain or fit is None else fit.n_trained
+            state.fit = Fit(
+                encoder=encoder,
+                model=FittedModel(layout, max_steps, data, surrogate),
+                curves=curves,
+                trials={c.key: by_key[c.key] for c in curves},
+                n_observations=n_obs,
+                n_trained=n_trained,
+            )
+            return state.fit
+
+    # ------------------------------------------------------------------ weights
+    def _weights_index(self, curve: Curve, budget: int, trial: FrozenTrial) -> float:
+        """Bank index of the weights a row at ``budget`` reads: the newest checkpoint of
+        ``trial`` (whose curve it is) from before that budget, else its starting weights,
+        else none (-1)."""
+        assert self.bank is not None
+        found = curve.checkpoint_before(budget)
+        if found is not None and found[1] not in self._unreadable:
+            step, artifact_id = found
+            try:
+                return float(self.bank.index(artifact_id, lambda: self._load(trial, step)))
+            except Exception as err:  # A corrupt or vanished checkpoint must not stop a study.
+                self._unreadable.add(artifact_id)
+                if not self._warned_checkpoint:
+                    self._warned_checkpoint = True
+                    _logger.warning(
+                        "FMS could not read checkpoint %s of trial %d (%s); the surrogate "
+                        "uses the starting weights instead.",
+                        artifact_id,
+                        trial.number,
+                        err,
+                    )
+        return self._start_index(curve.params)
+
+    def _load(self, trial: FrozenTrial, step: int) -> tuple[Any, Any]:
+        store = self._artifact_store() if self._artifact_store is not None else None
+        checkpoint = read_checkpoint(trial, step, artifact_store=store)
+        return checkpoint.tensors, checkpoint.structure
+
+    def _start_index(self, params: dict[str, Any]) -> float:
+        if self._start_weights is None or self.bank is None:
+            return -1.0
+        start = self._start_weights(params)
+        if start is None:
+            return -1.0
+        structure = None
+        if isinstance(start, tuple):  # (state dict, structure from describe_module)
+            start, structure = start
+        elif isinstance(start, torch.nn.Module):
+            from optuna_fms.metanet import describe_module
+
+            structure = describe_module(start)
+            start = start.state_dict()
+        return float(self.bank.index("start:" + fingerprint(start), lambda: (start, structure)))
+
+    def _start_indices(self, params_list: Sequence[dict[str, Any]]) -> np.ndarray | None:
+        if self.bank is None:
+            return None
+        return np.array([self._start_index(p) for p in params_list])
+
+    # ---------------------------------------------------------------- deciding
+    def _fresh(self, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh candidates (encoded) and their expected improvement at the first step."""
+        order = np.argsort([-np.nanmax(c.values) for c in fit.curves])
+        best_x = np.stack([fit.curves[i].x for i in order]) if fit.curves else np.zeros((0, 0))
+        x = acquisition.fresh_candidates(fit.encoder, best_x, self._n_candidates, self._rng)
+        ckpts = self._start_indices(fit.encoder.decode(x))
+        budgets = np.ones(len(x))
+        return x, acquisition.score(fit.model, x, budgets, [np.zeros(0)] * len(x), ckpts).ei
+
+    def _paused(self, study: Study, fit: Fit) -> list[tuple[FrozenTrial, Curve]]:
+        """Open claims and the curves of the paused trials they stand for."""
+        if study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF):
+            return []
+        by_key = {c.key: c for c in fit.curves}
+        out = []
+        for claim in _claims.open_claims(study._storage, self.claims_id(study)):
+            curve = by_key.get(claim.user_attrs["trial_id"])
+            if curve is None or curve.last_step + 1 >= fit.max_steps:
+                continue
+            # Only the claim the pause recorded stands for the paused trial.
+            pause = _attrs.read_pause(fit.trials[curve.key].user_attrs)
+            if pause is not None and pause.claim == claim._trial_id:
+                out.append((claim, curve))
+        return out
+
+    def _paused_ei(self, fit: Fit, paused: list[tuple[FrozenTrial, Curve]]) -> np.ndarray:
+        """Expected improvement of each paused trial's next step."""
+        if not paused:
+            return np.zeros(0)
+        curves = [c for _, c in paused]
+        x = np.stack([c.x for c in curves])
+        budgets = np.array([c.last_step + 2 for c in curves])
+        ckpts = None
+        if self.bank is not None:
+            ckpts = np.array(
+                [self._weights_index(c, c.last_step + 2, fit.trials[c.key]) for c in curves]
+            )
+        return acquisition.score(fit.model, x, budgets, [c.values for c in curves], ckpts).ei
+
+    def propose(self, study: Study, fit: Fit) -> Decision:
+        """DyHPO's choice: the best fresh candidate at step 1 or a paused trial's next step."""
+        with self._lock:
+            x, ei = self._fresh(fit)
+            paused = self._paused(study, fit)
+            choice = acquisition.choose(ei, self._paused_ei(fit, paused))
+            self._state(study).alternative = (fit, choice.best_ei)
+            fresh = fit.encoder.decode(x[choice.fresh : choice.fresh + 1])[0]
+            decision = Decision(fresh=fresh, ei=float(ei[choice.fresh]))
+            if choice.paused is not None:
+                claim, curve = paused[choice.paused]
+                decision = Decision(decision.fresh, decision.ei, claim, fit.trials[curve.key])
+            return decision
+
+    def propose_fresh_only(self, study: Study, fit: Fit) -> dict[str, Any]:
+        """The fresh candidate with the highest expected improvement at step 1."""
+        with self._lock:
+            x, ei = self._fresh(fit)
+            best = int(np.argmax(ei))
+            return fit.encoder.decode(x[best : best + 1])[0]
+
+    def random_params(self, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+        """A random configuration of ``space`` (from the engine's seeded generator)."""
+        enc = SpaceEncoder(space)
+        return enc.decode(enc.sample(1, self._rng))[0] if enc.dim else {}
+
+    def _alternative_ei(self, study: Study, fit: Fit) -> float:
+        """The best other use of one step: the sampler's last choice on this fit, or the
+        same computation when the sampler has not proposed on it."""
+        state = self._state(study)
+        if state.alternative is not None and state.alternative[0] is fit:
+            return state.alternative[1]
+        _, ei = self._fresh(fit)
+        best = acquisition.choose(ei, self._paused_ei(fit, self._paused(study, fit))).best_ei
+        state.alternative = (fit, best)
+        return best
+
+    def step_forecast(self, study: Study, fit: Fit, trial: FrozenTrial) -> StepForecast:
+        """For a running trial: EI of its next step, the best alternative's EI, and the
+        forecast of its score at the full budget (objective units)."""
+        with self._lock:
+            alternative = self._alternative_ei(study, fit)
+            sign = self.sign(study)
+            steps = sorted(trial.intermediate_values)
+            hist = sign * np.array([trial.intermediate_values[s] for s in steps], dtype=float)
+            x = fit.encoder.encode([trial.params])
+            nxt = min(steps[-1] + 2, fit.max_steps)
+            ckpt = -1.0
+            if self.bank is not None:
+                curve = Curve(
+                    key=trial._trial_id,
+                    params=dict(trial.params),
+                    steps=np.array(steps),
+                    values=hist,
+                    checkpoints=_attrs.read_checkpoints(trial.user_attrs),
+                )
+                ckpt = self._weights_index(curve, nxt, trial)
+            scores = acquisition.score(
+                fit.model,
+                np.repeat(x, 2, axis=0),
+                np.array([nxt, fit.max_steps]),
+                [hist, hist],
+                np.array([ckpt, ckpt]),
+            )
+            mean, std = fit.model.to_objective(scores.mean[1:], scores.std[1:])
+            return StepForecast(
+                ei=float(scores.ei[0]),
+                alternative_ei=alternative,
+                mean=float(sign * mean[0]),
+                std=float(std[0]),
+            )
+
+    # ---------------------------------------------------------------- forecasting
+    def forecast_final(
+        self, study: Study, fit: Fit, params_list: Sequence[Mapping[str, Any]] | None = None
+    ) -> FinalForecast:
+        """Forecast the score at the full budget (objective units) of configurations.
+
+        ``params_list=None`` forecasts every observed configuration. A configuration some
+        trial has run is forecast from the longest such learning curve (and, with weights,
+        that trial's newest checkpoint); one no trial has run from its parameters and
+        starting weights alone (never weights of a run that has not happened).
+        """
+        with self._lock:
+            longest: dict[bytes, Curve] = {}
+            for c in fit.curves:
+                key = c.x.tobytes()
+                if key not in longest or len(c.steps) >= len(longest[key].steps):
+                    longest[key] = c
+            if params_list is None:
+                curves: list[Curve | None] = list(longest.values())
+                params = [dict(c.params) for c in longest.values()]
+            else:
+                for p in params_list:
+                    if not fit.encoder.contains(p):
+                        raise ValueError(
+                            f"{dict(p)} is not in the search space the surrogate models "
+                            f"({sorted(fit.encoder.search_space)})."
+                        )
+                params = [{n: p[n] for n in fit.encoder.search_space} for p in params_list]
+                xs = fit.encoder.encode(params)
+                curves = [longest.get(x.tobytes()) for x in xs]
+            n = len(params)
+            x = fit.encoder.encode(params) if n else np.zeros((0, fit.encoder.dim))
+            histories: list[np.ndarray] = [np.zeros(0)] * n
+            ckpts = self._start_indices(params)
+            for i, curve in enumerate(curves):
+                if curve is None:
+                    continue
+                x[i] = curve.x
+                histories[i] = curve.values[curve.steps < fit.max_steps - 1]
+                if ckpts is not None:
+                    ckpts[i] = self._weights_index(curve, fit.max_steps, fit.trials[curve.key])
+            if n == 0:
+                return FinalForecast(params, curves, np.zeros(0), np.zeros(0))
+            budgets = np.full(n, float(fit.max_steps))
+            mean, std = fit.model.to_objective(*fit.model.predict(x, budgets, histories, ckpts))
+            return FinalForecast(params, curves, self.sign(study) * mean, std)

@@ -1,0 +1,117 @@
+"""The surrogate's forecast of configurations' final scores, for users and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.study import Study
+
+from optuna_fms._engine import Engine
+from optuna_fms._engine import engine_of
+from optuna_fms._surrogate import SurrogateFitError
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A configuration's forecast score at the full budget, in the objective's units.
+
+    Attributes
+    ----------
+    params:
+        The configuration (the parameters the surrogate models).
+    mean, std:
+        Posterior mean and standard deviation of the score after ``step + 1`` steps.
+    step:
+        The last step of the full budget.
+    trial:
+        Number of the trial whose learning curve (and checkpoint) the forecast extends, or
+        ``None`` for a configuration no trial has run: that one is read from its parameters
+        (and starting weights) alone.
+    last_step:
+        The last step observed of that trial's curve (``None`` with ``trial``).
+    """
+
+    params: dict[str, Any]
+    mean: float
+    std: float
+    step: int
+    trial: int | None = None
+    last_step: int | None = None
+
+
+def forecast(
+    study: Study,
+    params: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    engine: Engine | None = None,
+) -> list[Forecast]:
+    """Forecast the final score of configurations with the study's surrogate.
+
+    The surrogate is the one the study's :class:`~optuna_fms.FMSSampler` fits (brought up to
+    date first, as the sampler would before its next trial); for a study with another
+    sampler, a surrogate with default settings is fitted for this call.
+
+    Parameters
+    ----------
+    study:
+        A single-objective study with at least two learning curves (reported values).
+    params:
+        The configurations to forecast. A configuration some trial has run is forecast from
+        the longest learning curve observed for it; one no trial has run from its parameters
+        alone. ``None`` forecasts every configuration observed so far.
+    engine:
+        The engine to use instead of the sampler's (one built for several calls on a study
+        with another sampler, for example).
+
+    Returns
+    -------
+    One :class:`Forecast` per configuration, in order.
+
+    Raises
+    ------
+    ValueError
+        If a configuration lies outside the search space the surrogate models, or the study
+        is multi-objective.
+    optuna_fms.SurrogateFitError
+        If the surrogate cannot be fitted yet (fewer than two learning curves) or its fit
+        failed.
+
+    Examples
+    --------
+    >>> import optuna, optuna_fms
+    >>> def objective(trial):
+    ...     x = trial.suggest_float("x", 0, 1)
+    ...     for step in range(4):
+    ...         trial.report(x * (step + 1) / 4, step)
+    ...     return x
+    >>> study = optuna.create_study(
+    ...     direction="maximize",
+    ...     sampler=optuna_fms.FMSSampler(seed=0, n_startup_trials=3, n_scratch_epochs=30),
+    ...     pruner=optuna_fms.FMSPruner(max_steps=4),
+    ... )
+    >>> study.optimize(objective, n_trials=5)
+    >>> best = max(optuna_fms.forecast(study), key=lambda f: f.mean)
+    >>> best.trial is not None, best.step
+    (True, 3)
+    >>> [f.trial for f in optuna_fms.forecast(study, [{"x": 0.123456}])]
+    [None]
+    """
+    if study._is_multi_objective():
+        raise ValueError("forecast supports single-objective studies only.")
+    engine = engine or engine_of(study) or Engine()
+    fit = engine.refresh(study, eager=True)
+    if fit is None:
+        raise SurrogateFitError(
+            "The surrogate has no fit on this study yet: it needs learning curves (reported "
+            "intermediate values) of at least two trials, and a fit that succeeds."
+        )
+    final = engine.forecast_final(study, fit, params)
+    out = []
+    for p, curve, m, s in zip(final.params, final.curves, final.mean, final.std):
+        trial = None if curve is None else fit.trials[curve.key].number
+        last = None if curve is None else curve.last_step
+        out.append(Forecast(p, float(m), float(s), fit.max_steps - 1, trial, last))
+    return out

@@ -1,0 +1,372 @@
+"""A GP that is right with few curves: ARD Matern-5/2 with priors over (x, log budget, weights).
+
+The deep-kernel GP learns ~10k feature-extractor weights from 4-50 configurations and
+overfits. This model has one lengthscale per input, an output scale, a noise and a constant
+mean, with the priors Optuna's GPSampler puts on them, fitted by L-BFGS on the marginal
+likelihood plus the log prior (a MAP fit), warm-started from the previous fit.
+
+Its inputs, read from the same packed rows as the deep kernel's:
+
+- the encoded hyperparameters (``[0, 1]`` each, one-hot categoricals);
+- the budget on a log scale, ``log(b) / log(max_steps)`` in ``[0, 1]``;
+- with checkpoint features, a few standardised principal components of the weight embedding
+  of the row's weights (fixed per fit: no feature is learned from 5-50 configurations).
+
+It reads no learning curve: a configuration's observed values are training rows at their
+budgets, and its final score is the posterior at the full budget given them (all queries are
+rows of the kind the model is trained on: a configuration at a budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import math
+from typing import Any
+import warnings
+
+import gpytorch
+import numpy as np
+import torch
+
+from optuna_fms._surrogate._model import RowLayout
+from optuna_fms._surrogate._surrogate import SurrogateFitError
+from optuna_fms._surrogate._surrogate import _single_thread
+
+
+MIN_NOISE = 1e-5
+"""Lower bound of the noise variance (standardised units)."""
+N_WEIGHT_COMPONENTS = 2
+"""Principal components of the weight embedding the kernel reads."""
+
+
+@dataclass(frozen=True)
+class GPDiagnostics:
+    """The fitted hyperparameters of one fit (standardised units; inputs in ``[0, 1]``)."""
+
+    noise: float
+    persistent_scale: float
+    """Variance of the part of a configuration's quality that persists across budgets."""
+    budget_scale: float
+    """Variance of its smooth deviation from that along log budget."""
+    budget_slope: float
+    """Slope of the prior mean in log budget (0 to 1 over the full budget)."""
+    lengthscales: dict[str, float]
+    n_rows: int
+
+
+class _GroupedMatern(gpytorch.kernels.Kernel):
+    """Matern-5/2 with one lengthscale per *parameter*: the one-hot columns of a categorical
+    share theirs, so two different categories are one fixed distance apart (as in Optuna's
+    GPSampler) instead of adding a lengthscale per category."""
+
+    def __init__(self, groups: list[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("_group", torch.as_tensor(groups, dtype=torch.long))
+        n = max(groups, default=0) + 1
+        self.register_parameter("raw_lengthscale", torch.nn.Parameter(torch.zeros(n)))
+        self.register_constraint("raw_lengthscale", gpytorch.constraints.Positive())
+
+    @property
+    def lengthscale(self) -> torch.Tensor:
+        return self.raw_lengthscale_constraint.transform(self.raw_lengthscale)
+
+    @lengthscale.setter
+    def lengthscale(self, value: torch.Tensor) -> None:
+        raw = self.raw_lengthscale_constraint.inverse_transform(torch.as_tensor(value))
+        self.initialize(raw_lengthscale=raw.to(self.raw_lengthscale))
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params: object
+    ) -> torch.Tensor:
+        ls = self.lengthscale[self._group]
+        d = self.covar_dist(x1 / ls, x2 / ls, diag=diag, **params)  # type: ignore[arg-type]
+        r = math.sqrt(5.0) * d
+        return (1.0 + r + r**2 / 3.0) * torch.exp(-r)
+
+
+class _BudgetMean(gpytorch.means.Mean):
+    """A constant plus a slope in log budget: scores rise with training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.constant = torch.nn.Parameter(torch.zeros(1))
+        self.slope = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.constant + self.slope * x[..., -1]
+
+
+class _ExactGP(gpytorch.models.ExactGP):
+    """``k((x, b), (x', b')) = k_x(x, x') * (s_q + s_b * k_b(b, b'))``.
+
+    A configuration's quality persists across budgets (the ``s_q`` part) and deviates from
+    it smoothly in log budget (the ``s_b`` part), around a mean that rises in log budget.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        likelihood: gpytorch.likelihoods.Likelihood,
+        groups: list[int],
+    ) -> None:
+        super().__init__(x, y, likelihood)
+        n_x = len(groups)
+        self.mean_module = _BudgetMean()
+        self.x_kernel = _GroupedMatern(groups, active_dims=torch.arange(n_x))
+        self.persistent = gpytorch.kernels.ConstantKernel()
+        self.budget_kernel = gpytorch.kernels.ScaleKernel(
+            gpytorch.kernels.MaternKernel(nu=2.5, active_dims=torch.tensor([n_x]))
+        )
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        covar = self.x_kernel(x) * (self.persistent(x) + self.budget_kernel(x))
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), covar)
+
+
+def _log_prior(model: _ExactGP) -> torch.Tensor:
+    """Optuna GPSampler's priors: inverse squared lengthscales near 1, Gamma(2, 1) scales
+    and a Gamma(1.1, 30) noise variance (small noise unless the data says otherwise)."""
+    lengthscales = torch.cat(
+        [
+            model.x_kernel.lengthscale.reshape(-1),
+            model.budget_kernel.base_kernel.lengthscale.reshape(-1),
+        ]
+    )
+    inv_sq = 1.0 / lengthscales**2
+    scales = torch.cat(
+        [model.persistent.constant.reshape(-1), model.budget_kernel.outputscale.reshape(-1)]
+    )
+    noise = model.likelihood.noise.reshape(-1)[0]
+    return (
+        -(0.1 / inv_sq + 0.1 * inv_sq).sum()
+        + ((2.0 - 1.0) * torch.log(scales) - scales).sum()
+        + (1.1 - 1.0) * torch.log(noise)
+        - 30.0 * noise
+    )
+
+
+class GPSurrogate:
+    """ARD Matern-5/2 GP with priors on (hyperparameters, log budget, weight components).
+
+    Same interface as :class:`~optuna_fms._surrogate.Surrogate`: ``fit`` on packed rows and
+    standardised targets, ``condition`` on new rows without refitting the hyperparameters,
+    ``predict`` posterior mean and std.
+
+    Parameters
+    ----------
+    seed:
+        Unused by the fit (deterministic); kept for the common interface.
+    max_iter:
+        L-BFGS iterations per fit.
+    embed:
+        Optional ``bank indices -> (n, k) array``: the weight embedding of each row's weights
+        (``-1``: none). The kernel reads its first principal components.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lay = RowLayout(x_dim=1, curve_len=9)
+    >>> rng = np.random.RandomState(0)
+    >>> rows = np.zeros((30, lay.width))
+    >>> rows[:, 0] = rng.rand(30)
+    >>> rows[:, lay.budget] = rng.randint(1, 11, size=30) / 10
+    >>> y = np.sin(6 * rows[:, 0]) * rows[:, lay.budget]
+    >>> gp = GPSurrogate()
+    >>> gp.fit(lay, rows, (y - y.mean()) / y.std())
+    >>> mean, std = gp.predict(rows[:3])
+    >>> mean.shape, bool((std > 0).all()), gp.diagnostics().n_rows
+    ((3,), True, 30)
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        max_iter: int = 60,
+        embed: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self._seed = seed
+        self._max_iter = max_iter
+        self._embed = embed
+        self._model: _ExactGP | None = None
+        self._layout: RowLayout | None = None
+        self._pca: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._names: list[str] = []
+        self._groups: list[int] = []
+        self._n_fits = 0
+
+    # ------------------------------------------------------------------ features
+    def _features(self, rows: np.ndarray) -> np.ndarray:
+        """``[x | weight components | log budget]`` of packed rows."""
+        lay = self._layout
+        assert lay is not None
+        max_steps = lay.curve_len + 1
+        frac = np.clip(rows[:, lay.budget], 1e-12, None)
+        log_budget = 1.0 + np.log(frac) / math.log(max_steps) if max_steps > 1 else frac
+        parts = [rows[:, : lay.x_dim]]
+        if self._pca is not None:
+            assert self._embed is not None
+            mean, basis, scale = self._pca
+            emb = self._embed(rows[:, lay.ckpt])
+            parts.append(((emb - mean) @ basis) / scale)
+        parts.append(log_budget[:, None])
+        return np.concatenate(parts, axis=1)
+
+    def _fit_pca(self, rows: np.ndarray) -> None:
+        """Principal components of the weight embeddings of the training rows' weights."""
+        self._pca = None
+        if self._embed is None:
+            return
+        lay = self._layout
+        assert lay is not None
+        idx = np.unique(rows[:, lay.ckpt])
+        idx = idx[idx >= 0]
+        if len(idx) < 3:
+            return
+        emb = self._embed(idx)
+        mean = emb.mean(0)
+        _, sing, vt = np.linalg.svd(emb - mean, full_matrices=False)
+        k = int(min(N_WEIGHT_COMPONENTS, (sing > 1e-8 * max(sing[0], 1e-30)).sum()))
+        if k == 0:
+            return
+        basis = vt[:k].T
+        proj = (emb - mean) @ basis
+        # Scale each component to the unit interval of the training weights, like the
+        # hyperparameters, so that the lengthscale prior means the same for every input.
+        span = proj.max(0) - proj.min(0)
+        self._pca = (mean, basis, np.where(span > 1e-12, span, 1.0))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None:
+        """Fit the hyperparameters (MAP) on packed ``rows`` and standardised targets ``y``.
+
+        Raises
+        ------
+        SurrogateFitError
+            If the fit fails from the warm start and from the default initialisation.
+        """
+        warm = self._model if self._layout is not None and _same(self._layout, layout) else None
+        self._layout = layout
+        self._fit_pca(rows)
+        x, yt = self._unique_rows(rows, y)
+        n_pc = x.shape[1] - layout.x_dim - 1
+        n_params = max(layout.x_groups, default=-1) + 1
+        self._groups = layout.x_groups + [n_params + i for i in range(n_pc)]
+        self._names = layout.x_names + [f"weights_pc{i}" for i in range(n_pc)]
+        if warm is not None and warm.train_inputs[0].shape[1] != x.shape[1]:
+            warm = None
+        last: Exception | None = None
+        with _single_thread():
+            for start in ([warm] if warm is not None else []) + [None]:
+                try:
+                    self._model = self._train(x, yt, start)
+                    self._n_fits += 1
+                    return
+                except (RuntimeError, ValueError, gpytorch.utils.errors.NotPSDError) as err:
+                    last = err
+        self._model = None
+        raise SurrogateFitError(f"GP fit failed: {last}") from last
+
+    def _unique_rows(self, rows: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # The packed rows repeat each configuration's latest observation with an empty curve
+        # (for the deep kernel); this model reads no curve, so those rows are duplicates.
+        feats = self._features(rows)
+        _, keep = np.unique(np.column_stack([feats, y]).round(12), axis=0, return_index=True)
+        keep = np.sort(keep)
+        x = torch.as_tensor(feats[keep], dtype=torch.float64)
+        return x, torch.as_tensor(y[keep], dtype=torch.float64)
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor, warm: _ExactGP | None) -> _ExactGP:
+        likelihood = gpytorch.likelihoods.GaussianLikelihood(
+            noise_constraint=gpytorch.constraints.GreaterThan(MIN_NOISE)
+        )
+        model = _ExactGP(x, y, likelihood, self._groups).double()
+        if warm is not None:
+            model.load_state_dict(warm.state_dict(), strict=False)
+            model.set_train_data(x, y, strict=False)
+        else:
+            model.x_kernel.lengthscale = torch.ones(max(self._groups, default=0) + 1)
+            model.budget_kernel.base_kernel.lengthscale = 1.0
+            model.persistent.constant = torch.tensor(1.0)
+            model.budget_kernel.outputscale = 0.5
+            model.likelihood.noise = 1e-2
+        model.train()
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+        optimizer = torch.optim.LBFGS(
+            model.parameters(), lr=1.0, max_iter=self._max_iter, line_search_fn="strong_wolfe"
+        )
+        n = len(y)
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = -mll(model(x), y) * n - _log_prior(model)
+            if not torch.isfinite(loss):
+                raise ValueError("non-finite marginal likelihood")
+            loss.backward()
+            return loss
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
+            optimizer.step(closure)
+        model.eval()
+        model.likelihood.eval()
+        return model
+
+    # ------------------------------------------------------------------ query
+    def condition(self, rows: np.ndarray, y: np.ndarray) -> None:
+        """Condition the fitted GP on new data without refitting its hyperparameters.
+
+        Raises
+        ------
+        SurrogateFitError
+            If there is no fitted model, or the posterior is not finite on the new data.
+        """
+        if self._model is None:
+            raise SurrogateFitError("No fitted GP to condition.")
+        x, yt = self._unique_rows(rows, y)
+        if x.shape[1] != self._model.train_inputs[0].shape[1]:
+            raise SurrogateFitError("The inputs changed shape; the GP must be refitted.")
+        self._model.set_train_data(x, yt, strict=False)
+        self.predict(rows[:1])
+
+    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation (standardised units) of the latent score."""
+        if self._model is None:
+            raise RuntimeError("The GP has not been fitted.")
+        x = torch.as_tensor(self._features(rows), dtype=torch.float64)
+        with (
+            _single_thread(),
+            torch.no_grad(),
+            gpytorch.settings.fast_pred_var(),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
+            post = self._model(x)
+            mean = post.mean.numpy()
+            std = post.variance.clamp_min(1e-12).sqrt().numpy()
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise SurrogateFitError("GP prediction is not finite.")
+        return mean, std
+
+    def diagnostics(self) -> GPDiagnostics:
+        """Noise, output scale and one lengthscale per input of the current fit."""
+        if self._model is None:
+            raise RuntimeError("The GP has not been fitted.")
+        model = self._model
+        lengthscale = model.x_kernel.lengthscale.detach().reshape(-1).tolist()
+        lengthscales = dict(zip(self._names, lengthscale))
+        lengthscales["log_budget"] = float(model.budget_kernel.base_kernel.lengthscale.item())
+        return GPDiagnostics(
+            noise=float(model.likelihood.noise.item()),
+            persistent_scale=float(model.persistent.constant.item()),
+            budget_scale=float(model.budget_kernel.outputscale.item()),
+            budget_slope=float(model.mean_module.slope.item()),
+            lengthscales=lengthscales,
+            n_rows=int(model.train_inputs[0].shape[0]),
+        )
+
+
+def _same(a: RowLayout, b: RowLayout) -> bool:
+    return (a.x_dim, a.curve_len) == (b.x_dim, b.curve_len)
