@@ -5,7 +5,8 @@
 - :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`read_checkpoint` (a
   :class:`Checkpoint`), :func:`resume`: checkpoints as Optuna artifacts in safetensors format,
   and freeze-thaw continuation of paused trials.
-- :func:`forecast`: the surrogate's forecast of configurations' final scores.
+- :func:`forecast`, :func:`recommend`, :func:`diagnose`: the surrogate's forecast of
+  configurations' final scores, the configuration it recommends, and what it learned.
 - :class:`EpochBudget`: stop a study after a number of epochs really trained.
 - :class:`DashboardReport`: FMS's learning curves and progress in optuna-dashboard.
 """
@@ -18,8 +19,11 @@ from optuna_fms._checkpoint import load_checkpoint
 from optuna_fms._checkpoint import read_checkpoint
 from optuna_fms._checkpoint import save_checkpoint
 from optuna_fms._dashboard import DashboardReport
+from optuna_fms._diagnostics import Diagnostics
+from optuna_fms._diagnostics import diagnose
 from optuna_fms._forecast import Forecast
 from optuna_fms._forecast import forecast
+from optuna_fms._forecast import recommend
 from optuna_fms._pruner import FMSPruner
 from optuna_fms._resume import resume
 from optuna_fms._sampler import FMSSampler
@@ -32,16 +36,19 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "DashboardReport",
+    "Diagnostics",
     "EpochBudget",
     "FMSPruner",
     "FMSSampler",
     "Forecast",
     "SurrogateFitError",
     "__version__",
+    "diagnose",
     "epochs_spent",
     "forecast",
     "load_checkpoint",
     "read_checkpoint",
+    "recommend",
     "resume",
     "save_checkpoint",
 ]

@@ -33,7 +33,11 @@ from optuna.trial import TrialState
 from optuna_fms import _attrs
 from optuna_fms._budget import epochs_spent
 from optuna_fms._budget import resolve_max_steps
+from optuna_fms._engine import engine_of
+from optuna_fms._forecast import Forecast
+from optuna_fms._forecast import recommend
 from optuna_fms._lineage import Lineage
+from optuna_fms._surrogate import SurrogateFitError
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -163,6 +167,20 @@ class DashboardReport:
     # ------------------------------------------------------------------ internals
     def _budget(self, study: Study, trials: Sequence[FrozenTrial]) -> int:
         return resolve_max_steps(study, self.max_steps, trials)
+
+    @staticmethod
+    def _recommendation(study: Study) -> Forecast | None:
+        """The study sampler's recommendation, when the sampler is an FMSSampler with a fit
+        (never a surrogate fitted for the note alone)."""
+        engine = engine_of(study)
+        if engine is None or study._is_multi_objective():
+            return None
+        try:
+            forecast = recommend(study, engine=engine)
+        except (SurrogateFitError, ValueError):
+            return None
+        finite = math.isfinite(forecast.mean) and math.isfinite(forecast.std)
+        return forecast if finite else None
 
     def _figure(self, study: Study, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
         maximize = study.directions[0] == StudyDirection.MAXIMIZE
@@ -322,6 +340,14 @@ class DashboardReport:
         if done:
             best = (max if maximize else min)(done, key=lambda t: t.values[0])
             lines.append(f"| Best complete trial | {best.value:.6g} (trial {best.number}) |")
+        recommended = self._recommendation(study)
+        if recommended is not None:
+            where = f"trial {recommended.trial}, step {recommended.last_step}"
+            params = json.dumps(recommended.params, default=str)
+            lines.append(
+                f"| Recommended (best forecast final score) | {recommended.mean:.6g} ± "
+                f"{recommended.std:.2g} ({where}): `{params}` |"
+            )
         if children:
             lines += [
                 "",

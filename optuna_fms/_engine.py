@@ -345,13 +345,15 @@ class Engine:
     def refresh(self, study: Study, *, eager: bool) -> Fit | None:
         """Return a fit that is current enough; ``None`` while the surrogate cannot be fitted.
 
-        The GP's hyperparameters and feature extractor are *trained* when the data grew by
-        ``retrain_growth`` since the last training (and at the first fit or when the search
-        space or budget changed). In between, ``eager`` callers (the sampler) *condition* the
-        trained model on all current data, an exact GP update that costs one Cholesky
-        factorisation; other callers (the pruner) keep the last fit until the data grew by
-        half, so that ``should_prune`` stays cheap: trials' newest values still enter through
-        their curves.
+        The GP's hyperparameters (and the deep kernel's feature extractor) are *trained* when
+        the data grew by ``retrain_growth`` since the last training (and at the first fit or
+        when the search space or budget changed); in between, the trained model is
+        *conditioned* on all current data, an exact GP update that costs one Cholesky
+        factorisation. Other callers than the sampler (``eager=False``: the pruner) train
+        only once the data grew by half, so that ``should_prune`` stays cheap. The
+        deep kernel reads trials' newest values through their curves, so for it the pruner
+        even keeps the last fit until then; the ``"gp"`` model reads observations only as
+        training rows, so it is conditioned on them.
         """
         with self._lock:
             state = self._state(study)
@@ -365,12 +367,12 @@ class Engine:
                 and fit.encoder.search_space == dict(sorted(space.items()))
                 and fit.max_steps == max_steps
             )
+            growth = self._retrain_growth if eager else 0.5
             if same and fit is not None:
-                if n_obs == fit.n_observations or (not eager and n_obs < 1.5 * fit.n_observations):
+                stale_ok = not eager and self._surrogate_kind == "deep-kernel"
+                if n_obs == fit.n_observations or (stale_ok and n_obs < 1.5 * fit.n_observations):
                     return fit
-            retrain = (
-                not same or fit is None or n_obs >= (1 + self._retrain_growth) * fit.n_trained
-            )
+            retrain = not same or fit is None or n_obs >= (1 + growth) * fit.n_trained
             encoder = SpaceEncoder(space)
             layout = RowLayout(encoder.dim, max(0, max_steps - 1), encoder.groups, encoder.names)
             curves = self.collect_curves(study, trials, encoder, max_steps)

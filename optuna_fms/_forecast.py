@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from optuna.study import Study
+from optuna.study import StudyDirection
 
 from optuna_fms._engine import Engine
 from optuna_fms._engine import engine_of
@@ -115,3 +116,51 @@ def forecast(
         last = None if curve is None else curve.last_step
         out.append(Forecast(p, float(m), float(s), fit.max_steps - 1, trial, last))
     return out
+
+
+def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
+    """The observed configuration with the best forecast final score.
+
+    Use it instead of ``study.best_trial``, which picks the best *reported* value: under
+    pruning that is often a lucky value of a short run, or an early epoch. Every configuration
+    a trial has run is forecast at the full budget from its own learning curve, and the best
+    forecast mean wins (the highest for a maximised study, the lowest for a minimised one).
+
+    Parameters
+    ----------
+    study:
+        A single-objective study with learning curves.
+    engine:
+        The engine to use instead of the sampler's.
+
+    Returns
+    -------
+    The :class:`Forecast` of the recommended configuration: its parameters, the forecast
+    mean and std, and the trial whose curve it extends.
+
+    Raises
+    ------
+    optuna_fms.SurrogateFitError
+        If the surrogate cannot be fitted yet.
+
+    Examples
+    --------
+    >>> import optuna, optuna_fms
+    >>> def objective(trial):
+    ...     x = trial.suggest_float("x", 0, 1)
+    ...     for step in range(4):
+    ...         trial.report(x * (step + 1) / 4, step)
+    ...     return x
+    >>> study = optuna.create_study(
+    ...     direction="maximize",
+    ...     sampler=optuna_fms.FMSSampler(seed=0, n_startup_trials=3, surrogate="gp"),
+    ...     pruner=optuna_fms.FMSPruner(max_steps=4),
+    ... )
+    >>> study.optimize(objective, n_trials=6)
+    >>> best = optuna_fms.recommend(study)
+    >>> best.trial is not None and set(best.params) == {"x"}
+    True
+    """
+    forecasts = forecast(study, engine=engine)
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    return (max if maximize else min)(forecasts, key=lambda f: f.mean)

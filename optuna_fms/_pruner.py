@@ -27,7 +27,8 @@ class FMSPruner(BasePruner):
 
     The pruner uses the engine (and surrogate) of the study's
     :class:`~optuna_fms.FMSSampler` when there is one (one fit per process), and its own
-    otherwise. It never prunes during the first ``n_startup_trials`` trials, before
+    otherwise. During the first ``n_startup_trials`` trials it pauses each at ``min_steps``
+    (DyHPO's start; ``pause_startup=False`` lets them run). It never pauses before
     ``min_steps`` steps, at the last step, or while the surrogate cannot be fitted.
 
     Parameters
@@ -39,7 +40,12 @@ class FMSPruner(BasePruner):
     interval:
         Decide every ``interval`` steps after ``min_steps``.
     n_startup_trials:
-        Finished trials (complete or pruned) needed before pausing anything.
+        Finished trials (complete or pruned) needed before pausing by expected improvement.
+    pause_startup:
+        Pause every trial that reaches ``min_steps`` while fewer than ``n_startup_trials``
+        trials have finished (DyHPO's start: several configurations at one step each, which
+        the sampler continues later when they are worth it). ``False`` lets those trials run
+        to the full budget.
     tolerance:
         Keep running while the trial's expected improvement is at least this fraction of
         the best alternative's. ``1.0`` is DyHPO's strict argmax; lower values pause less.
@@ -70,6 +76,7 @@ class FMSPruner(BasePruner):
         min_steps: int = 1,
         interval: int = 1,
         n_startup_trials: int = 5,
+        pause_startup: bool = True,
         tolerance: float = 0.5,
         seed: int | None = None,
     ) -> None:
@@ -83,6 +90,7 @@ class FMSPruner(BasePruner):
         self._min_steps = min_steps
         self._interval = interval
         self._n_startup_trials = n_startup_trials
+        self._pause_startup = pause_startup
         self._tolerance = tolerance
         self._own = Engine(seed=seed, max_steps=max_steps)
 
@@ -114,7 +122,8 @@ class FMSPruner(BasePruner):
             study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
         )
         if len(finished) < self._n_startup_trials:
-            return False
+            # DyHPO's start: many configurations at one step each, continued later by EI.
+            return self._pause_startup and budget == self._min_steps and not math.isnan(value)
         engine = self.engine(study)
         fit = engine.refresh(study, eager=False)
         if fit is None or not fit.encoder.contains(trial.params):

@@ -388,16 +388,9 @@ def load_checkpoint(
 
     Parameters
     ----------
-    trial_or_frozen_trial:
-        A :class:`~optuna.trial.Trial` or a :class:`~optuna.trial.FrozenTrial` (for example
-        from ``study.trials``). A FrozenTrial has no study, so ``artifact_store`` must then be
-        given; its ``fms:checkpoints`` map is the one of the snapshot.
-    step:
-        The step to load; ``None`` loads the latest (largest) step.
-    artifact_store:
-        The store to read from; default as in :func:`save_checkpoint`.
-    map_location:
-        Device the tensors are loaded to.
+    trial_or_frozen_trial, step, artifact_store, map_location:
+        As ``trial``, ``step``, ``artifact_store`` and ``map_location`` of
+        :func:`read_checkpoint`.
 
     Returns
     -------

@@ -105,12 +105,14 @@ def pack_rows(
 
 @dataclass
 class TrainingSet:
-    """Packed rows and standardised targets, with the incumbent per budget."""
+    """Packed rows and standardised targets, with the incumbent per budget and the index of
+    the curve each row was read from (``owner``)."""
 
     rows: np.ndarray
     y: np.ndarray
     scale: Standardizer
     best_at_budget: dict[int, float]
+    owner: np.ndarray
 
 
 def build_training_set(
@@ -183,4 +185,5 @@ def build_training_set(
         y=y_obs[pos_a[chosen]],
         scale=scale,
         best_at_budget=best,
+        owner=np.asarray(owners, dtype=int),
     )

@@ -31,6 +31,7 @@ import torch
 
 from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._surrogate import SurrogateFitError
+from optuna_fms._surrogate._surrogate import _posterior
 from optuna_fms._surrogate._surrogate import _single_thread
 
 
@@ -335,20 +336,36 @@ class GPSurrogate:
         """Posterior mean and standard deviation (standardised units) of the latent score."""
         if self._model is None:
             raise RuntimeError("The GP has not been fitted.")
-        x = torch.as_tensor(self._features(rows), dtype=torch.float64)
-        with (
-            _single_thread(),
-            torch.no_grad(),
-            gpytorch.settings.fast_pred_var(),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
-            post = self._model(x)
-            mean = post.mean.numpy()
-            std = post.variance.clamp_min(1e-12).sqrt().numpy()
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise SurrogateFitError("GP prediction is not finite.")
-        return mean, std
+        return _posterior(self._model, torch.as_tensor(self._features(rows), dtype=torch.float64))
+
+    def held_out_error(
+        self, rows: np.ndarray, y: np.ndarray, groups: np.ndarray
+    ) -> tuple[float, float]:
+        """Root mean squared error (standardised units) on the training rows, and on each
+        group's rows when the GP is conditioned on the other groups only (leave one
+        configuration out; the hyperparameters stay those of the full fit)."""
+        if self._model is None:
+            raise RuntimeError("The GP has not been fitted.")
+        feats = torch.as_tensor(self._features(rows), dtype=torch.float64)
+        yt = torch.as_tensor(y, dtype=torch.float64)
+        model = self._model
+        train_x, train_y = model.train_inputs[0], model.train_targets
+        errors = []
+        try:
+            with _single_thread(), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
+                model.set_train_data(feats, yt, strict=False)
+                train = float(((model(feats).mean - yt) ** 2).mean().sqrt())
+                for g in np.unique(groups):
+                    out = torch.as_tensor(groups == g)
+                    if bool(out.all()):
+                        continue
+                    model.set_train_data(feats[~out], yt[~out], strict=False)
+                    errors.append(((model(feats[out]).mean - yt[out]) ** 2).numpy())
+        finally:
+            model.set_train_data(train_x, train_y, strict=False)
+        held = float(np.sqrt(np.concatenate(errors).mean())) if errors else float("nan")
+        return train, held
 
     def diagnostics(self) -> GPDiagnostics:
         """Noise, output scale and one lengthscale per input of the current fit."""

@@ -198,18 +198,30 @@ class Surrogate:
         """Posterior mean and standard deviation (standardised units) of the latent score."""
         if self._model is None:
             raise RuntimeError("The surrogate has not been fitted.")
-        x = torch.as_tensor(rows, dtype=torch.float64)
-        with (
-            _single_thread(),
-            torch.no_grad(),
-            gpytorch.settings.fast_pred_var(),
-            gpytorch.settings.cholesky_jitter(double_value=self._jitter),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
-            post = self._model(x)
-            mean = post.mean.numpy()
-            std = post.variance.clamp_min(1e-12).sqrt().numpy()
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise SurrogateFitError("Surrogate prediction is not finite.")
-        return mean, std
+        return _posterior(self._model, torch.as_tensor(rows, dtype=torch.float64), self._jitter)
+
+
+def _posterior(
+    model: gpytorch.models.ExactGP, x: torch.Tensor, jitter: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std of an exact GP in eval mode at ``x`` (one thread, no grad).
+
+    Raises
+    ------
+    SurrogateFitError
+        If the posterior is not finite.
+    """
+    with (
+        _single_thread(),
+        torch.no_grad(),
+        gpytorch.settings.fast_pred_var(),
+        gpytorch.settings.cholesky_jitter(double_value=jitter),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
+        post = model(x)
+        mean = post.mean.numpy()
+        std = post.variance.clamp_min(1e-12).sqrt().numpy()
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise SurrogateFitError("Surrogate prediction is not finite.")
+    return mean, std

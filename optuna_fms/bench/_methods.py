@@ -115,7 +115,18 @@ def start_weights_fn(hub: Hub) -> Callable[[dict[str, Any]], Any]:
     return fn
 
 
-def _fms(weights: str | None, pruner_startup: int = FMS_PRUNER_STARTUP_TRIALS) -> Factory:
+def _fms(
+    weights: str | None,
+    pruner_startup: int = FMS_PRUNER_STARTUP_TRIALS,
+    *,
+    surrogate: str = "deep-kernel",
+    sampler_startup: int = FMS_STARTUP_TRIALS,
+    pause_startup: bool = False,
+) -> Factory:
+    """FMSSampler + FMSPruner. The defaults are the settings the saved deep-kernel runs were
+    measured with (random startup trials at the full budget); the ``fms-gp`` methods use the
+    library's defaults (the GP and DyHPO's start)."""
+
     def factory(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
         from optuna_fms import FMSPruner
         from optuna_fms import FMSSampler
@@ -123,13 +134,19 @@ def _fms(weights: str | None, pruner_startup: int = FMS_PRUNER_STARTUP_TRIALS) -
         kwargs: dict[str, Any] = dict(
             seed=seed,
             artifact_store=store,
-            n_startup_trials=FMS_STARTUP_TRIALS,
+            n_startup_trials=sampler_startup,
+            surrogate=surrogate,
             warn_independent_sampling=False,
         )
         if weights is not None:
             kwargs.update(weights=weights, start_weights=start_weights_fn(hub))
         sampler = FMSSampler(**kwargs)
-        pruner = FMSPruner(max_steps=hub.n_epochs, n_startup_trials=pruner_startup, seed=seed)
+        pruner = FMSPruner(
+            max_steps=hub.n_epochs,
+            n_startup_trials=pruner_startup,
+            pause_startup=pause_startup,
+            seed=seed,
+        )
         return sampler, pruner
 
     return factory
@@ -148,8 +165,25 @@ METHODS: dict[str, Method] = {
         Method("tpe-median", "TPESampler + MedianPruner (Optuna defaults)", _tpe_median),
         Method("gp", "GPSampler (Optuna's GP-EI), every trial at the full budget", _gp),
         Method(
+            "fms-gp",
+            "FMSSampler(surrogate='gp') + FMSPruner: ARD Matern GP with priors over "
+            "hyperparameters and log budget, DyHPO's start (library defaults)",
+            _fms(None, 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            surrogate=True,
+            requires=("surrogate",),
+        ),
+        Method(
+            "fms-gp-stats",
+            "fms-gp with weights='stats' and start_weights: a few principal components of "
+            "the start weights' statistics as GP inputs",
+            _fms("stats", 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            surrogate=True,
+            requires=("surrogate", "weights", "start_weights"),
+        ),
+        Method(
             "dyhpo",
-            "FMSSampler(weights=None) + FMSPruner(max_steps=n_epochs): DyHPO, curves only",
+            "FMSSampler(surrogate='deep-kernel', weights=None) + FMSPruner(max_steps=n_epochs, "
+            "pause_startup=False): DyHPO's deep kernel, curves only",
             _fms(None),
             surrogate=True,
         ),
