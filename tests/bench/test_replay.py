@@ -238,7 +238,7 @@ def test_predictions_cover_every_configuration(hub: Hub, tmp_path: Path) -> None
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(make_objective(hub, store, _Tracker(hub, 10**6)), n_trials=3)
-    predicted = predict_final_scores(sampler, study, hub)
+    predicted = predict_final_scores(study, hub)
     assert predicted is not None and predicted.shape == (hub.n_configs,)
     assert np.all(np.isfinite(predicted))
 
