@@ -199,7 +199,7 @@ class Engine:
         max_train_rows: int = 256,
         n_candidates: int = 512,
         retrain_growth: float = 0.0,
-        surrogate: SurrogateKind = "deep-kernel",
+        surrogate: SurrogateKind = "gp",
         surrogate_kwargs: dict[str, Any] | None = None,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
@@ -474,6 +474,13 @@ class Engine:
         order = np.argsort([-np.nanmax(c.values) for c in fit.curves])
         best_x = np.stack([fit.curves[i].x for i in order]) if fit.curves else np.zeros((0, 0))
         x = acquisition.fresh_candidates(fit.encoder, best_x, self._n_candidates, self._rng)
+        # A fresh trial is a new configuration: one some trial has run is continued (a paused
+        # trial) or done, never started again from scratch (on a discrete space candidates
+        # snap onto observed points). Unless nothing else is left.
+        seen = {c.x.tobytes() for c in fit.curves}
+        new = np.array([row.tobytes() not in seen for row in x])
+        if new.any():
+            x = x[new]
         ckpts = self._start_indices(fit.encoder.decode(x))
         budgets = np.ones(len(x))
         return x, acquisition.score(fit.model, x, budgets, [np.zeros(0)] * len(x), ckpts).ei

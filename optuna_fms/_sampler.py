@@ -31,9 +31,9 @@ _logger = logging.getLogger("optuna_fms")
 class FMSSampler(BaseSampler):
     """Forecasting Model Search: multi-fidelity Bayesian optimisation on learning curves.
 
-    A deep-kernel Gaussian process (GPyTorch) forecasts a configuration's score at a budget
-    from its hyperparameters, the budget and the learning curve observed so far (DyHPO,
-    Wistuba et al. 2022; FMS, Mehta et al. 2024). For each new trial the sampler scores
+    A Gaussian process (GPyTorch) forecasts a configuration's score at a budget from its
+    hyperparameters, the budget, the learning curve observed so far and optionally its
+    weights (DyHPO, Wistuba et al. 2022; FMS, Mehta et al. 2024). For each new trial the sampler scores
     fresh candidates at the first step and every paused trial at its next step with expected
     improvement against the best value observed at that same step, and takes the argmax:
     either a fresh configuration, or the *continuation* of a trial that
@@ -50,7 +50,9 @@ class FMSSampler(BaseSampler):
     seed:
         Seed for candidate generation, the surrogate's initial weights and the random startup.
     n_startup_trials:
-        Trials with reports needed before the surrogate is used.
+        Finished trials (complete or pruned) needed before the surrogate is used. With
+        :class:`~optuna_fms.FMSPruner`'s default DyHPO start these trials run one step
+        each, so the surrogate starts from several configurations.
     max_steps:
         The full budget in steps. Defaults to the study pruner's ``max_steps`` when it is an
         :class:`~optuna_fms.FMSPruner`, else to the largest step reported so far plus one.
@@ -67,14 +69,17 @@ class FMSSampler(BaseSampler):
         Cap on the surrogate's training rows, which bounds the cost of a fit (cubic in it).
         Above it, every trial's latest observation is kept and the others subsampled.
     surrogate:
-        The model that forecasts: ``"deep-kernel"`` (DyHPO's deep-kernel GP: an MLP feature
-        extractor over hyperparameters, budget, a Conv1d summary of the learning curve and
-        the weight embedding, trained by Adam) or ``"gp"`` (an ARD Matern-5/2 GP with
-        GPSampler-style priors over the hyperparameters, the log budget and a few fixed
-        components of the weight embedding, fitted by L-BFGS; it reads a configuration's
-        curve as observations at their budgets).
+        The model that forecasts. ``"gp"`` (default): an ARD Matern-5/2 GP with the priors
+        of Optuna's GPSampler, over the hyperparameters (one lengthscale per parameter), the
+        log budget and, with ``weights``, a few fixed components of the weight embedding;
+        its kernel lets a configuration's quality persist across budgets, around a mean that
+        rises with the budget. It reads a configuration's learning curve as observations at
+        their budgets, and is fitted by L-BFGS (warm-started). ``"deep-kernel"``: DyHPO's
+        deep-kernel GP (an MLP feature extractor over hyperparameters, budget, a Conv1d
+        summary of the learning curve and the weight embedding, trained jointly by Adam),
+        kept for comparisons: with 5-50 curves it overfits (see docs/benchmarks.md).
     n_scratch_epochs, n_warm_epochs, lr:
-        Adam schedule of the surrogate: epochs from scratch (first fit and after a
+        ``surrogate="deep-kernel"`` only: Adam schedule of the surrogate: epochs from scratch (first fit and after a
         failure), epochs of a warm-started refit, and the learning rate. (DyHPO uses 1000
         and 50 epochs at 1e-3; the defaults reach a similar fit in a third of the time.)
     retrain_growth:
@@ -125,7 +130,7 @@ class FMSSampler(BaseSampler):
         self,
         *,
         seed: int | None = None,
-        n_startup_trials: int = 10,
+        n_startup_trials: int = 5,
         max_steps: int | None = None,
         artifact_store: ArtifactStore | None = None,
         independent_sampler: BaseSampler | None = None,
@@ -134,7 +139,7 @@ class FMSSampler(BaseSampler):
         n_scratch_epochs: int = 300,
         n_warm_epochs: int = 50,
         lr: float = 1e-2,
-        surrogate: SurrogateKind = "deep-kernel",
+        surrogate: SurrogateKind = "gp",
         retrain_growth: float = 0.0,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,

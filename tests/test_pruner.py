@@ -63,7 +63,7 @@ def test_keeps_the_best_curve_and_pauses_clearly_worse_ones(warm_study: optuna.S
 
 
 def test_never_prunes_before_min_steps_or_during_startup() -> None:
-    pruner = FMSPruner(max_steps=STEPS, n_startup_trials=3, min_steps=4)
+    pruner = FMSPruner(max_steps=STEPS, n_startup_trials=3, min_steps=4, pause_startup=False)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     for q in [0.9, 0.8, 0.7, 0.01, 0.02]:
         study.enqueue_trial({"q": q})
@@ -71,6 +71,18 @@ def test_never_prunes_before_min_steps_or_during_startup() -> None:
     assert [t.state for t in study.trials[:3]] == [TrialState.COMPLETE] * 3
     for t in study.trials[3:]:
         assert len(t.intermediate_values) >= 4
+
+
+def test_dyhpo_start_pauses_startup_trials_at_min_steps() -> None:
+    pruner = FMSPruner(max_steps=STEPS, n_startup_trials=3, min_steps=2)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for q in [0.9, 0.8, 0.7]:
+        study.enqueue_trial({"q": q})
+    study.optimize(_objective, n_trials=3)
+    for t in study.trials:
+        assert t.state == TrialState.PRUNED
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert t.user_attrs[_attrs.PAUSED]["step"] == 1
 
 
 def test_interval_limits_decision_steps(warm_study: optuna.Study) -> None:
@@ -100,7 +112,7 @@ def test_nan_and_inf_reports_neither_crash_nor_pause_everything() -> None:
     study = optuna.create_study(
         direction="maximize",
         sampler=FMSSampler(seed=0, n_startup_trials=4, n_candidates=64, n_scratch_epochs=100),
-        pruner=FMSPruner(max_steps=STEPS, n_startup_trials=4),
+        pruner=FMSPruner(max_steps=STEPS, n_startup_trials=4, pause_startup=False),
     )
     study.optimize(objective, n_trials=16)
     states = [t.state for t in study.trials]

@@ -15,6 +15,7 @@ import workers
 
 from optuna_fms import FMSPruner
 from optuna_fms import FMSSampler
+from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import SurrogateFitError
 from optuna_fms._surrogate._surrogate import Surrogate
 
@@ -34,7 +35,7 @@ def _run(sampler: FMSSampler, n_trials: int = 8, storage=None, pruner=None) -> o
     study = optuna.create_study(
         direction="maximize",
         sampler=sampler,
-        pruner=pruner or FMSPruner(max_steps=20, n_startup_trials=4),
+        pruner=pruner or FMSPruner(max_steps=20, n_startup_trials=4, pause_startup=False),
         storage=storage,
     )
     study.optimize(make_objective([]), n_trials=n_trials)
@@ -125,15 +126,16 @@ def test_all_distribution_kinds_stay_in_range() -> None:
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
 
 
+@pytest.mark.parametrize("kind", ["gp", "deep-kernel"])
 def test_fit_failures_fall_back_to_random_with_one_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
     def broken_fit(self, layout, rows, y) -> None:
         raise SurrogateFitError("Cholesky failed")
 
-    monkeypatch.setattr(Surrogate, "fit", broken_fit)
+    monkeypatch.setattr(GPSurrogate if kind == "gp" else Surrogate, "fit", broken_fit)
     with caplog.at_level(logging.WARNING, logger="optuna_fms"):
-        study = _run(_sampler(), n_trials=10)
+        study = _run(_sampler(surrogate=kind), n_trials=10)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     failures = [r for r in caplog.records if "surrogate fit failed" in r.message]
     assert len(failures) == 1

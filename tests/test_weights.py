@@ -31,7 +31,9 @@ def _study(tmp_path: Path, weights: str, **kwargs) -> optuna.Study:
             n_warm_epochs=10,
             **kwargs,
         ),
-        pruner=optuna_fms.FMSPruner(max_steps=workers.STEPS, n_startup_trials=3),
+        pruner=optuna_fms.FMSPruner(
+            max_steps=workers.STEPS, n_startup_trials=3, pause_startup=False
+        ),
     )
 
 
@@ -39,7 +41,7 @@ def _study(tmp_path: Path, weights: str, **kwargs) -> optuna.Study:
 def test_surrogate_with_weights_trains_and_predicts_in_a_study(
     tmp_path: Path, weights: str
 ) -> None:
-    study = _study(tmp_path, weights)
+    study = _study(tmp_path, weights, surrogate="deep-kernel")
     study.optimize(workers.train_objective, n_trials=8)
     engine = study.sampler.engine
     kinds = {kind for kind, _ in engine.bank.items}
