@@ -32,13 +32,12 @@ class FMSSampler(BaseSampler):
     """Forecasting Model Search: multi-fidelity Bayesian optimisation on learning curves.
 
     A Gaussian process (GPyTorch) forecasts a configuration's score at a budget from its
-    hyperparameters, the budget, the learning curve observed so far and optionally its
-    weights (DyHPO, Wistuba et al. 2022; FMS, Mehta et al. 2024). For each new trial the
-    sampler scores fresh candidates at the first step and every paused trial at its next step with expected
-    improvement against the best value observed at that same step, and takes the argmax:
-    either a fresh configuration, or the *continuation* of a trial that
-    :class:`~optuna_fms.FMSPruner` paused, which then restores its checkpoint with
-    :func:`~optuna_fms.resume` (freeze-thaw).
+    hyperparameters, the budget, the learning curve observed so far and optionally its weights
+    (DyHPO, Wistuba et al. 2022; FMS, Mehta et al. 2024). For each new trial the sampler scores
+    fresh candidates at the first step and every paused trial at its next step with expected
+    improvement against the best value observed at that same step, and takes the argmax: either a
+    fresh configuration, or the *continuation* of a trial that :class:`~optuna_fms.FMSPruner`
+    paused, which then restores its checkpoint with :func:`~optuna_fms.resume` (freeze-thaw).
 
     The first ``n_startup_trials`` trials are sampled at random. Parameters that are not in
     every trial (dynamic or conditional search spaces) are sampled by ``independent_sampler``,
@@ -79,9 +78,10 @@ class FMSSampler(BaseSampler):
         summary of the learning curve and the weight embedding, trained jointly by Adam),
         kept for comparisons: with 5-50 curves it overfits (see docs/benchmarks.md).
     n_scratch_epochs, n_warm_epochs, lr:
-        ``surrogate="deep-kernel"`` only: Adam schedule of the surrogate: epochs from
-        scratch (first fit and after a failure), epochs of a warm-started refit, and the learning rate. (DyHPO uses 1000
-        and 50 epochs at 1e-3; the defaults reach a similar fit in a third of the time.)
+        ``surrogate="deep-kernel"`` only: Adam schedule of the surrogate: epochs from scratch
+        (first fit and after a failure), epochs of a warm-started refit, and the learning rate.
+        (DyHPO uses 1000 and 50 epochs at 1e-3; the defaults reach a similar fit in a third of the
+        time.)
     retrain_growth:
         ``0`` (default) trains the surrogate (warm-started) whenever new observations arrived,
         as DyHPO does. A positive value trains only once the observations grew by that
