@@ -116,7 +116,8 @@ class _StudyState:
     search_space: IntersectionSearchSpace
     surrogate: SurrogateModel | None = None
     fit: Fit | None = None
-    alternative: tuple[Fit, float] | None = None
+    alternative: tuple[int, float] | None = None
+    """The best alternative's EI and the training (``Fit.n_trained``) it was computed on."""
     claims_id: int | None = None
 
 
@@ -212,6 +213,7 @@ class Engine:
         self.bank = WeightBank(weights) if weights is not None else None
         self._warned_checkpoint = False
         self._unreadable: set[str] = set()
+        self._start_keys: dict[int, tuple[Any, int]] = {}
         self._seed = seed
         self._rng = np.random.RandomState(seed)
         self._max_train_rows = max_train_rows
@@ -232,6 +234,7 @@ class Engine:
         del state["_lock"]
         state["_states"] = {}
         state["bank"] = None
+        state["_start_keys"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -453,7 +456,13 @@ class Engine:
         start = self._start_weights(params)
         if start is None:
             return -1.0
+        known = self._start_keys.get(id(start))
+        if known is not None and known[0] is start:
+            # The same object as before (``start_weights`` caches what it loads): skip
+            # fingerprinting its tensors again, once per candidate of every proposal.
+            return float(known[1])
         structure = None
+        original = start
         if isinstance(start, tuple):  # (state dict, structure from describe_module)
             start, structure = start
         elif isinstance(start, torch.nn.Module):
@@ -461,7 +470,9 @@ class Engine:
 
             structure = describe_module(start)
             start = start.state_dict()
-        return float(self.bank.index("start:" + fingerprint(start), lambda: (start, structure)))
+        index = self.bank.index("start:" + fingerprint(start), lambda: (start, structure))
+        self._start_keys[id(original)] = (original, index)
+        return float(index)
 
     def _start_indices(self, params_list: Sequence[dict[str, Any]]) -> np.ndarray | None:
         if self.bank is None:
@@ -521,7 +532,7 @@ class Engine:
             x, ei = self._fresh(fit)
             paused = self._paused(study, fit)
             choice = acquisition.choose(ei, self._paused_ei(fit, paused))
-            self._state(study).alternative = (fit, choice.best_ei)
+            self._state(study).alternative = (fit.n_trained, choice.best_ei)
             fresh = fit.encoder.decode(x[choice.fresh : choice.fresh + 1])[0]
             decision = Decision(fresh=fresh, ei=float(ei[choice.fresh]))
             if choice.paused is not None:
@@ -542,14 +553,16 @@ class Engine:
         return enc.decode(enc.sample(1, self._rng))[0] if enc.dim else {}
 
     def _alternative_ei(self, study: Study, fit: Fit) -> float:
-        """The best other use of one step: the sampler's last choice on this fit, or the
-        same computation when the sampler has not proposed on it."""
+        """The best other use of one step: the value of the sampler's last choice while the
+        model has not been trained again since (conditioning on new observations does not
+        count), else the same computation on ``fit``. Scoring a thousand candidates at every
+        report would make ``should_prune`` as costly as ``ask``."""
         state = self._state(study)
-        if state.alternative is not None and state.alternative[0] is fit:
+        if state.alternative is not None and state.alternative[0] == fit.n_trained:
             return state.alternative[1]
         _, ei = self._fresh(fit)
         best = acquisition.choose(ei, self._paused_ei(fit, self._paused(study, fit))).best_ei
-        state.alternative = (fit, best)
+        state.alternative = (fit.n_trained, best)
         return best
 
     def step_forecast(self, study: Study, fit: Fit, trial: FrozenTrial) -> StepForecast:

@@ -184,7 +184,14 @@ def tau_table(
         runs, why = _status(results, m)
         if why is not None or not any(r.tau for r in runs):
             continue
-        for key, label in (("tau", "all"), ("tau_observed", "observed"), ("tau_unseen", "unseen")):
+        for key, label in (
+            ("tau", "all"),
+            ("tau_observed", "observed"),
+            ("tau_last_observed", "observed: their last observed score (reference)"),
+            ("tau_unseen", "unseen"),
+        ):
+            if key == "tau_last_observed" and not any(r.tau_last_observed for r in runs):
+                continue
             cells = [_map_cell(runs, key, b) for b in tb]
             if key == "tau_observed":  # how many configurations the split holds, when recorded
                 for i, b in enumerate(tb):

@@ -151,6 +151,11 @@ class RunResult:
     recommended_final: list[float] = field(default_factory=list)
     tau: dict[int, float] = field(default_factory=dict)
     tau_observed: dict[int, float] = field(default_factory=dict)
+    tau_last_observed: dict[int, float] = field(default_factory=dict)
+    """The reference for ``tau_observed``: Kendall's tau of the observed configurations' own
+    last observed score (the furthest-trained one) against their final score."""
+    diagnostics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """At the same epoch counts, :func:`optuna_fms.diagnose` of the surrogate (as a dict)."""
     tau_unseen: dict[int, float] = field(default_factory=dict)
     forecast_recommended_final: dict[int, float] = field(default_factory=dict)
     n_observed: dict[int, int] = field(default_factory=dict)
@@ -178,7 +183,7 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in (*_BUDGET_MAPS, "n_observed"):
+        for k in (*_BUDGET_MAPS, "n_observed", "diagnostics"):
             d[k] = {str(b): v for b, v in getattr(self, k).items()}
         return d
 
@@ -188,10 +193,17 @@ class RunResult:
         for k in _BUDGET_MAPS:
             d[k] = {int(b): float(v) for b, v in d.get(k, {}).items()}
         d["n_observed"] = {int(b): int(v) for b, v in d.get("n_observed", {}).items()}
+        d["diagnostics"] = {int(b): dict(v) for b, v in d.get("diagnostics", {}).items()}
         return cls(**d)
 
 
-_BUDGET_MAPS = ("tau", "tau_observed", "tau_unseen", "forecast_recommended_final")
+_BUDGET_MAPS = (
+    "tau",
+    "tau_observed",
+    "tau_unseen",
+    "tau_last_observed",
+    "forecast_recommended_final",
+)
 
 
 class _Tracker:
@@ -397,6 +409,13 @@ def _run(
             result.n_observed[b] = int(seen.sum())
             result.tau[b] = kendall_tau(predicted, true_final)
             result.tau_observed[b] = kendall_tau(predicted[seen], true_final[seen])
+            ids = np.flatnonzero(seen)
+            last = np.array([tracker.latest[int(c)][1] for c in ids])
+            result.tau_last_observed[b] = kendall_tau(last, true_final[ids])
+            try:
+                result.diagnostics[b] = asdict(optuna_fms.diagnose(trial.study))
+            except optuna_fms.SurrogateFitError:
+                pass
             result.tau_unseen[b] = kendall_tau(predicted[~seen], true_final[~seen])
             best = np.flatnonzero(seen)[np.argmax(predicted[seen])]
             result.forecast_recommended_final[b] = float(true_final[best])
