@@ -51,6 +51,8 @@ from optuna_fms._surrogate._weights import fingerprint
 
 
 _logger = logging.getLogger("optuna_fms")
+_MAX_START_KEYS = 1024
+"""Start-weight objects whose bank index is remembered (oldest forgotten first)."""
 
 
 @dataclass
@@ -471,6 +473,8 @@ class Engine:
             structure = describe_module(start)
             start = start.state_dict()
         index = self.bank.index("start:" + fingerprint(start), lambda: (start, structure))
+        if len(self._start_keys) >= _MAX_START_KEYS:  # objects built anew at every call
+            del self._start_keys[next(iter(self._start_keys))]
         self._start_keys[id(original)] = (original, index)
         return float(index)
 
