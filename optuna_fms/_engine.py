@@ -403,14 +403,7 @@ class Engine:
                 if retrain:
                     surrogate.fit(layout, data.rows, data.y)
             except SurrogateFitError as err:
-                state.fit = None
-                if not self._warned_failure:
-                    self._warned_failure = True
-                    _logger.warning(
-                        "FMS surrogate fit failed (%s); sampling at random and not pruning "
-                        "until a later fit succeeds.",
-                        err,
-                    )
+                self._fit_failed(state, err)
                 return None
             n_trained = n_obs if retrain or fit is None else fit.n_trained
             state.fit = Fit(
@@ -422,6 +415,17 @@ class Engine:
                 n_trained=n_trained,
             )
             return state.fit
+
+    def _fit_failed(self, state: _StudyState, err: Exception) -> None:
+        """Forget the fit (the next refresh fits again) and warn once per engine."""
+        state.fit = None
+        if not self._warned_failure:
+            self._warned_failure = True
+            _logger.warning(
+                "FMS surrogate failed (%s); sampling at random and not pruning until a later "
+                "fit succeeds.",
+                err,
+            )
 
     # ------------------------------------------------------------------ weights
     def _weights_index(self, curve: Curve, budget: int, trial: FrozenTrial) -> float:
@@ -530,12 +534,17 @@ class Engine:
             )
         return acquisition.score(fit.model, x, budgets, [c.values for c in curves], ckpts).ei
 
-    def propose(self, study: Study, fit: Fit) -> Decision:
-        """DyHPO's choice: the best fresh candidate at step 1 or a paused trial's next step."""
+    def propose(self, study: Study, fit: Fit) -> Decision | None:
+        """DyHPO's choice: the best fresh candidate at step 1 or a paused trial's next step
+        (``None`` if the surrogate's prediction fails: the sampler then samples at random)."""
         with self._lock:
-            x, ei = self._fresh(fit)
-            paused = self._paused(study, fit)
-            choice = acquisition.choose(ei, self._paused_ei(fit, paused))
+            try:
+                x, ei = self._fresh(fit)
+                paused = self._paused(study, fit)
+                choice = acquisition.choose(ei, self._paused_ei(fit, paused))
+            except SurrogateFitError as err:
+                self._fit_failed(self._state(study), err)
+                return None
             self._state(study).alternative = (fit.n_trained, choice.best_ei)
             fresh = fit.encoder.decode(x[choice.fresh : choice.fresh + 1])[0]
             decision = Decision(fresh=fresh, ei=float(ei[choice.fresh]))
@@ -544,10 +553,15 @@ class Engine:
                 decision = Decision(decision.fresh, decision.ei, claim, fit.trials[curve.key])
             return decision
 
-    def propose_fresh_only(self, study: Study, fit: Fit) -> dict[str, Any]:
-        """The fresh candidate with the highest expected improvement at step 1."""
+    def propose_fresh_only(self, study: Study, fit: Fit) -> dict[str, Any] | None:
+        """The fresh candidate with the highest expected improvement at step 1 (``None`` if
+        the surrogate's prediction fails)."""
         with self._lock:
-            x, ei = self._fresh(fit)
+            try:
+                x, ei = self._fresh(fit)
+            except SurrogateFitError as err:
+                self._fit_failed(self._state(study), err)
+                return None
             best = int(np.argmax(ei))
             return fit.encoder.decode(x[best : best + 1])[0]
 
@@ -569,9 +583,17 @@ class Engine:
         state.alternative = (fit.n_trained, best)
         return best
 
-    def step_forecast(self, study: Study, fit: Fit, trial: FrozenTrial) -> StepForecast:
+    def step_forecast(self, study: Study, fit: Fit, trial: FrozenTrial) -> StepForecast | None:
         """For a running trial: EI of its next step, the best alternative's EI, and the
-        forecast of its score at the full budget (objective units)."""
+        forecast of its score at the full budget (objective units); ``None`` if the
+        surrogate's prediction fails (the pruner then does not pause)."""
+        try:
+            return self._step_forecast(study, fit, trial)
+        except SurrogateFitError as err:
+            self._fit_failed(self._state(study), err)
+            return None
+
+    def _step_forecast(self, study: Study, fit: Fit, trial: FrozenTrial) -> StepForecast:
         with self._lock:
             alternative = self._alternative_ei(study, fit)
             sign = self.sign(study)

@@ -129,6 +129,8 @@ class FMSPruner(BasePruner):
         if fit is None or not fit.encoder.contains(trial.params):
             return False
         forecast = engine.step_forecast(study, fit, trial)
+        if forecast is None:
+            return False
         study._storage.set_trial_user_attr(
             trial._trial_id,
             _attrs.FORECAST,

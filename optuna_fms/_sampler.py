@@ -252,7 +252,9 @@ class FMSSampler(BaseSampler):
         if self._ready(study):
             fit = self._engine.refresh(study, eager=True)
             if fit is not None and fit.encoder.search_space == dict(sorted(search_space.items())):
-                return self._engine.propose_fresh_only(study, fit)
+                params = self._engine.propose_fresh_only(study, fit)
+                if params is not None:
+                    return params
         return self._engine.random_params(search_space)
 
     def sample_independent(

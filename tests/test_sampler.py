@@ -137,8 +137,23 @@ def test_fit_failures_fall_back_to_random_with_one_warning(
     with caplog.at_level(logging.WARNING, logger="optuna_fms"):
         study = _run(_sampler(surrogate=kind), n_trials=10)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    failures = [r for r in caplog.records if "surrogate fit failed" in r.message]
+    failures = [r for r in caplog.records if "surrogate failed" in r.message]
     assert len(failures) == 1
+
+
+def test_prediction_failures_fall_back_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_predict(self, rows):
+        raise SurrogateFitError("prediction is not finite")
+
+    monkeypatch.setattr(GPSurrogate, "predict", broken_predict)
+    pruner = FMSPruner(max_steps=20, n_startup_trials=2)
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study = _run(_sampler(n_startup_trials=2), n_trials=8, pruner=pruner)
+    assert len(study.trials) == 8
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert len([r for r in caplog.records if "surrogate failed" in r.message]) == 1
 
 
 def test_cholesky_trouble_recovers_with_jitter_or_restart() -> None:
