@@ -354,6 +354,7 @@ class GPSurrogate:
         try:
             with _single_thread(), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
+                warnings.simplefilter("ignore", gpytorch.utils.warnings.GPInputWarning)
                 model.set_train_data(feats, yt, strict=False)
                 train = float(((model(feats).mean - yt) ** 2).mean().sqrt())
                 for g in np.unique(groups):
