@@ -188,7 +188,7 @@ class Engine:
     ...     for step in range(3):
     ...         t.report(t.params["x"] * (step + 1), step)
     ...     _ = study.tell(t, t.params["x"] * 3)
-    >>> engine = Engine(seed=0, max_steps=3, surrogate_kwargs={"n_scratch_epochs": 20})
+    >>> engine = Engine(seed=0, max_steps=3)
     >>> fit = engine.refresh(study, eager=True)
     >>> len(fit.curves), sorted(engine.propose(study, fit).fresh)
     (4, ['x'])
@@ -379,7 +379,10 @@ class Engine:
                     return fit
             retrain = not same or fit is None or n_obs >= (1 + growth) * fit.n_trained
             encoder = SpaceEncoder(space)
-            layout = RowLayout(encoder.dim, max(0, max_steps - 1), encoder.groups, encoder.names)
+            # Only the deep kernel reads the curve; for the GP the rows stay narrow whatever
+            # the budget (a report at step 10**9 must not allocate rows that wide).
+            curve_len = max(0, max_steps - 1) if self._surrogate_kind == "deep-kernel" else 0
+            layout = RowLayout(encoder.dim, curve_len, encoder.groups, encoder.names, max_steps)
             curves = self.collect_curves(study, trials, encoder, max_steps)
             if len(curves) < 2:
                 return None

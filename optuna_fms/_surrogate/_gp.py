@@ -168,7 +168,7 @@ class GPSurrogate:
     Examples
     --------
     >>> import numpy as np
-    >>> lay = RowLayout(x_dim=1, curve_len=9)
+    >>> lay = RowLayout(x_dim=1, curve_len=0, max_steps=10)
     >>> rng = np.random.RandomState(0)
     >>> rows = np.zeros((30, lay.width))
     >>> rows[:, 0] = rng.rand(30)
@@ -203,7 +203,7 @@ class GPSurrogate:
         """``[x | weight components | log budget]`` of packed rows."""
         lay = self._layout
         assert lay is not None
-        max_steps = lay.curve_len + 1
+        max_steps = lay.max_steps
         frac = np.clip(rows[:, lay.budget], 1e-12, None)
         log_budget = 1.0 + np.log(frac) / math.log(max_steps) if max_steps > 1 else frac
         parts = [rows[:, : lay.x_dim]]
@@ -387,4 +387,4 @@ class GPSurrogate:
 
 
 def _same(a: RowLayout, b: RowLayout) -> bool:
-    return (a.x_dim, a.curve_len) == (b.x_dim, b.curve_len)
+    return (a.x_dim, a.curve_len, a.max_steps) == (b.x_dim, b.curve_len, b.max_steps)

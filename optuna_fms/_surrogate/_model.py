@@ -22,9 +22,13 @@ class RowLayout:
         curve_len: int,
         x_groups: Sequence[int] | None = None,
         x_names: Sequence[str] | None = None,
+        max_steps: int | None = None,
     ) -> None:
         self.x_dim = x_dim
         self.curve_len = curve_len
+        # The full budget; the curve columns hold at most max_steps - 1 values (fewer, or
+        # none, for a model that reads no curve: rows then stay narrow whatever the budget).
+        self.max_steps = max_steps if max_steps is not None else curve_len + 1
         # Which parameter each encoded column belongs to (the one-hot columns of a
         # categorical share one), and the parameters' names; one per column by default.
         self.x_groups = list(x_groups) if x_groups is not None else list(range(x_dim))
