@@ -20,6 +20,7 @@ Allocations (each ~100 epochs on a 30-epoch hub):
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -70,11 +71,19 @@ def _study(hub: Hub, alloc: dict[int, int]) -> optuna.Study:
     return study
 
 
-def _engine(hub: Hub, model: str, weights: str | None, seed: int) -> Engine:
+def _engine(
+    hub: Hub, model: str, weights: str | None, seed: int, options: dict[str, Any]
+) -> Engine:
     kwargs: dict[str, Any] = {}
     if weights is not None:
         kwargs = dict(weights=weights, start_weights=start_weights_fn(hub))
-    return Engine(seed=seed, max_steps=hub.n_epochs, surrogate=model, **kwargs)  # type: ignore[arg-type]
+    return Engine(
+        seed=seed,
+        max_steps=hub.n_epochs,
+        surrogate=model,  # type: ignore[arg-type]
+        surrogate_kwargs=options,
+        **kwargs,
+    )
 
 
 def main() -> None:
@@ -84,7 +93,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--schemes", nargs="+", default=["start", "sh", "dyhpo"])
     parser.add_argument(
-        "--models", nargs="+", default=["gp", "gp+stats", "deep-kernel"], help="model[+weights]"
+        "--models",
+        nargs="+",
+        default=["gp", "gp+stats", "deep-kernel"],
+        help="model[+weights][:json options], e.g. 'gp:{\"min_noise\": 1e-3}'",
     )
     args = parser.parse_args()
     hub = Hub.load(f"{args.hub_dir}/{args.hub}")
@@ -114,8 +126,11 @@ def main() -> None:
                 [np.nan, ref[1], np.nan, 0.0]
             )
             for name in args.models:
-                model, _, weights = name.partition("+")
-                engine = _engine(hub, model, weights or None, seed)
+                spec, _, options = name.partition(":")
+                model, _, weights = spec.partition("+")
+                engine = _engine(
+                    hub, model, weights or None, seed, json.loads(options) if options else {}
+                )
                 study = _study(hub, alloc)
                 t0 = time.perf_counter()
                 try:

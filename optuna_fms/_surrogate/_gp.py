@@ -161,6 +161,8 @@ class GPSurrogate:
         Unused by the fit (deterministic); kept for the common interface.
     max_iter:
         L-BFGS iterations per fit.
+    min_noise:
+        Lower bound of the noise variance (standardised units).
     embed:
         Optional ``bank indices -> (n, k) array``: the weight embedding of each row's weights
         (``-1``: none). The kernel reads its first principal components.
@@ -186,10 +188,12 @@ class GPSurrogate:
         *,
         seed: int | None = None,
         max_iter: int = 60,
+        min_noise: float = MIN_NOISE,
         embed: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self._seed = seed
         self._max_iter = max_iter
+        self._min_noise = min_noise
         self._embed = embed
         self._model: _ExactGP | None = None
         self._layout: RowLayout | None = None
@@ -281,7 +285,7 @@ class GPSurrogate:
 
     def _train(self, x: torch.Tensor, y: torch.Tensor, warm: _ExactGP | None) -> _ExactGP:
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
-            noise_constraint=gpytorch.constraints.GreaterThan(MIN_NOISE)
+            noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
         )
         model = _ExactGP(x, y, likelihood, self._groups).double()
         if warm is not None:
