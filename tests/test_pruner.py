@@ -38,7 +38,9 @@ def warm_study() -> optuna.Study:
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=0),
-        pruner=FMSPruner(max_steps=STEPS, n_startup_trials=8, min_steps=2, seed=0),
+        pruner=FMSPruner(
+            max_steps=STEPS, n_startup_trials=8, min_steps=2, pause_startup=False, seed=0
+        ),
     )
     for q in np.linspace(0.05, 0.85, 8):
         study.enqueue_trial({"q": float(q)})
