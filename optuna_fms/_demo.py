@@ -151,6 +151,16 @@ def summarize(study: optuna.Study, storage: str, artifact_dir: str) -> str:
         f"{len({tuple(sorted(t.params.items())) for t in trials}) * MAX_EPOCHS})",
         f"Best validation accuracy: {best.value:.4f} (trial {best.number})",
         f"Best parameters: {best.params}",
+    ]
+    try:
+        rec = optuna_fms.recommend(study)
+        lines.append(
+            f"Recommended by forecast (best forecast final accuracy among those run): "
+            f"{rec.mean:.4f} ± {rec.std:.4f}, trial {rec.trial}, {rec.params}"
+        )
+    except (optuna_fms.SurrogateFitError, ValueError):
+        pass
+    lines += [
         "",
         "Look at it in optuna-dashboard:",
         f"  optuna-dashboard {storage} --artifact-dir {artifact_dir}",
