@@ -1,7 +1,7 @@
 """The methods a replay benchmark compares, each an Optuna sampler/pruner pair.
 
-Every method is built fresh for each run from the run's seed alone (design.md section 2: no
-state reused across runs). A method whose constructor arguments do not exist yet in this
+Every method is built fresh for each run from the run's seed alone (no state reused across
+runs: seeds are independent). A method whose constructor arguments do not exist yet in this
 version of the library reports why through :meth:`Method.unavailable` and the benchmark shows
 "not yet" instead of numbers.
 """

@@ -12,8 +12,8 @@ Definitions (also in ``docs/benchmarks.md``):
   minus the true final score of the configuration with the best observed score so far.
 - *Kendall's tau*: ``scipy.stats.kendalltau(predicted[c], true[c])`` over every configuration
   ``c`` of the hub, where ``predicted[c]`` is the surrogate's forecast of ``c``'s final score
-  and ``true[c]`` the hub's final score (design.md section 2: values per configuration, never
-  lists of indices).
+  and ``true[c]`` the hub's final score (values per configuration, never lists of indices:
+  see docs/benchmarks.md, "Metrics").
 """
 
 from __future__ import annotations

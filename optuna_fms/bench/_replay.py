@@ -1,7 +1,7 @@
 """Replay a hub: run a method as a real Optuna study whose objective reads the hub.
 
-The objective goes through the same public API a user's training loop calls (design.md
-section 5): it suggests the hub's search space, restores a continued trial with
+The objective goes through the same public API a user's training loop calls (see
+docs/benchmarks.md): it suggests the hub's search space, restores a continued trial with
 :func:`optuna_fms.resume`, and for each epoch loads the stored checkpoint into the network,
 saves it with :func:`optuna_fms.save_checkpoint`, reports the stored score and asks
 ``should_prune``. Only the training itself is replaced by a table look-up.
