@@ -133,6 +133,33 @@ def read_continuation(user_attrs: Mapping[str, Any]) -> Continuation | None:
     return Continuation(raw["trial"], raw["trial_id"], raw["step"], _int(raw.get("claim")))
 
 
+@dataclass(frozen=True)
+class ForecastRecord:
+    """:data:`FORECAST`: the final-score forecast the pruner made at ``step``."""
+
+    step: int
+    mean: float
+    std: float
+
+
+def read_forecast(user_attrs: Mapping[str, Any]) -> ForecastRecord | None:
+    """:data:`FORECAST`, or ``None`` when absent or malformed.
+
+    Examples
+    --------
+    >>> read_forecast({FORECAST: {"step": 4, "mean": 0.8, "std": 0.05}})
+    ForecastRecord(step=4, mean=0.8, std=0.05)
+    >>> read_forecast({FORECAST: {"step": 4, "mean": "x", "std": 0.05}}) is None
+    True
+    """
+    raw = user_attrs.get(FORECAST)
+    if not isinstance(raw, Mapping) or _int(raw.get("step")) is None:
+        return None
+    mean, std = raw.get("mean"), raw.get("std")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, std))
+    return ForecastRecord(raw["step"], float(mean), float(std)) if numbers else None  # type: ignore[arg-type]
+
+
 def read_resumed(user_attrs: Mapping[str, Any]) -> bool:
     """Whether :func:`optuna_fms.resume` restored the parent's checkpoint (:data:`RESUMED`)."""
     return user_attrs.get(RESUMED) is True

@@ -433,12 +433,13 @@ def _band(
     Returns the fan's trace, the forecast's mean and std, and the step it was made at.
     """
     leaf = chain.trials[-1]
-    forecast = leaf.user_attrs.get(_attrs.FORECAST)
+    forecast = _attrs.read_forecast(leaf.user_attrs)
     if forecast is None or leaf.state == TrialState.COMPLETE or not steps:
         return None
     last_step, last_value = steps[-1], values[-1]
-    mean, std = float(forecast["mean"]), float(forecast["std"])
-    if last_step >= final_step or last_value is None or not math.isfinite(mean + std):
+    mean, std = forecast.mean, forecast.std
+    # The fan's corners must be finite too (a std near 1e308 overflows mean + 2 std).
+    if last_step >= final_step or last_value is None or not math.isfinite(abs(mean) + 2 * std):
         return None
     trace = {
         "type": "scatter",
@@ -451,7 +452,7 @@ def _band(
         "line": {"width": 0},
         "hoverinfo": "skip",
     }
-    return trace, _round(mean), _round(std), forecast.get("step")
+    return trace, _round(mean), _round(std), forecast.step
 
 
 class _Figure:

@@ -237,3 +237,14 @@ def test_rejects_bad_arguments() -> None:
         DashboardReport(every=0)
     with pytest.raises(ValueError):
         DashboardReport(top=-1)
+
+
+def test_an_absurd_forecast_is_left_out_of_the_figure() -> None:
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for step in range(2):
+        trial.report(0.5, step)
+    trial.set_user_attr(_attrs.FORECAST, {"step": 1, "mean": 0.5, "std": 1e308})
+    figure = DashboardReport(max_steps=5).figure(study)
+    json.dumps(figure, allow_nan=False)  # raised OverflowError-born infinities before
+    assert not any("forecast" in str(trace.get("name", "")) for trace in figure["data"])
