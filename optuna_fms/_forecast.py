@@ -146,20 +146,17 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     Examples
     --------
     >>> import optuna, optuna_fms
-    >>> def objective(trial):
-    ...     x = trial.suggest_float("x", 0, 1)
-    ...     for step in range(4):
-    ...         trial.report(x * (step + 1) / 4, step)
-    ...     return x
-    >>> study = optuna.create_study(
-    ...     direction="maximize",
-    ...     sampler=optuna_fms.FMSSampler(seed=0, n_startup_trials=3, surrogate="gp"),
-    ...     pruner=optuna_fms.FMSPruner(max_steps=4),
-    ... )
-    >>> study.optimize(objective, n_trials=6)
-    >>> best = optuna_fms.recommend(study)
-    >>> best.trial is not None and set(best.params) == {"x"}
-    True
+    >>> space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    >>> study = optuna.create_study(direction="minimize")
+    >>> for lr, steps in ((0.01, 6), (0.1, 2), (0.5, 6)):
+    ...     curve = {s: (1 - lr) ** (s + 1) for s in range(steps)}
+    ...     study.add_trial(optuna.trial.create_trial(
+    ...         params={"lr": lr}, distributions=space, intermediate_values=curve,
+    ...         state=optuna.trial.TrialState.PRUNED))
+    >>> engine = optuna_fms._engine.Engine(max_steps=6)
+    >>> best = optuna_fms.recommend(study, engine=engine)
+    >>> best.params["lr"] in (0.1, 0.5), best.step
+    (True, 5)
     """
     forecasts = forecast(study, engine=engine)
     maximize = study.direction == StudyDirection.MAXIMIZE
