@@ -133,21 +133,24 @@ def build_training_set(
     When the cap binds, those rows and each curve's latest observation are kept first (what
     the decisions read), then the rest are drawn at random with ``rng``.
     """
-    owner, index = [], []
-    for ci, c in enumerate(curves):
-        for j in range(len(c.steps)):
-            if not np.isnan(c.values[j]):
-                owner.append(ci)
-                index.append(j)
-    all_values = np.array([curves[o].values[j] for o, j in zip(owner, index)], dtype=float)
+    # Every observation (curve, position in it), in curve order; NaN values left out.
+    lengths = [len(c.steps) for c in curves]
+    values_flat = np.concatenate([c.values for c in curves]) if curves else np.zeros(0)
+    steps_flat = np.concatenate([c.steps for c in curves]) if curves else np.zeros(0)
+    owner_flat = np.repeat(np.arange(len(curves)), lengths)
+    index_flat = np.concatenate([np.arange(n) for n in lengths]) if curves else np.zeros(0)
+    keep_obs = ~np.isnan(values_flat)
+    owner = owner_flat[keep_obs].astype(int).tolist()
+    index = index_flat[keep_obs].astype(int).tolist()
+    all_values = values_flat[keep_obs].astype(float)
     scale = Standardizer.fit(all_values)
     y_obs = scale(all_values)
+    obs_budget = steps_flat[keep_obs].astype(int) + 1
     best: dict[int, float] = {}
-    last_pos: dict[int, int] = {}
-    for pos, (o, j, v) in enumerate(zip(owner, index, y_obs)):
-        b = int(curves[o].steps[j]) + 1
-        best[b] = max(best.get(b, -np.inf), float(v))
-        last_pos[o] = pos
+    for b in np.unique(obs_budget):
+        best[int(b)] = float(np.max(y_obs[obs_budget == b]))
+    # The position of each curve's latest observation (positions run in curve order).
+    last_pos: dict[int, int] = {o: pos for pos, o in enumerate(owner)}
     # Rows: (observation position, history length); the priors have an empty history.
     pos_a = np.concatenate([np.arange(len(owner)), [p for p in last_pos.values() if index[p]]])
     pos_a = pos_a.astype(int)

@@ -26,6 +26,7 @@ from typing import Any
 import warnings
 
 import gpytorch
+from linear_operator import to_linear_operator
 import numpy as np
 import torch
 
@@ -122,7 +123,10 @@ class _ExactGP(gpytorch.models.ExactGP):
         )
 
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
-        covar = self.x_kernel(x) * (self.persistent(x) + self.budget_kernel(x))
+        # Dense products: linear_operator's lazy product of kernels costs more than the
+        # elementwise product of these small matrices.
+        budget = self.persistent(x).to_dense() + self.budget_kernel(x).to_dense()
+        covar = to_linear_operator(self.x_kernel(x).to_dense() * budget)
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), covar)
 
 
