@@ -9,9 +9,8 @@ import math
 from optuna.study import Study
 
 from optuna_fms._engine import Engine
-from optuna_fms._engine import engine_of
+from optuna_fms._engine import fitted
 from optuna_fms._surrogate import GPSurrogate
-from optuna_fms._surrogate import SurrogateFitError
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,7 @@ def diagnose(study: Study, *, engine: Engine | None = None) -> Diagnostics:
     >>> d.n_configurations, sorted(d.lengthscales), d.held_out_rmse >= 0
     (4, ['log_budget', 'lr'], True)
     """
-    engine = engine or engine_of(study) or Engine()
-    fit = engine.refresh(study, eager=True)
-    if fit is None:
-        raise SurrogateFitError("The surrogate has no fit on this study yet.")
+    _, fit = fitted(study, engine)
     data = fit.model.data
     surrogate = fit.model.surrogate
     if isinstance(surrogate, GPSurrogate):

@@ -140,6 +140,25 @@ def engine_of(study: Study) -> Engine | None:
     return engine if isinstance(engine, Engine) else None
 
 
+def fitted(study: Study, engine: Engine | None = None) -> tuple[Engine, Fit]:
+    """The engine to read ``study`` with (``engine``, else the sampler's, else one with default
+    settings) and its fit, brought up to date as the sampler would before its next trial.
+
+    Raises
+    ------
+    SurrogateFitError
+        If there is no fit: fewer than two learning curves, or the fit failed.
+    """
+    engine = engine or engine_of(study) or Engine()
+    fit = engine.refresh(study, eager=True)
+    if fit is None:
+        raise SurrogateFitError(
+            "The surrogate has no fit on this study yet: it needs learning curves (reported "
+            "intermediate values) of at least two trials, and a fit that succeeds."
+        )
+    return engine, fit
+
+
 class Engine:
     """Fits the surrogate on a study and makes DyHPO's decisions with it.
 
@@ -657,16 +676,15 @@ class Engine:
                             f"({sorted(fit.encoder.search_space)})."
                         )
                 params = [{n: p[n] for n in fit.encoder.search_space} for p in params_list]
-                xs = fit.encoder.encode(params)
-                curves = [longest.get(x.tobytes()) for x in xs]
             n = len(params)
             x = fit.encoder.encode(params) if n else np.zeros((0, fit.encoder.dim))
+            if params_list is not None:
+                curves = [longest.get(row.tobytes()) for row in x]
             histories: list[np.ndarray] = [np.zeros(0)] * n
             ckpts = self._start_indices(params)
             for i, curve in enumerate(curves):
                 if curve is None:
                     continue
-                x[i] = curve.x
                 histories[i] = curve.values[curve.steps < fit.max_steps - 1]
                 if ckpts is not None:
                     ckpts[i] = self._weights_index(curve, fit.max_steps, fit.trials[curve.key])

@@ -11,8 +11,7 @@ from optuna.study import Study
 from optuna.study import StudyDirection
 
 from optuna_fms._engine import Engine
-from optuna_fms._engine import engine_of
-from optuna_fms._surrogate import SurrogateFitError
+from optuna_fms._engine import fitted
 
 
 @dataclass(frozen=True)
@@ -102,13 +101,7 @@ def forecast(
     """
     if study._is_multi_objective():
         raise ValueError("forecast supports single-objective studies only.")
-    engine = engine or engine_of(study) or Engine()
-    fit = engine.refresh(study, eager=True)
-    if fit is None:
-        raise SurrogateFitError(
-            "The surrogate has no fit on this study yet: it needs learning curves (reported "
-            "intermediate values) of at least two trials, and a fit that succeeds."
-        )
+    engine, fit = fitted(study, engine)
     final = engine.forecast_final(study, fit, params)
     out = []
     for p, curve, m, s in zip(final.params, final.curves, final.mean, final.std):
