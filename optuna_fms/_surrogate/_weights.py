@@ -16,6 +16,7 @@ from typing import Any
 from typing import Literal
 from typing import get_args
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,15 +70,13 @@ class WeightBank:
     def __deepcopy__(self, memo: dict[int, Any]) -> WeightBank:
         return self
 
-    def embedding(self, index: Any) -> Any:
+    def embedding(self, index: np.ndarray) -> np.ndarray:
         """Fixed (untrained) embeddings of bank items, ``-1`` rows all zeros: ``(n, k)`` array.
 
         Weight statistics as they are; parameter graphs through a graph metanetwork with a
         fixed seed, never trained. For a model that reads a few fixed inputs from the weights
         (:class:`~optuna_fms._surrogate._gp.GPSurrogate`).
         """
-        import numpy as np
-
         idx = np.asarray(index, dtype=float).astype(int)
         while len(self._embedded) < len(self.items):
             self._embedded.append(self._embed_fixed(self.items[len(self._embedded)]))
@@ -89,7 +88,7 @@ class WeightBank:
                 out[row, : len(e)] = e
         return out
 
-    def _embed_fixed(self, item: tuple[str, Any]) -> Any:
+    def _embed_fixed(self, item: tuple[str, Any]) -> np.ndarray:
         kind, value = item
         with torch.no_grad():
             if kind == "stats":
