@@ -42,6 +42,11 @@ at the last decision."""
 PROPOSAL = "fms:proposal"
 """JSON of the parameters chosen for a fresh trial in ``before_trial``."""
 
+CHECKPOINTS_OWNER = "fms:checkpoints_owner"
+"""Storage id of the trial that saved the checkpoints in :data:`CHECKPOINTS`, written with its
+first checkpoint. A trial whose stamp names another trial carries a copy (a retry copies every
+attribute) and owns no checkpoint."""
+
 # Study system attributes.
 CONTINUATION_OFF = "fms:continuation_off"
 """Set once an objective finished a continued trial without calling :func:`optuna_fms.resume`

@@ -141,7 +141,7 @@ def summarize(study: optuna.Study, storage: str, artifact_dir: str) -> str:
     """What the demo prints at the end: the best trial and how to look at the study."""
     trials = study.trials
     states = [t.state for t in trials]
-    continued = sum(1 for t in trials if optuna_fms._attrs.CONTINUES in t.user_attrs)
+    continued = sum(1 for t in trials if optuna_fms._attrs.read_continuation(t.user_attrs))
     spent = optuna_fms.epochs_spent(trials)
     best = study.best_trial
     lines = [

@@ -536,9 +536,9 @@ class Engine:
             curve = by_key.get(claim.user_attrs["trial_id"])
             if curve is None or curve.last_step + 1 >= fit.max_steps:
                 continue
-            # Only the claim the pause recorded stands for the paused trial.
+            # Only a claim of the pause recorded (or one reopening it) stands for the trial.
             pause = _attrs.read_pause(fit.trials[curve.key].user_attrs)
-            if pause is not None and pause.claim == claim._trial_id:
+            if pause is not None and pause.claim == _claims.pause_claim(claim):
                 out.append((claim, curve))
         return out
 

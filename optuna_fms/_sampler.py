@@ -12,6 +12,7 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.samplers import RandomSampler
+from optuna.storages import BaseStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -199,12 +200,22 @@ class FMSSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._independent_sampler.before_trial(study, trial)
-        if study._is_multi_objective() or not self._ready(study):
+        storage = study._storage
+        copied = _disown_copied_records(storage, trial)
+        if study._is_multi_objective():
+            return
+        ready = self._ready(study)
+        if ready or copied is not None:
+            # Claims whose continuation died with its worker (no after_trial ran) are
+            # released here, before any decision reads the open claims.
+            _claims.recover_claims(storage, self._engine.claims_id(study))
+        if copied is not None and self._continue_again(study, trial, copied):
+            return
+        if not ready:
             return
         decision = self._decide(study)
         if decision is None:
             return
-        storage = study._storage
         params = decision.fresh
         # Only a trial whose parameters the sampler chooses may continue a paused one: an
         # enqueued, retried or added trial keeps its own parameters, and must not train on
@@ -212,19 +223,55 @@ class FMSSampler(BaseSampler):
         preset = bool(trial.params) or "fixed_params" in trial.system_attrs
         if decision.claim is not None and decision.parent is not None and not preset:
             # A lost race (another worker took the claim first) falls back to the fresh pick.
-            if _claims.take_claim(storage, decision.claim._trial_id, trial):
-                parent = decision.parent
-                params = dict(parent.params)
-                link = _attrs.Continuation(
-                    trial=parent.number,
-                    trial_id=parent._trial_id,
-                    step=int(decision.claim.user_attrs["step"]),
-                    claim=decision.claim._trial_id,
-                )
-                storage.set_trial_user_attr(trial._trial_id, _attrs.CONTINUES, link.to_json())
+            if self._take(storage, trial, decision.claim, decision.parent):
+                params = dict(decision.parent.params)
         storage.set_trial_system_attr(
             trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(params))
         )
+
+    @staticmethod
+    def _take(
+        storage: BaseStorage, trial: FrozenTrial, claim: FrozenTrial, parent: FrozenTrial
+    ) -> bool:
+        """Take ``claim`` for ``trial`` and record that it continues ``parent``."""
+        if not _claims.take_claim(storage, claim._trial_id, trial):
+            return False
+        link = _attrs.Continuation(
+            trial=parent.number,
+            trial_id=parent._trial_id,
+            step=int(claim.user_attrs["step"]),
+            claim=claim._trial_id,
+        )
+        storage.set_trial_user_attr(trial._trial_id, _attrs.CONTINUES, link.to_json())
+        trial.set_user_attr(_attrs.CONTINUES, link.to_json())
+        return True
+
+    def _continue_again(
+        self, study: Study, trial: FrozenTrial, copied: _attrs.Continuation
+    ) -> bool:
+        """Let a re-run of a continuation (a retry) continue the same paused trial.
+
+        It does when it has the paused trial's own parameters and the pause's claim is open
+        (its failed holder released it); otherwise it trains its parameters from step 0.
+        """
+        storage = study._storage
+        if storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF):
+            return False
+        try:
+            parent = storage.get_trial(copied.trial_id)
+        except KeyError:
+            return False
+        if parent.params != trial.params:
+            return False
+        claim = _claims.open_claim_of(storage, self._engine.claims_id(study), parent)
+        if claim is None or claim.user_attrs.get("step") != copied.step:
+            return False
+        if not self._take(storage, trial, claim, parent):
+            return False
+        storage.set_trial_system_attr(
+            trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(dict(parent.params)))
+        )
+        return True
 
     def _decide(self, study: Study) -> Decision | None:
         """DyHPO's decision for the next trial, or ``None`` to sample at random."""
@@ -307,10 +354,11 @@ class FMSSampler(BaseSampler):
             # A failed continuation says nothing about the objective: the paused trial stays
             # continuable (up to _claims.MAX_ATTEMPTS failures).
             if claim is not None:
-                _claims.release_claim(storage, claim)
+                claims_id = self._engine.claims_id(study)
+                _claims.release_claim(storage, claims_id, storage.get_trial(claim))
             return
         if claim is not None:
-            _claims.finish_claim(storage, claim, trial)
+            _claims.finish_claim(storage, claim)
         resumed = _attrs.read_resumed(attrs) or _attrs.RESUME_FAILED in attrs
         if not resumed:
             # The evidence continuation is switched off for: the objective finished a
@@ -330,7 +378,38 @@ class FMSSampler(BaseSampler):
     @staticmethod
     def _stored_proposal(study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
         raw = study._storage.get_trial_system_attrs(trial._trial_id).get(_attrs.PROPOSAL)
-        return None if raw is None else json.loads(raw)
+        return json.loads(raw) if isinstance(raw, str) else None
+
+
+def _disown_copied_records(storage: BaseStorage, trial: FrozenTrial) -> _attrs.Continuation | None:
+    """Clear the FMS records a trial starts with; the continuation they named, if any.
+
+    A trial owns no checkpoint, pause or continuation when it starts: records it carries then
+    were copied from another trial (:class:`~optuna.storages.RetryFailedTrialCallback` copies
+    every attribute of the failed trial, ``add_trial`` and ``enqueue_trial`` take
+    ``user_attrs``). Left in place they would make the failed trial's checkpoints this trial's
+    (its retention would delete them) and its continuation this trial's. Each is overwritten
+    with ``None``; the copied artifact records of those checkpoints are marked removed on this
+    trial only, as the dashboard marks a deleted artifact.
+    """
+    copied = [k for k, v in trial.user_attrs.items() if k.startswith("fms:") and v is not None]
+    proposal = trial.system_attrs.get(_attrs.PROPOSAL) is not None
+    if not copied and not proposal:
+        return None
+    link = _attrs.read_continuation(trial.user_attrs)
+    for artifact_id in _attrs.read_checkpoints(trial.user_attrs).values():
+        key = _ARTIFACT_RECORD + artifact_id
+        if trial.system_attrs.get(key) is not None:
+            storage.set_trial_system_attr(trial._trial_id, key, json.dumps(None))
+    for key in copied:
+        storage.set_trial_user_attr(trial._trial_id, key, None)
+        trial.set_user_attr(key, None)
+    if proposal:
+        storage.set_trial_system_attr(trial._trial_id, _attrs.PROPOSAL, None)
+    return link
+
+
+_ARTIFACT_RECORD = "artifacts:"  # Key prefix of optuna.artifacts.upload_artifact's records.
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 import math
+import multiprocessing
+import os
 from pathlib import Path
+import signal
 import threading
+import time
 
 import optuna
 from optuna.storages import RetryFailedTrialCallback
@@ -264,22 +269,61 @@ def test_a_failed_continuation_releases_its_claim(
         assert child.intermediate_values[step] == value
 
 
-def test_a_retried_continuation_does_not_load_the_claim_it_did_not_take(tmp_path: Path) -> None:
+def _claim_states(study: optuna.Study) -> list[TrialState]:
+    claims_id = _claims.claims_study_id(study._storage, study._study_id)
+    return [c.state for c in study._storage.get_all_trials(claims_id)]
+
+
+def _assert_continues_from_checkpoint(child, parent) -> None:
+    link = _attrs.read_continuation(child.user_attrs)
+    assert link is not None and link.trial_id == parent._trial_id
+    assert child.user_attrs[_attrs.RESUMED]
+    assert child.params == parent.params
+    for step, value in parent.intermediate_values.items():
+        assert child.intermediate_values[step] == value
+
+
+def _assert_every_recorded_checkpoint_exists(study: optuna.Study, store_dir: Path) -> None:
+    for t in study.trials:
+        for artifact_id in _attrs.read_checkpoints(t.user_attrs).values():
+            assert (store_dir / artifact_id).is_file(), (t.number, artifact_id)
+
+
+def test_a_retried_continuation_continues_the_same_paused_trial(tmp_path: Path) -> None:
     study = test_freeze_thaw._study(tmp_path)
     study.enqueue_trial({"lr": 0.05})
     study.optimize(_fail_first_continuation("raise"), n_trials=2, catch=(Exception,))
-    failed = study.trials[1]
+    paused, failed = study.trials
     RetryFailedTrialCallback()(study, failed)
-    study.optimize(workers.train_objective, n_trials=2)
-    retry, child = study.trials[2], study.trials[3]
-    # The retry keeps the failed trial's parameters (the parent's) but trains from step 0.
-    assert retry.params == {"lr": 0.05}
+    study.optimize(workers.train_objective, n_trials=1)
+    retry = study.trials[2]
+    assert retry.system_attrs["failed_trial"] == failed.number
+    # The retry takes the claim its failed original released and restores the parent.
+    _assert_continues_from_checkpoint(retry, paused)
+    taken = retry.user_attrs[_attrs.CONTINUES]["claim"]
+    assert taken != failed.user_attrs[_attrs.CONTINUES]["claim"]
+    assert retry.state == TrialState.COMPLETE
+    assert _claim_states(study) == [TrialState.FAIL, TrialState.COMPLETE]
+    assert [t for t in study.trials if t.user_attrs.get(_attrs.RESUMED)] == [retry]
+
+
+def test_a_retried_continuation_whose_pause_was_taken_trains_from_scratch(
+    tmp_path: Path,
+) -> None:
+    study = test_freeze_thaw._study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(_fail_first_continuation("raise"), n_trials=3, catch=(Exception,))
+    paused, failed, child = study.trials
+    _assert_continues_from_checkpoint(child, paused)
+    RetryFailedTrialCallback()(study, failed)
+    study.optimize(workers.train_objective, n_trials=1)
+    retry = study.trials[3]
+    # The claim was taken by trial 2: the retry trains the same parameters from step 0.
+    assert retry.params == paused.params
+    assert _attrs.read_continuation(retry.user_attrs) is None
     assert not retry.user_attrs.get(_attrs.RESUMED)
     assert sorted(retry.intermediate_values) == list(range(workers.STEPS))
-    # Exactly one trial restored the parent's checkpoint.
-    assert child.user_attrs[_attrs.CONTINUES]["trial"] == 0 and child.user_attrs[_attrs.RESUMED]
-    resumed = [t for t in study.trials if t.user_attrs.get(_attrs.RESUMED)]
-    assert resumed == [child]
+    assert [t for t in study.trials if t.user_attrs.get(_attrs.RESUMED)] == [child]
 
 
 def test_repeatedly_failing_continuations_give_the_pause_up(tmp_path: Path) -> None:
@@ -334,3 +378,137 @@ def test_one_sampler_serves_two_studies_without_mixing_claims(tmp_path: Path, ki
     # "a"'s pause is still open, in "a"'s storage.
     a_claims = _claims.open_claims(a._storage, _claims.claims_study_id(a._storage, a._study_id))
     assert [c.user_attrs["trial_id"] for c in a_claims] == [a.trials[0]._trial_id]
+
+
+# ------------------- 6: a killed continuation, retries and the checkpoints they copy
+@pytest.mark.parametrize("retry", [False, True], ids=["heartbeat", "heartbeat+retry"])
+def test_a_killed_continuation_releases_its_claim(tmp_path: Path, retry: bool) -> None:
+    url = f"sqlite:///{tmp_path / 'fms.db'}"
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    store = optuna.artifacts.FileSystemArtifactStore(str(store_dir))
+    study = optuna.create_study(
+        study_name="killed",
+        storage=workers.heartbeat_storage(url, grace_period=2, retry=retry),
+        sampler=test_freeze_thaw._ContinueWhenPossible(
+            seed=0, artifact_store=store, n_startup_trials=0
+        ),
+        pruner=test_freeze_thaw._PauseTrialZero(max_steps=workers.STEPS),
+    )
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=1)
+    marker = tmp_path / "stalled"
+    ctx = multiprocessing.get_context("spawn")
+    worker = ctx.Process(
+        target=workers.continue_and_stall, args=(url, "killed", str(store_dir), str(marker))
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert worker.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+    killed = study.trials[1]
+    assert killed.state == TrialState.RUNNING
+    assert _attrs.read_continuation(killed.user_attrs).trial == 0
+    time.sleep(3)  # Past the grace period: the next optimize fails the killed trial.
+    study.optimize(workers.train_objective, n_trials=1)
+    paused, killed, child = study.trials
+    assert killed.state == TrialState.FAIL
+    assert child.state == TrialState.COMPLETE
+    assert ("failed_trial" in child.system_attrs) == retry
+    _assert_continues_from_checkpoint(child, paused)
+    assert _claim_states(study) == [TrialState.FAIL, TrialState.COMPLETE]
+    # The killed trial's own checkpoints are kept (a retry copied their records).
+    assert _attrs.read_checkpoints(killed.user_attrs)
+    _assert_every_recorded_checkpoint_exists(study, store_dir)
+
+
+def _failed_continuations(storage, n: int) -> tuple[int, list[int]]:
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "race")
+    claims_id = _claims.claims_study_id(storage, study_id)
+    paused = storage.get_trial(storage.create_new_trial(study_id))
+    claim_ids = []
+    for _ in range(n):
+        claim_id = _claims.open_claim(storage, claims_id, paused, 0)
+        holder = storage.get_trial(storage.create_new_trial(study_id))
+        assert _claims.take_claim(storage, claim_id, holder)
+        storage.set_trial_state_values(holder._trial_id, TrialState.FAIL)  # As the heartbeat.
+        claim_ids.append(claim_id)
+    return claims_id, claim_ids
+
+
+def _storage_specs(tmp_path: Path) -> list[str]:
+    specs = [f"sqlite:///{tmp_path / 'claims.db'}", f"journal:{tmp_path / 'claims.log'}"]
+    url = os.environ.get("OPTUNA_FMS_POSTGRES_URL")
+    if url:
+        specs.append(url)
+    elif os.environ.get("CI"):
+        pytest.fail("CI must provide OPTUNA_FMS_POSTGRES_URL (scripts/_postgres.sh)")
+    return specs
+
+
+def test_claims_of_failed_continuations_are_released_once_across_processes(
+    tmp_path: Path,
+) -> None:
+    jobs = []
+    for spec in _storage_specs(tmp_path):
+        storage = workers.make_storage(spec)
+        if spec.startswith("postgresql"):
+            for name in ("race", "race:fms-claims"):
+                try:
+                    optuna.delete_study(study_name=name, storage=storage)
+                except KeyError:
+                    pass
+        jobs.append((spec, *_failed_continuations(storage, 30)))
+    ctx = multiprocessing.get_context("spawn")
+    outs = [tmp_path / f"closed{k}.json" for k in range(4)]
+    todo = [(spec, claims_id) for spec, claims_id, _ in jobs]
+    procs = [ctx.Process(target=workers.recover_claims, args=(todo, str(o))) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    closed = [json.loads(o.read_text()) for o in outs]
+    for k, (spec, claims_id, claim_ids) in enumerate(jobs):
+        # Each claim was closed by exactly one process, which opened exactly one new claim.
+        assert sum(c[k] for c in closed) == len(claim_ids), spec
+        storage = workers.make_storage(spec)
+        assert all(storage.get_trial(c).state == TrialState.FAIL for c in claim_ids)
+        claims = storage.get_all_trials(claims_id)
+        reopened = [c for c in claims if c.state == TrialState.WAITING]
+        assert sorted(_claims.pause_claim(c) for c in reopened) == sorted(claim_ids), spec
+
+
+def test_a_retry_keeps_the_failed_trials_checkpoints(tmp_path: Path) -> None:
+    # Any sampler: the retry's retention must not delete the failed trial's files.
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    store = optuna.artifacts.FileSystemArtifactStore(str(store_dir))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'fms.db'}")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        for step in range(4):
+            optuna_fms.save_checkpoint(
+                trial, {"w": torch.full((2,), x)}, step, artifact_store=store
+            )
+            if trial.number == 0 and step == 2:
+                raise RuntimeError("worker lost")
+        return x
+
+    study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+    failed = study.trials[0]
+    RetryFailedTrialCallback()(study, failed)
+    study.optimize(objective, n_trials=1)
+    retry = study.trials[1]
+    assert retry.state == TrialState.COMPLETE
+    kept = _attrs.read_checkpoints(failed.user_attrs)
+    assert kept == _attrs.read_checkpoints(study.trials[0].user_attrs)
+    assert not set(kept.values()) & set(_attrs.read_checkpoints(retry.user_attrs).values())
+    _assert_every_recorded_checkpoint_exists(study, store_dir)
+    # The retry reads its own checkpoints, never the failed trial's.
+    ckpt = optuna_fms.read_checkpoint(retry, 2, artifact_store=store)
+    assert ckpt.metadata["trial_number"] == retry.number

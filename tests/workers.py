@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+from pathlib import Path
+import time
 
 import optuna
 import torch
@@ -20,11 +24,13 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train_objective(trial: optuna.Trial, checks: int = 1) -> float:
+def train_objective(trial: optuna.Trial, checks: int = 1, stall: str | None = None) -> float:
     """Deterministic CPU training with momentum SGD, checkpointing every epoch.
 
     ``checks`` is how often ``should_prune`` is asked per step (a logging callback or a
-    user's extra check ask more than once); the last answer decides.
+    user's extra check ask more than once); the last answer decides. With ``stall`` (a file
+    path) a continuation writes its trial number there after its first new epoch and then
+    hangs, for a test to kill its process.
     """
     lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
     torch.manual_seed(0)
@@ -43,6 +49,9 @@ def train_objective(trial: optuna.Trial, checks: int = 1) -> float:
             loss = torch.nn.functional.mse_loss(model(x), y).item()
         optuna_fms.save_checkpoint(trial, model, step=epoch, optimizer=opt)
         trial.report(loss, epoch)
+        if stall is not None and start > 0:
+            Path(stall).write_text(str(trial.number))
+            time.sleep(600)
         if [trial.should_prune() for _ in range(checks)][-1]:
             raise optuna.TrialPruned()
     return loss
@@ -113,3 +122,49 @@ def race_for_claims(storage_url: str, study_id: int, claim_ids: list[int], out: 
     won = [c for c in claim_ids if _claims.take_claim(storage, c, me)]
     with open(out, "w") as f:
         f.write(",".join(map(str, won)))
+
+
+def heartbeat_storage(
+    url: str, *, interval: int = 1, grace_period: int = 2, retry: bool = False
+) -> optuna.storages.RDBStorage:
+    """An RDB storage with Optuna's heartbeat, and with ``retry`` its retry callback."""
+    # Optuna 4.9 renamed RetryFailedTrialCallback and failed_trial_callback.
+    modern = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+    callback = None
+    if retry:
+        cls = (
+            optuna.storages.RetryHeartbeatStaleTrialCallback
+            if modern
+            else optuna.storages.RetryFailedTrialCallback
+        )
+        callback = cls(max_retry=3)
+    key = "heartbeat_stale_trial_callback" if modern else "failed_trial_callback"
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=interval, grace_period=grace_period, **{key: callback}
+    )
+
+
+def continue_and_stall(url: str, study_name: str, artifact_dir: str, marker: str) -> None:
+    """Continue the paused trial of a test study, then hang mid-training (to be killed)."""
+    import test_freeze_thaw
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = optuna.artifacts.FileSystemArtifactStore(artifact_dir)
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=heartbeat_storage(url),
+        sampler=test_freeze_thaw._ContinueWhenPossible(
+            seed=0, artifact_store=store, n_startup_trials=0
+        ),
+        pruner=test_freeze_thaw._PauseTrialZero(max_steps=STEPS),
+    )
+    study.optimize(functools.partial(train_objective, stall=marker), n_trials=1)
+
+
+def recover_claims(todo: list[tuple[str, int]], out: str) -> None:
+    """Release the claims of failed continuations in each ``(storage, claims study id)``;
+    write how many this process closed in each, as a JSON list."""
+    from optuna_fms import _claims
+
+    closed = [_claims.recover_claims(make_storage(spec), claims_id) for spec, claims_id in todo]
+    Path(out).write_text(json.dumps(closed))

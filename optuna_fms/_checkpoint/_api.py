@@ -264,8 +264,9 @@ def save_checkpoint(
 
     # Record first, delete afterwards: a crash in between leaves an orphan file, never a
     # recorded id without a file.
-    kept, removed = _after_save(_checkpoint_map(trial), step, artifact_id, keep_last, keep_every)
-    _record_checkpoint_map(trial, kept)
+    recorded = _checkpoint_map(trial)
+    kept, removed = _after_save(recorded, step, artifact_id, keep_last, keep_every)
+    _record_checkpoint_map(trial, kept, first=not recorded)
     for aid in removed:
         _remove_artifact(trial, store, aid)
     return artifact_id

@@ -70,18 +70,30 @@ def _resolve_artifact_store(
 
 
 def _checkpoint_map(trial: Trial | FrozenTrial) -> dict[int, str]:
-    """``{step: artifact_id}`` recorded on the trial, read fresh from storage for a Trial."""
+    """``{step: artifact_id}`` recorded on the trial, read fresh from storage for a Trial.
+
+    Empty when the map was copied from another trial (its owner stamp,
+    :data:`~optuna_fms._attrs.CHECKPOINTS_OWNER`, names that trial): a retry made by
+    :class:`~optuna.storages.RetryFailedTrialCallback` copies every attribute, and must neither
+    read nor delete the failed trial's checkpoints.
+    """
     storage = getattr(trial, "storage", None)
+    frozen: Any = trial
     if storage is not None and hasattr(trial, "_trial_id"):
-        user_attrs = storage.get_trial(trial._trial_id).user_attrs
-    else:
-        user_attrs = trial.user_attrs
-    raw = user_attrs.get(_attrs.CHECKPOINTS) or {}
-    return {int(step): str(artifact_id) for step, artifact_id in raw.items()}
+        frozen = storage.get_trial(trial._trial_id)
+    owner = frozen.system_attrs.get(_attrs.CHECKPOINTS_OWNER)
+    if owner is not None and owner != getattr(trial, "_trial_id", None):
+        return {}
+    return _attrs.read_checkpoints(frozen.user_attrs)
 
 
-def _record_checkpoint_map(trial: Trial, recorded: Mapping[int, str]) -> None:
-    """Store ``{str(step): artifact_id}`` (in step order) as the trial's ``fms:checkpoints``."""
+def _record_checkpoint_map(trial: Trial, recorded: Mapping[int, str], *, first: bool) -> None:
+    """Store ``{str(step): artifact_id}`` (in step order) as the trial's ``fms:checkpoints``;
+    with ``first`` (the trial had no checkpoint of its own yet) stamp the trial as its owner."""
+    if first:
+        trial.storage.set_trial_system_attr(
+            trial._trial_id, _attrs.CHECKPOINTS_OWNER, trial._trial_id
+        )
     trial.set_user_attr(_attrs.CHECKPOINTS, {str(s): recorded[s] for s in sorted(recorded)})
 
 
