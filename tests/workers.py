@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
 import time
+from typing import Any
 
 import optuna
 import torch
@@ -124,23 +127,27 @@ def race_for_claims(storage_url: str, study_id: int, claim_ids: list[int], out: 
         f.write(",".join(map(str, won)))
 
 
+_MODERN = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+"""Optuna 4.9 renamed RetryFailedTrialCallback and RDBStorage's failed_trial_callback."""
+
+
+def retry_callback() -> Any:
+    """Optuna's callback that re-enqueues a trial the heartbeat failed (up to 3 times)."""
+    if _MODERN:
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    return optuna.storages.RetryFailedTrialCallback(max_retry=3)
+
+
 def heartbeat_storage(
     url: str, *, interval: int = 1, grace_period: int = 2, retry: bool = False
 ) -> optuna.storages.RDBStorage:
     """An RDB storage with Optuna's heartbeat, and with ``retry`` its retry callback."""
-    # Optuna 4.9 renamed RetryFailedTrialCallback and failed_trial_callback.
-    modern = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
-    callback = None
-    if retry:
-        cls = (
-            optuna.storages.RetryHeartbeatStaleTrialCallback
-            if modern
-            else optuna.storages.RetryFailedTrialCallback
-        )
-        callback = cls(max_retry=3)
-    key = "heartbeat_stale_trial_callback" if modern else "failed_trial_callback"
+    key = "heartbeat_stale_trial_callback" if _MODERN else "failed_trial_callback"
     return optuna.storages.RDBStorage(
-        url, heartbeat_interval=interval, grace_period=grace_period, **{key: callback}
+        url,
+        heartbeat_interval=interval,
+        grace_period=grace_period,
+        **{key: retry_callback() if retry else None},
     )
 
 
@@ -168,3 +175,86 @@ def recover_claims(todo: list[tuple[str, int]], out: str) -> None:
 
     closed = [_claims.recover_claims(make_storage(spec), claims_id) for spec, claims_id in todo]
     Path(out).write_text(json.dumps(closed))
+
+
+# ------------------------------------------------------------ many workers, some killed
+FLEET_STEPS = 3
+"""Epochs of :func:`fleet_objective` (few: the fleet tests run hundreds of trials)."""
+
+
+def state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and raw bytes: equal digests, bit-for-bit equal weights."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fleet_objective(trial: optuna.Trial) -> float:
+    """Tiny real training (a 4-8-1 MLP, momentum SGD) for the many-workers tests.
+
+    Records the worker's pid (so a test can tell which trials a killed worker held) and, on a
+    continuation, the digest of the weights ``resume`` restored.
+    """
+    trial.set_user_attr("worker", os.getpid())
+    lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
+    width = trial.suggest_int("width", 4, 16)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    start = optuna_fms.resume(trial, model, opt)
+    if start > 0:
+        trial.set_user_attr("resumed_digest", state_digest(model.state_dict()))
+    x, y = _data()
+    loss = math.nan
+    for epoch in range(start, FLEET_STEPS):
+        for batch in torch.randperm(64, generator=torch.Generator().manual_seed(epoch)).split(32):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x[batch]), y[batch]).backward()
+            opt.step()
+        with torch.no_grad():
+            loss = torch.nn.functional.mse_loss(model(x), y).item()
+        optuna_fms.save_checkpoint(trial, model.state_dict(), step=epoch, optimizer=opt)
+        trial.report(loss, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return loss
+
+
+def fleet_study(spec: str, study_name: str, artifact_dir: str, seed: int) -> optuna.Study:
+    """The many-workers study as one worker loads it: FMS with cheap settings."""
+    if spec.startswith("journal:"):
+        storage: optuna.storages.BaseStorage = make_storage(spec)
+    else:
+        storage = heartbeat_storage(spec, interval=1, grace_period=FLEET_GRACE, retry=True)
+    return optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=optuna_fms.FMSSampler(
+            seed=seed,
+            n_startup_trials=4,
+            artifact_store=optuna.artifacts.FileSystemArtifactStore(artifact_dir),
+            n_candidates=16,
+            max_train_rows=64,
+            retrain_growth=1.0,
+        ),
+        pruner=optuna_fms.FMSPruner(max_steps=FLEET_STEPS, n_startup_trials=4),
+    )
+
+
+FLEET_GRACE = 8
+"""Heartbeat grace period (s) of the many-workers tests; the heartbeat beats every second."""
+
+
+def fleet_worker(spec: str, study_name: str, artifact_dir: str, seed: int, target: int) -> None:
+    """One worker process: run trials until ``target`` trials are complete or pruned."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    torch.set_num_threads(1)
+    study = fleet_study(spec, study_name, artifact_dir, seed)
+    done = optuna.study.MaxTrialsCallback(
+        target, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
+    study.optimize(fleet_objective, callbacks=[done])
