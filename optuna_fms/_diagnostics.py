@@ -29,6 +29,10 @@ class Diagnostics:
     lengthscales:
         One per input of the ``"gp"`` model (a parameter, a weight component, the log
         budget); large means the input barely matters. Empty for the deep kernel.
+    trend:
+        The ``"gp"`` model's prior-mean trend per numeric input at the full budget: how much
+        the forecast final score changes over the input's range (standard deviations), far
+        from the observations. Empty for the deep kernel or ``trend="constant"``.
     train_rmse:
         Root mean squared error of the posterior mean on the training rows.
     held_out_rmse:
@@ -44,6 +48,7 @@ class Diagnostics:
     train_rmse: float
     held_out_rmse: float
     lengthscales: dict[str, float] = field(default_factory=dict)
+    trend: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
@@ -56,6 +61,11 @@ class Diagnostics:
             lines.append(
                 "lengthscales: "
                 + ", ".join(f"{k} {v:.3g}" for k, v in sorted(self.lengthscales.items()))
+            )
+        if self.trend:
+            lines.append(
+                "trend at the full budget: "
+                + ", ".join(f"{k} {v:+.3g}" for k, v in sorted(self.trend.items()))
             )
         return "\n".join(lines)
 
@@ -98,7 +108,14 @@ def diagnose(study: Study, *, engine: Engine | None = None) -> Diagnostics:
         d = surrogate.diagnostics()
         train, held = surrogate.held_out_error(data.rows, data.y, data.owner)
         return Diagnostics(
-            "gp", len(fit.curves), d.n_rows, d.noise, train, held, dict(d.lengthscales)
+            "gp",
+            len(fit.curves),
+            d.n_rows,
+            d.noise,
+            train,
+            held,
+            dict(d.lengthscales),
+            dict(d.trend),
         )
     mean, _ = surrogate.predict(data.rows)
     train = math.sqrt(float(((mean - data.y) ** 2).mean()))

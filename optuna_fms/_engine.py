@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+import copy
 from dataclasses import dataclass
+from dataclasses import field
 import logging
 import threading
 from typing import Any
@@ -121,6 +123,10 @@ class _StudyState:
     alternative: tuple[int, float] | None = None
     """The best alternative's EI and the training (``Fit.n_trained``) it was computed on."""
     claims_id: int | None = None
+    curves: dict[int, tuple[Any, Curve]] = field(default_factory=dict)
+    """Curves of finished trials (``trial id -> (checkpoint attribute, curve)``), valid for
+    ``curves_for``; a finished trial's values and parameters never change."""
+    curves_for: tuple[Any, ...] = ()
 
 
 def count_observations(trials: Sequence[FrozenTrial]) -> int:
@@ -334,10 +340,23 @@ class Engine:
         """
         sign = self.sign(study)
         superseded = Lineage(trials).superseded()
+        state = self._state(study)
+        signature = (encoder.search_space, max_steps, sign)
+        if state.curves_for != signature:
+            state.curves, state.curves_for = {}, signature
+        cache = state.curves
         curves = []
+        fresh = []
         for t in trials:
             if t._trial_id in superseded or t.state in (TrialState.FAIL, TrialState.WAITING):
                 continue
+            finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            if finished:
+                cached = cache.get(t._trial_id)
+                # Checkpoint records of a finished trial may still change (retention).
+                if cached is not None and cached[0] == t.user_attrs.get(_attrs.CHECKPOINTS):
+                    curves.append(cached[1])
+                    continue
             if not encoder.contains(t.params):
                 continue
             if t.intermediate_values:
@@ -351,17 +370,19 @@ class Engine:
             keep = steps < max_steps
             if not keep.any():
                 continue
-            curves.append(
-                Curve(
-                    key=t._trial_id,
-                    params=dict(t.params),
-                    steps=steps[keep],
-                    values=sign * values[keep],
-                    checkpoints=_attrs.read_checkpoints(t.user_attrs),
-                )
+            curve = Curve(
+                key=t._trial_id,
+                params=dict(t.params),
+                steps=steps[keep],
+                values=sign * values[keep],
+                checkpoints=_attrs.read_checkpoints(t.user_attrs),
             )
-        if curves:
-            for c, x in zip(curves, encoder.encode([c.params for c in curves])):
+            curves.append(curve)
+            fresh.append(curve)
+            if finished:
+                cache[t._trial_id] = (copy.deepcopy(t.user_attrs.get(_attrs.CHECKPOINTS)), curve)
+        if fresh:
+            for c, x in zip(fresh, encoder.encode([c.params for c in fresh])):
                 c.x = x
         return curves
 

@@ -19,6 +19,7 @@ from optuna_fms._surrogate._fitted import FittedModel
 from optuna_fms._surrogate._fitted import SurrogateKind
 from optuna_fms._surrogate._fitted import SurrogateModel
 from optuna_fms._surrogate._gp import GPSurrogate
+from optuna_fms._surrogate._gp import Trend
 from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._surrogate import Surrogate
 from optuna_fms._surrogate._surrogate import SurrogateFitError
@@ -35,6 +36,7 @@ __all__ = [
     "SurrogateFitError",
     "SurrogateKind",
     "SurrogateModel",
+    "Trend",
     "WeightBank",
     "build_training_set",
 ]

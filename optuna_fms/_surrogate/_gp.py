@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 import math
 from typing import Any
+from typing import Literal
 import warnings
 
 import gpytorch
@@ -32,7 +33,6 @@ import torch
 
 from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._surrogate import SurrogateFitError
-from optuna_fms._surrogate._surrogate import _posterior
 from optuna_fms._surrogate._surrogate import _single_thread
 
 
@@ -40,6 +40,15 @@ MIN_NOISE = 1e-5
 """Lower bound of the noise variance (standardised units)."""
 N_WEIGHT_COMPONENTS = 2
 """Principal components of the weight embedding the kernel reads."""
+TREND_PRIOR_STD = 1.0
+"""Prior standard deviation of each trend coefficient: a change of one standard deviation of
+the score over an input's whole range."""
+
+Trend = Literal["constant", "linear", "linear-budget"]
+"""The prior mean in the hyperparameters (it always has a slope in log budget):
+``"constant"``; ``"linear"``, a linear trend in each numeric input; ``"linear-budget"``, that
+trend with a slope that changes linearly in log budget (an input may matter more, or the
+other way round, at the end of training than after one epoch)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class GPDiagnostics:
     """Slope of the prior mean in log budget (0 to 1 over the full budget)."""
     lengthscales: dict[str, float]
     n_rows: int
+    trend: dict[str, float]
+    """The prior mean's trend per numeric input at the full budget: the change of the
+    forecast final score over the input's range, in standard deviations."""
 
 
 class _GroupedMatern(gpytorch.kernels.Kernel):
@@ -88,15 +100,40 @@ class _GroupedMatern(gpytorch.kernels.Kernel):
 
 
 class _BudgetMean(gpytorch.means.Mean):
-    """A constant plus a slope in log budget: scores rise with training."""
+    """A constant plus a slope in log budget (scores rise with training), plus a linear trend
+    in the ``trend`` columns, optionally changing linearly in log budget.
 
-    def __init__(self) -> None:
+    The trend is what lets a few configurations inform the whole space: far from every
+    observation a constant mean forecasts the same score for all configurations (ties),
+    a trend keeps the direction the data showed (a larger learning rate was better). Its
+    coefficients have a Gaussian prior (:data:`TREND_PRIOR_STD`) in the MAP fit.
+    """
+
+    def __init__(self, trend: list[int], budget_trend: bool) -> None:
         super().__init__()
         self.constant = torch.nn.Parameter(torch.zeros(1))
         self.slope = torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("_trend", torch.as_tensor(trend, dtype=torch.long))
+        # The trend at the full budget, and its change towards one step (log budget 0).
+        # Anchoring at the full budget shares strength: most observations are early ones,
+        # and they inform the final trend unless the data show that it changes. (Two
+        # independent trends, after one step and at the end, each with its own prior, left
+        # the final one near 0 and ranked at tau 0.26 instead of 0.51 on the zoo hub.)
+        self.trend = torch.nn.Parameter(torch.zeros(len(trend)))
+        self.budget_trend = torch.nn.Parameter(torch.zeros(len(trend) if budget_trend else 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.constant + self.slope * x[..., -1]
+        log_budget = x[..., -1]
+        out = self.constant + self.slope * log_budget
+        if len(self._trend):
+            centred = x[..., self._trend] - 0.5
+            out = out + centred @ self.trend
+            if len(self.budget_trend):
+                out = out + (centred * (log_budget[..., None] - 1.0)) @ self.budget_trend
+        return out
+
+    def coefficients(self) -> torch.Tensor:
+        return torch.cat([self.trend, self.budget_trend])
 
 
 class _ExactGP(gpytorch.models.ExactGP):
@@ -112,27 +149,93 @@ class _ExactGP(gpytorch.models.ExactGP):
         y: torch.Tensor,
         likelihood: gpytorch.likelihoods.Likelihood,
         groups: list[int],
+        trend: Trend = "constant",
     ) -> None:
         super().__init__(x, y, likelihood)
         n_x = len(groups)
-        self.mean_module = _BudgetMean()
+        # Numeric inputs (a group of one column) get a trend; one-hot categoricals do not
+        # (a coefficient per category overfits a 60-way choice).
+        sizes = np.bincount(groups) if groups else np.zeros(0, dtype=int)
+        columns = [] if trend == "constant" else [i for i, g in enumerate(groups) if sizes[g] == 1]
+        self.mean_module = _BudgetMean(columns, trend == "linear-budget")
+        self.n_x = n_x
         self.x_kernel = _GroupedMatern(groups, active_dims=torch.arange(n_x))
         self.persistent = gpytorch.kernels.ConstantKernel()
         self.budget_kernel = gpytorch.kernels.ScaleKernel(
             gpytorch.kernels.MaternKernel(nu=2.5, active_dims=torch.tensor([n_x]))
         )
 
+    def covariance(self, a: torch.Tensor, b: torch.Tensor, diag: bool = False) -> torch.Tensor:
+        """The kernel between feature rows ``a`` and ``b``, dense (or its diagonal).
+
+        Dense products: linear_operator's lazy product of kernels costs more than the
+        elementwise product of these small matrices."""
+        n = self.n_x
+        k_x = self.x_kernel.forward(a[..., :n], b[..., :n], diag=diag)
+        budget = self.budget_kernel.base_kernel.forward(
+            a[..., n : n + 1], b[..., n : n + 1], diag=diag
+        )
+        scale = self.budget_kernel.outputscale.reshape(())
+        return k_x * (self.persistent.constant.reshape(()) + scale * budget)
+
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
-        # Dense products: linear_operator's lazy product of kernels costs more than the
-        # elementwise product of these small matrices.
-        budget = self.persistent(x).to_dense() + self.budget_kernel(x).to_dense()
-        covar = to_linear_operator(self.x_kernel(x).to_dense() * budget)
+        covar = to_linear_operator(self.covariance(x, x))
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), covar)
+
+
+class _Posterior:
+    """The exact posterior of a fitted :class:`_ExactGP` on its training data, by one
+    Cholesky factorisation (no Lanczos approximation of the variance, none of
+    linear_operator's bookkeeping per query: a pruner decision predicts a handful of rows).
+
+    Raises
+    ------
+    SurrogateFitError
+        If the covariance is not positive definite even with jitter.
+    """
+
+    def __init__(self, model: _ExactGP) -> None:
+        self.model = model
+        self.x = model.train_inputs[0]
+        y = model.train_targets
+        with torch.no_grad():
+            k = model.covariance(self.x, self.x)
+            k = k + model.likelihood.noise.reshape(()) * torch.eye(len(y), dtype=k.dtype)
+            self.chol = _cholesky(k)
+            residual = (y - model.mean_module(self.x)).unsqueeze(-1)
+            self.alpha = torch.cholesky_solve(residual, self.chol).squeeze(-1)
+
+    def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        model = self.model
+        with torch.no_grad():
+            cross = model.covariance(x, self.x)
+            mean = model.mean_module(x) + cross @ self.alpha
+            v = torch.linalg.solve_triangular(self.chol, cross.T, upper=False)
+            var = model.covariance(x, x, diag=True) - (v**2).sum(0)
+        mean_np = mean.numpy()
+        std = var.clamp_min(1e-12).sqrt().numpy()
+        if not (np.isfinite(mean_np).all() and np.isfinite(std).all()):
+            raise SurrogateFitError("GP prediction is not finite.")
+        return mean_np, std
+
+
+def _cholesky(k: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of ``k``, with growing jitter if it is not numerically positive
+    definite (as GPyTorch does)."""
+    scale = float(k.diagonal().mean())
+    for jitter in (0.0, 1e-8, 1e-6, 1e-4):
+        chol, info = torch.linalg.cholesky_ex(
+            k + jitter * scale * torch.eye(len(k), dtype=k.dtype)
+        )
+        if int(info) == 0 and bool(torch.isfinite(chol).all()):
+            return chol
+    raise SurrogateFitError("The GP covariance is not positive definite.")
 
 
 def _log_prior(model: _ExactGP) -> torch.Tensor:
     """Optuna GPSampler's priors: inverse squared lengthscales near 1, Gamma(2, 1) scales
-    and a Gamma(1.1, 30) noise variance (small noise unless the data says otherwise)."""
+    and a Gamma(1.1, 30) noise variance (small noise unless the data says otherwise); and a
+    Gaussian prior on the mean's trend coefficients."""
     lengthscales = torch.cat(
         [
             model.x_kernel.lengthscale.reshape(-1),
@@ -144,8 +247,10 @@ def _log_prior(model: _ExactGP) -> torch.Tensor:
         [model.persistent.constant.reshape(-1), model.budget_kernel.outputscale.reshape(-1)]
     )
     noise = model.likelihood.noise.reshape(-1)[0]
+    trend = model.mean_module.coefficients()
     return (
-        -(0.1 / inv_sq + 0.1 * inv_sq).sum()
+        -0.5 * ((trend / TREND_PRIOR_STD) ** 2).sum()
+        - (0.1 / inv_sq + 0.1 * inv_sq).sum()
         + ((2.0 - 1.0) * torch.log(scales) - scales).sum()
         + (1.1 - 1.0) * torch.log(noise)
         - 30.0 * noise
@@ -170,6 +275,10 @@ class GPSurrogate:
     embed:
         Optional ``bank indices -> (n, k) array``: the weight embedding of each row's weights
         (``-1``: none). The kernel reads its first principal components.
+    trend:
+        The prior mean in the hyperparameters (:data:`Trend`). The default,
+        ``"linear-budget"``, ranked configurations best over both benchmark hubs
+        (docs/benchmarks.md); ``"constant"`` is Optuna GPSampler's choice.
 
     Examples
     --------
@@ -194,12 +303,19 @@ class GPSurrogate:
         max_iter: int = 60,
         min_noise: float = MIN_NOISE,
         embed: Callable[[np.ndarray], np.ndarray] | None = None,
+        trend: Trend = "linear-budget",
     ) -> None:
+        if trend not in ("constant", "linear", "linear-budget"):
+            raise ValueError(
+                f"trend must be 'constant', 'linear' or 'linear-budget', not {trend!r}."
+            )
+        self._trend: Trend = trend
         self._seed = seed
         self._max_iter = max_iter
         self._min_noise = min_noise
         self._embed = embed
         self._model: _ExactGP | None = None
+        self._posterior: _Posterior | None = None
         self._layout: RowLayout | None = None
         self._pca: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._names: list[str] = []
@@ -291,7 +407,7 @@ class GPSurrogate:
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
             noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
         )
-        model = _ExactGP(x, y, likelihood, self._groups).double()
+        model = _ExactGP(x, y, likelihood, self._groups, self._trend).double()
         if warm is not None:
             model.load_state_dict(warm.state_dict(), strict=False)
             model.set_train_data(x, y, strict=False)
@@ -341,10 +457,22 @@ class GPSurrogate:
         self.predict(rows[:1])
 
     def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation (standardised units) of the latent score."""
-        if self._model is None:
+        """Posterior mean and standard deviation (standardised units) of the latent score.
+
+        Raises
+        ------
+        SurrogateFitError
+            If the posterior cannot be computed or is not finite.
+        """
+        model = self._model
+        if model is None:
             raise RuntimeError("The GP has not been fitted.")
-        return _posterior(self._model, torch.as_tensor(self._features(rows), dtype=torch.float64))
+        post = self._posterior
+        if post is None or post.model is not model or post.x is not model.train_inputs[0]:
+            with _single_thread():
+                post = self._posterior = _Posterior(model)
+        with _single_thread():
+            return post(torch.as_tensor(self._features(rows), dtype=torch.float64))
 
     def held_out_error(
         self, rows: np.ndarray, y: np.ndarray, groups: np.ndarray
@@ -391,7 +519,14 @@ class GPSurrogate:
             budget_slope=float(model.mean_module.slope.item()),
             lengthscales=lengthscales,
             n_rows=int(model.train_inputs[0].shape[0]),
+            trend=self._trend_at_full_budget(),
         )
+
+    def _trend_at_full_budget(self) -> dict[str, float]:
+        assert self._model is not None
+        mean = self._model.mean_module
+        names = [self._names[self._groups[i]] for i in mean._trend.tolist()]
+        return dict(zip(names, mean.trend.detach().tolist()))
 
 
 def _same(a: RowLayout, b: RowLayout) -> bool:

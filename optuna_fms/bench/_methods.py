@@ -122,6 +122,7 @@ def _fms(
     surrogate: str = "deep-kernel",
     sampler_startup: int = FMS_STARTUP_TRIALS,
     pause_startup: bool = False,
+    gp_trend: str = "linear-budget",
 ) -> Factory:
     """FMSSampler + FMSPruner. The defaults are the settings the saved deep-kernel runs were
     measured with (random startup trials at the full budget); the ``fms-gp`` methods use the
@@ -138,6 +139,8 @@ def _fms(
             surrogate=surrogate,
             warn_independent_sampling=False,
         )
+        if surrogate == "gp":
+            kwargs["gp_trend"] = gp_trend
         if weights is not None:
             kwargs.update(weights=weights, start_weights=start_weights_fn(hub))
         sampler = FMSSampler(**kwargs)
@@ -167,8 +170,19 @@ METHODS: dict[str, Method] = {
         Method(
             "fms-gp",
             "FMSSampler(surrogate='gp') + FMSPruner: ARD Matern GP with priors over "
-            "hyperparameters and log budget, DyHPO's start (library defaults)",
+            "hyperparameters and log budget, a linear trend in the hyperparameters that "
+            "changes with the budget, DyHPO's start (library defaults)",
             _fms(None, 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            surrogate=True,
+            requires=("surrogate",),
+        ),
+        Method(
+            "fms-gp-constant",
+            "fms-gp with gp_trend='constant': the GP's prior mean has no trend in the "
+            "hyperparameters (the default before December 2026, as Optuna's GPSampler)",
+            _fms(
+                None, 5, surrogate="gp", sampler_startup=5, pause_startup=True, gp_trend="constant"
+            ),
             surrogate=True,
             requires=("surrogate",),
         ),
@@ -177,6 +191,20 @@ METHODS: dict[str, Method] = {
             "fms-gp with weights='stats' and start_weights: a few principal components of "
             "the start weights' statistics as GP inputs",
             _fms("stats", 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            surrogate=True,
+            requires=("surrogate", "weights", "start_weights"),
+        ),
+        Method(
+            "fms-gp-stats-constant",
+            "fms-gp-stats with gp_trend='constant'",
+            _fms(
+                "stats",
+                5,
+                surrogate="gp",
+                sampler_startup=5,
+                pause_startup=True,
+                gp_trend="constant",
+            ),
             surrogate=True,
             requires=("surrogate", "weights", "start_weights"),
         ),
