@@ -195,6 +195,14 @@ METHODS: dict[str, Method] = {
             requires=("surrogate", "weights", "start_weights"),
         ),
         Method(
+            "fms-gp-gmn",
+            "fms-gp with weights='gmn' and start_weights: a few principal components of a "
+            "fixed (untrained, seeded) graph metanetwork's embedding of the start weights",
+            _fms("gmn", 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            surrogate=True,
+            requires=("surrogate", "weights", "start_weights"),
+        ),
+        Method(
             "fms-gp-stats-constant",
             "fms-gp-stats with gp_trend='constant'",
             _fms(
