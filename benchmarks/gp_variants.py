@@ -1,0 +1,106 @@
+"""Variants of the FMS sampler on a hub, replayed online (the sampler's own allocation).
+
+The same replay as ``optuna-fms bench`` (:func:`optuna_fms.bench.run_replay`), for sampler
+settings that are not registered methods: each variant is ``label=JSON`` with keyword
+arguments of :class:`optuna_fms.FMSSampler` (e.g. ``gp_trend``); the pruner is the ``fms-gp``
+method's. Prints Kendall's tau (all, observed beside their last observed score, unseen) at
+each tau budget, regret at the end and sampler + pruner seconds, mean ± s.e. over seeds.
+
+    python benchmarks/gp_variants.py --hub zoo --budget 100 --seeds 6 \\
+        'constant={"gp_trend": "constant"}' 'linear={"gp_trend": "linear"}' 'default='
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+import json
+import multiprocessing
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def _run(job: tuple[str, int, int, str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    hub_path, budget, seed, label, options = job
+    import optuna
+    import torch
+
+    import optuna_fms
+    from optuna_fms.bench import Hub
+    from optuna_fms.bench._replay import run_replay
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    hub = Hub.load(hub_path)
+    with tempfile.TemporaryDirectory(prefix="fms-variant-") as tmp:
+        store = optuna.artifacts.FileSystemArtifactStore(tmp)
+        kwargs: dict[str, Any] = dict(
+            seed=seed, artifact_store=store, warn_independent_sampling=False
+        )
+        sampler = optuna_fms.FMSSampler(**{**kwargs, **options})
+        pruner = optuna_fms.FMSPruner(max_steps=hub.n_epochs, seed=seed)
+        result = run_replay(
+            hub, label, seed, budget, sampler_pruner=(sampler, pruner), workdir=tmp
+        )
+    return label, result.to_dict()
+
+
+def _at(run: dict[str, Any], key: str, budget: int) -> float:
+    values = run[key]
+    return float(values.get(str(budget), values.get(budget, float("nan"))))
+
+
+def _cell(values: list[float]) -> str:
+    a = np.array([v for v in values if v == v], dtype=float)
+    if len(a) == 0:
+        return ""
+    se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+    return f"{a.mean():.2f} ± {se:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="label=JSON keyword arguments")
+    parser.add_argument("--hub", default="zoo")
+    parser.add_argument("--hub-dir", default="~/.cache/optuna-fms/hubs")
+    parser.add_argument("--budget", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    hub_path = os.path.expanduser(f"{args.hub_dir}/{args.hub}")
+    variants = []
+    for spec in args.variants:
+        label, _, options = spec.partition("=")
+        variants.append((label, json.loads(options) if options else {}))
+    jobs = [
+        (hub_path, args.budget, seed, label, options)
+        for seed in range(args.seeds)
+        for label, options in variants
+    ]
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+        results = list(pool.map(_run, jobs))
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for label, r in results:
+        by_label.setdefault(label, []).append(r)
+    print(f"hub {args.hub}, {args.budget} epochs, {args.seeds} seeds, mean ± s.e.\n")
+    print("| variant | epochs | tau all | tau observed | their last score | tau unseen |")
+    print("|---|---|---|---|---|---|")
+    for label, runs in by_label.items():
+        for b in sorted({int(k) for r in runs for k in r["tau"]}):
+            keys = ("tau", "tau_observed", "tau_last_observed", "tau_unseen")
+            cells = [_cell([_at(r, key, b) for r in runs]) for key in keys]
+            print(f"| {label} | {b} | " + " | ".join(cells) + " |")
+    print("\n| variant | regret at the end | sampler + pruner s |")
+    print("|---|---|---|")
+    for label, runs in by_label.items():
+        regret = [r["best_final_score"] - max(r["best_observed"]) for r in runs]
+        seconds = [r["sampler_seconds"] + r["pruner_seconds"] for r in runs]
+        print(f"| {label} | {_cell(regret)} | {_cell(seconds)} |")
+
+
+if __name__ == "__main__":
+    main()
