@@ -12,6 +12,7 @@ from optuna.distributions import BaseDistribution
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
+import torch
 
 
 class SpaceEncoder:
@@ -97,14 +98,17 @@ class SpaceEncoder:
         return [{name: columns[name][i] for name in columns} for i in range(len(encoded))]
 
     def sample(self, n: int, rng: np.random.RandomState) -> np.ndarray:
-        """Draw ``n`` encoded points: scrambled Sobol for the numerical part."""
-        from scipy.stats import qmc
+        """Draw ``n`` encoded points: scrambled Sobol for the numerical part.
 
+        Torch's Sobol engine, not SciPy's: importing ``scipy.stats`` costs each worker process
+        2-3 s of CPU at its first proposal (docs/benchmarks.md, Workers)."""
         out = np.zeros((n, self.dim))
         numeric = ~self.is_categorical
         if numeric.any():
-            sobol = qmc.Sobol(int(numeric.sum()), scramble=True, seed=rng.randint(2**31 - 1))
-            out[:, numeric] = sobol.random(n)
+            sobol = torch.quasirandom.SobolEngine(
+                int(numeric.sum()), scramble=True, seed=int(rng.randint(2**31 - 1))
+            )
+            out[:, numeric] = sobol.draw(n, dtype=torch.float64).numpy()
         for name, dist in self.search_space.items():
             if isinstance(dist, CategoricalDistribution):
                 sl = self._slices[name]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import math
 
 import numpy as np
+import torch
 
 from optuna_fms._surrogate._encoding import SpaceEncoder
 from optuna_fms._surrogate._fitted import FittedModel
@@ -57,12 +58,11 @@ def expected_improvement(mean: np.ndarray, std: np.ndarray, best: np.ndarray) ->
     >>> expected_improvement(np.array([0.0, 1.0]), np.array([1.0, 1e-12]), np.zeros(2))
     array([0.39894228, 1.        ])
     """
-    from scipy.special import ndtr
-
     std = np.maximum(std, 1e-9)
     z = (mean - best) / std
     pdf = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
-    return std * (z * ndtr(z) + pdf)
+    cdf = torch.special.ndtr(torch.as_tensor(z, dtype=torch.float64)).numpy()
+    return std * (z * cdf + pdf)
 
 
 def incumbent(model: FittedModel, budgets: np.ndarray) -> np.ndarray:
