@@ -2,7 +2,8 @@
 
 The same replay as ``optuna-fms bench`` (:func:`optuna_fms.bench.run_replay`), for sampler
 settings that are not registered methods: each variant is ``label=JSON`` with keyword
-arguments of :class:`optuna_fms.FMSSampler` (e.g. ``gp_trend``); the pruner is the ``fms-gp``
+arguments of :class:`optuna_fms.FMSSampler` (e.g. ``gp_trend``; ``"start_weights": true`` for the
+hub's start weights); the pruner is the ``fms-gp``
 method's. Prints Kendall's tau (all, observed beside their last observed score, unseen) at
 each tau budget, regret at the end and sampler + pruner seconds, mean ± s.e. over seeds.
 
@@ -40,6 +41,12 @@ def _run(job: tuple[str, int, int, str, dict[str, Any]]) -> tuple[str, dict[str,
         kwargs: dict[str, Any] = dict(
             seed=seed, artifact_store=store, warn_independent_sampling=False
         )
+        options = dict(options)
+        if options.pop("start_weights", False):
+            # JSON cannot carry a function: ``"start_weights": true`` means the hub's.
+            from optuna_fms.bench._methods import start_weights_fn
+
+            options["start_weights"] = start_weights_fn(hub)
         sampler = optuna_fms.FMSSampler(**{**kwargs, **options})
         pruner = optuna_fms.FMSPruner(max_steps=hub.n_epochs, seed=seed)
         result = run_replay(
