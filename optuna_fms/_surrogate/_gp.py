@@ -167,11 +167,9 @@ class _ExactGP(gpytorch.models.ExactGP):
         )
         self.mean_module = _BudgetMean(columns, trend == "linear-budget")
         self.n_x = n_x
-        self.x_kernel = _GroupedMatern(groups, active_dims=torch.arange(n_x))
+        self.x_kernel = _GroupedMatern(groups)
         self.persistent = gpytorch.kernels.ConstantKernel()
-        self.budget_kernel = gpytorch.kernels.ScaleKernel(
-            gpytorch.kernels.MaternKernel(nu=2.5, active_dims=torch.tensor([n_x]))
-        )
+        self.budget_kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5))
 
     def covariance(self, a: torch.Tensor, b: torch.Tensor, diag: bool = False) -> torch.Tensor:
         """The kernel between feature rows ``a`` and ``b``, dense (or its diagonal).
