@@ -17,12 +17,11 @@ import uuid
 import optuna
 from optuna.trial import TrialState
 import pytest
+import test_freeze_thaw
 import workers
 
 import optuna_fms
 from optuna_fms import _attrs
-from optuna_fms import _claims
-from optuna_fms._engine import Decision
 
 
 _PAUSE_STEP = 1
@@ -95,24 +94,15 @@ class _PauseTrialZero(optuna_fms.FMSPruner):
         return False
 
 
-class _ContinueWhenPossible(optuna_fms.FMSSampler):
-    """Continues any open claim instead of asking the surrogate (the claim path is real)."""
-
-    def _decide(self, study: optuna.Study) -> Decision | None:
-        claims = _claims.open_claims(study._storage, self.engine.claims_id(study))
-        if not claims:
-            return None
-        parent = study._storage.get_trial(claims[0].user_attrs["trial_id"])
-        return Decision(fresh={}, ei=0.0, claim=claims[0], parent=parent)
-
-
 def test_freeze_thaw_on_boto3_artifact_store(s3: tuple[Any, str], tmp_path: Any) -> None:
     """Pause, claim and continue with every checkpoint in S3; the weights resume bit for bit."""
     client, bucket = s3
     store = optuna.artifacts.Boto3ArtifactStore(bucket, client=client)
     study = optuna.create_study(
         storage=f"sqlite:///{tmp_path / 'fms.db'}",
-        sampler=_ContinueWhenPossible(seed=0, artifact_store=store, n_startup_trials=0),
+        sampler=test_freeze_thaw._ContinueWhenPossible(
+            seed=0, artifact_store=store, n_startup_trials=0
+        ),
         pruner=_PauseTrialZero(max_steps=workers.FLEET_STEPS),
     )
     study.optimize(workers.fleet_objective, n_trials=3)
