@@ -47,7 +47,11 @@ def _run(job: tuple[str, int, int, str, dict[str, Any]]) -> tuple[str, dict[str,
             from optuna_fms.bench._methods import start_weights_fn
 
             options["start_weights"] = start_weights_fn(hub)
+        # ``"gp": {...}``: keyword arguments of the GP surrogate that FMSSampler does not
+        # expose (e.g. ``min_noise``), for experiments.
+        gp = options.pop("gp", {})
         sampler = optuna_fms.FMSSampler(**{**kwargs, **options})
+        sampler.engine._surrogate_kwargs.update(gp)
         pruner = optuna_fms.FMSPruner(max_steps=hub.n_epochs, seed=seed)
         result = run_replay(
             hub, label, seed, budget, sampler_pruner=(sampler, pruner), workdir=tmp

@@ -115,3 +115,39 @@ def test_categoricals_get_no_trend_and_numeric_inputs_keep_their_names() -> None
     d = gp.diagnostics()
     assert set(d.trend) == {"a"} and d.trend["a"] > 0
     assert set(d.lengthscales) == {"c", "a", "log_budget"}
+
+
+def test_an_ignored_parameter_is_not_read() -> None:
+    # "c" (one-hot, two columns) carries the signal, but the GP is told not to read it.
+    layout = RowLayout(
+        x_dim=3, curve_len=0, x_groups=[0, 0, 1], x_names=["c", "a"], max_steps=MAX_STEPS
+    )
+    rng = np.random.RandomState(0)
+    cat = rng.randint(0, 2, size=24)
+    x = np.column_stack([cat == 0, cat == 1, rng.rand(24)]).astype(float)
+    b = np.tile([1.0, 10.0, 30.0], 8)
+    y = x[:, 2] + 2.0 * cat
+    y = (y - y.mean()) / y.std()
+    flipped = x.copy()
+    flipped[:, :2] = flipped[:, 1::-1]
+    reads, ignores = GPSurrogate(), GPSurrogate(ignore=["c"])
+    for gp in (reads, ignores):
+        gp.fit(layout, _rows(layout, x, b), y)
+    assert set(ignores.diagnostics().lengthscales) == {"a", "log_budget"}
+    a, _ = ignores.predict(_rows(layout, x, b))
+    a_flipped, _ = ignores.predict(_rows(layout, flipped, b))
+    np.testing.assert_allclose(a, a_flipped)
+    r, _ = reads.predict(_rows(layout, x, b))
+    r_flipped, _ = reads.predict(_rows(layout, flipped, b))
+    assert np.abs(r - r_flipped).max() > 0.5
+
+
+def test_a_noise_floor_above_the_initial_noise_fits() -> None:
+    # The cold start used to initialise the noise at 1e-2 whatever the floor: below a floor
+    # of 0.1 that is an invalid value, and every fit failed.
+    layout = RowLayout(x_dim=2, curve_len=0, x_groups=[0, 1], x_names=["a", "b"], max_steps=30)
+    x = _seen()
+    y = x[:, 0] - x[:, 1]
+    gp = GPSurrogate(min_noise=0.1)
+    gp.fit(layout, _rows(layout, x, np.full(len(x), 30.0)), (y - y.mean()) / y.std())
+    assert gp.diagnostics().noise >= 0.1

@@ -20,6 +20,7 @@ rows of the kind the model is trained on: a configuration at a budget).
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 import math
 from typing import Any
@@ -285,6 +286,9 @@ class GPSurrogate:
         The prior mean in the hyperparameters (:data:`Trend`). The default,
         ``"linear-budget"``, ranked configurations best over both benchmark hubs
         (docs/benchmarks.md); ``"constant"`` is Optuna GPSampler's choice.
+    ignore:
+        Parameter names the kernel does not read (they are still sampled), e.g. a model-zoo
+        member that ``embed`` describes by its start weights instead of an opaque category.
 
     Examples
     --------
@@ -310,7 +314,9 @@ class GPSurrogate:
         min_noise: float = MIN_NOISE,
         embed: Callable[[np.ndarray], np.ndarray] | None = None,
         trend: Trend = "linear-budget",
+        ignore: Sequence[str] = (),
     ) -> None:
+        self._ignore = frozenset(ignore)
         if trend not in ("constant", "linear", "linear-budget"):
             raise ValueError(
                 f"trend must be 'constant', 'linear' or 'linear-budget', not {trend!r}."
@@ -326,6 +332,7 @@ class GPSurrogate:
         self._pca: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._names: list[str] = []
         self._groups: list[int] = []
+        self._n_hyper = 0
         self._n_fits = 0
 
     # ------------------------------------------------------------------ features
@@ -336,7 +343,7 @@ class GPSurrogate:
         max_steps = lay.max_steps
         frac = np.clip(rows[:, lay.budget], 1e-12, None)
         log_budget = 1.0 + np.log(frac) / math.log(max_steps) if max_steps > 1 else frac
-        parts = [rows[:, : lay.x_dim]]
+        parts = [rows[:, self._columns(lay)]]
         if self._pca is not None:
             assert self._embed is not None
             mean, basis, scale = self._pca
@@ -369,6 +376,10 @@ class GPSurrogate:
         span = proj.max(0) - proj.min(0)
         self._pca = (mean, basis, np.where(span > 1e-12, span, 1.0))
 
+    def _columns(self, layout: RowLayout) -> list[int]:
+        """The encoded hyperparameter columns the kernel reads (all but ``ignore``'s)."""
+        return [i for i, g in enumerate(layout.x_groups) if layout.x_names[g] not in self._ignore]
+
     # ------------------------------------------------------------------ fit
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None:
         """Fit the hyperparameters (MAP) on packed ``rows`` and standardised targets ``y``.
@@ -382,10 +393,14 @@ class GPSurrogate:
         self._layout = layout
         self._fit_pca(rows)
         x, yt = self._unique_rows(rows, y)
-        n_pc = x.shape[1] - layout.x_dim - 1
-        n_params = max(layout.x_groups, default=-1) + 1
-        self._groups = layout.x_groups + [n_params + i for i in range(n_pc)]
-        self._names = layout.x_names + [f"weights_pc{i}" for i in range(n_pc)]
+        columns = self._columns(layout)
+        n_pc = x.shape[1] - len(columns) - 1
+        kept = sorted({layout.x_groups[i] for i in columns})
+        renumber = {g: k for k, g in enumerate(kept)}
+        self._groups = [renumber[layout.x_groups[i]] for i in columns]
+        self._groups += [len(kept) + i for i in range(n_pc)]
+        self._names = [layout.x_names[g] for g in kept] + [f"weights_pc{i}" for i in range(n_pc)]
+        self._n_hyper = len(columns)
         if warm is not None and warm.train_inputs[0].shape[1] != x.shape[1]:
             warm = None
         last: Exception | None = None
@@ -414,7 +429,7 @@ class GPSurrogate:
             noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
         )
         assert self._layout is not None
-        model = _ExactGP(x, y, likelihood, self._groups, self._trend, self._layout.x_dim).double()
+        model = _ExactGP(x, y, likelihood, self._groups, self._trend, self._n_hyper).double()
         if warm is not None:
             model.load_state_dict(warm.state_dict(), strict=False)
             model.set_train_data(x, y, strict=False)
@@ -423,7 +438,7 @@ class GPSurrogate:
             model.budget_kernel.base_kernel.lengthscale = 1.0
             model.persistent.constant = torch.tensor(1.0)
             model.budget_kernel.outputscale = 0.5
-            model.likelihood.noise = 1e-2
+            model.likelihood.noise = max(1e-2, 2.0 * self._min_noise)
         model.train()
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
         optimizer = torch.optim.LBFGS(
