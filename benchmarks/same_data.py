@@ -118,6 +118,29 @@ def _last_observed(hub: Any, study: Any) -> float:
     return kendall_tau(np.array([last[c][1] for c in ids]), hub.final_scores()[ids])
 
 
+def _main_effects_references(hub: Any) -> list[tuple[str, float]]:
+    """What the first epochs can tell: a main-effects (additive, one-hot) least-squares model
+    of the score after ``k`` epochs, fitted on *every* configuration, ranked against the final
+    score; and the score after ``k`` epochs itself."""
+    from optuna_fms.bench._metrics import kendall_tau
+
+    columns = [np.ones(hub.n_configs)]
+    for name in hub.search_space:
+        values = sorted({str(c[name]) for c in hub.configs})
+        columns += [np.array([str(c[name]) == v for c in hub.configs], float) for v in values[1:]]
+    design = np.column_stack(columns)
+    final = hub.final_scores()
+    out = []
+    for k in (1, 3, hub.n_epochs):
+        y = hub.scores[:, k - 1]
+        beta = np.linalg.lstsq(design, y, rcond=None)[0]
+        name = f"main effects of the score after {k} epochs"
+        out.append((name, kendall_tau(design @ beta, final)))
+        if k < hub.n_epochs:
+            out.append((f"score after {k} epochs", kendall_tau(y, final)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", help="label=JSON keyword arguments")
@@ -167,6 +190,9 @@ def main() -> None:
     for label, _ in variants:
         a = np.array(taus[label])
         print(f"| {label} | {cell(a[:, 0])} | {cell(a[:, 1])} | {cell(last)} | {cell(a[:, 2])} |")
+    print("\n| reference over all configurations (every one trained) | tau |\n|---|---|")
+    for name, tau in _main_effects_references(hub):
+        print(f"| {name} | {tau:.3f} |")
 
 
 if __name__ == "__main__":
