@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 from dataclasses import dataclass
+import math
 from typing import Any
 
 
@@ -51,6 +52,21 @@ attribute) and owns no checkpoint."""
 CONTINUATION_OFF = "fms:continuation_off"
 """Set once an objective finished a continued trial without calling :func:`optuna_fms.resume`
 (a failed continuation does not set it)."""
+
+GP_TRAINING = "fms:gp_training"
+"""``{"space": {name: distribution JSON}, "max_steps": int, "n_trained": int, "gp": {...}}``:
+the hyperparameters of the study's latest GP training by any worker (``gp``, from
+:meth:`~optuna_fms._surrogate.GPSurrogate.hyperparameters`), the search space and budget
+they were fitted for and the observations they were fitted on. A worker whose own training
+is older conditions on them instead of training its own GP (a new worker does not start
+cold); a missing, foreign or malformed value is ignored."""
+
+GP_TRAINING_STARTED = "fms:gp_training_started"
+"""``{"n": int, "at": float, "space": {...}, "max_steps": int, "by": str}``: a worker (``by``, a
+random token of its engine) started a GP training
+on ``n`` observations of that search space and budget at Unix time ``at``; until a training
+on as many observations is published in :data:`GP_TRAINING` (or a lease runs out), the other
+workers condition on the hyperparameters they have instead of training too."""
 
 
 # ---------------------------------------------------------------------------- typed readers
@@ -168,3 +184,88 @@ def read_forecast(user_attrs: Mapping[str, Any]) -> ForecastRecord | None:
 def read_resumed(user_attrs: Mapping[str, Any]) -> bool:
     """Whether :func:`optuna_fms.resume` restored the parent's checkpoint (:data:`RESUMED`)."""
     return user_attrs.get(RESUMED) is True
+
+
+@dataclass(frozen=True)
+class GPTraining:
+    """:data:`GP_TRAINING`: a GP training a worker published for the others."""
+
+    space: dict[str, str]
+    max_steps: int
+    n_trained: int
+    gp: dict[str, Any]
+
+
+def read_gp_training(system_attrs: Mapping[str, Any]) -> GPTraining | None:
+    """:data:`GP_TRAINING`, or ``None`` when absent or malformed (the hyperparameters
+    themselves are checked when a GP loads them).
+
+    Examples
+    --------
+    >>> read_gp_training({GP_TRAINING: {"space": {"x": "{}"}, "max_steps": 9,
+    ...                                 "n_trained": 4, "gp": {}}}).n_trained
+    4
+    >>> read_gp_training({GP_TRAINING: {"space": {}, "max_steps": 9, "n_trained": -1,
+    ...                                 "gp": {}}}) is None
+    True
+    """
+    raw = system_attrs.get(GP_TRAINING)
+    if not isinstance(raw, Mapping):
+        return None
+    space, max_steps, n_trained, gp = (
+        raw.get("space"),
+        _int(raw.get("max_steps")),
+        _int(raw.get("n_trained")),
+        raw.get("gp"),
+    )
+    if (
+        not isinstance(space, Mapping)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in space.items())
+        or max_steps is None
+        or n_trained is None
+        or n_trained < 0
+        or not isinstance(gp, dict)
+    ):
+        return None
+    return GPTraining(dict(space), max_steps, n_trained, gp)
+
+
+@dataclass(frozen=True)
+class GPTrainingStarted:
+    """:data:`GP_TRAINING_STARTED`: a worker's announcement of a GP training."""
+
+    n: int
+    at: float
+    space: dict[str, str]
+    max_steps: int
+    by: str
+    """The announcing engine's token (a worker ignores its own announcements)."""
+
+
+def read_gp_training_started(system_attrs: Mapping[str, Any]) -> GPTrainingStarted | None:
+    """:data:`GP_TRAINING_STARTED`, or ``None`` when absent or malformed.
+
+    Examples
+    --------
+    >>> read_gp_training_started({GP_TRAINING_STARTED: {"n": 12, "at": 1.5, "space": {},
+    ...                                                 "max_steps": 9, "by": "a1"}}).n
+    12
+    >>> read_gp_training_started({GP_TRAINING_STARTED: {"n": 12, "at": "now"}}) is None
+    True
+    """
+    raw = system_attrs.get(GP_TRAINING_STARTED)
+    if not isinstance(raw, Mapping):
+        return None
+    n, max_steps = _int(raw.get("n")), _int(raw.get("max_steps"))
+    at, space, by = raw.get("at"), raw.get("space"), raw.get("by")
+    if (
+        n is None
+        or max_steps is None
+        or not isinstance(by, str)
+        or not isinstance(at, (int, float))
+        or isinstance(at, bool)
+        or not math.isfinite(at)
+        or not isinstance(space, Mapping)
+    ):
+        return None
+    return GPTrainingStarted(n, float(at), dict(space), max_steps, by)

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from dataclasses import field
 import logging
 import threading
+import time
 from typing import Any
 from typing import get_args
+import uuid
 
 import numpy as np
 from optuna.distributions import BaseDistribution
+from optuna.distributions import distribution_to_json
 from optuna.search_space import IntersectionSearchSpace
 from optuna.storages import BaseStorage
 from optuna.study import Study
@@ -55,6 +58,15 @@ from optuna_fms._surrogate._weights import fingerprint
 _logger = logging.getLogger("optuna_fms")
 _MAX_START_KEYS = 1024
 """Start-weight objects whose bank index is remembered (oldest forgotten first)."""
+_LAZY_GROWTH = 0.5
+"""Every refresh trains again once the observations grew by this fraction since the last
+training (the sampler's own ``retrain_growth`` applies to its own trials' observations)."""
+_AWAIT_TRAINING_S = 20.0
+"""How long a worker without any model waits for another worker's announced training."""
+_AWAIT_POLL_S = 0.05
+_TRAINING_LEASE_S = 60.0
+"""How long another worker's announced GP training keeps the others from training (a worker
+that died while training holds the others off no longer than this)."""
 
 
 @dataclass
@@ -68,6 +80,8 @@ class Fit:
     """The trial each curve was read from, by :attr:`Curve.key` (the trial id)."""
     n_observations: int
     n_trained: int
+    n_own: int = 0
+    """Observations of this process's own trials (see :meth:`Engine.own_trial`) the fit read."""
 
     @property
     def max_steps(self) -> int:
@@ -127,6 +141,8 @@ class _StudyState:
     """Curves of finished trials (``trial id -> (checkpoint attribute, curve)``), valid for
     ``curves_for``; a finished trial's values and parameters never change."""
     curves_for: tuple[Any, ...] = ()
+    own: set[int] = field(default_factory=set)
+    """Ids of the trials this process runs (the sampler's ``before_trial``)."""
 
 
 def count_observations(trials: Sequence[FrozenTrial]) -> int:
@@ -138,6 +154,52 @@ def count_observations(trials: Sequence[FrozenTrial]) -> int:
         elif t.state == TrialState.COMPLETE:
             n += 1
     return n
+
+
+def _training_elsewhere(
+    system_attrs: Mapping[str, Any], space: dict[str, str], max_steps: int, me: str
+) -> bool:
+    """Whether another worker than ``me`` announced a GP training for ``space`` and
+    ``max_steps``
+    (:data:`_attrs.GP_TRAINING_STARTED`) less than :data:`_TRAINING_LEASE_S` ago that is not
+    published yet: no published training covers as many observations. A malformed published
+    record tells nothing: then no."""
+    started = _attrs.read_gp_training_started(system_attrs)
+    if started is None or started.by == me:
+        return False
+    if started.space != space or started.max_steps != max_steps:
+        return False
+    if _attrs.GP_TRAINING in system_attrs:
+        published = _attrs.read_gp_training(system_attrs)
+        if published is None or published.n_trained >= started.n:
+            return False
+    return 0.0 <= time.time() - started.at < _TRAINING_LEASE_S
+
+
+def _adopt(
+    surrogate: SurrogateModel,
+    layout: RowLayout,
+    rows: np.ndarray,
+    y: np.ndarray,
+    shared: _attrs.GPTraining | None,
+    n_trained: int | None,
+    n_observations: int,
+) -> tuple[bool, bool]:
+    """Condition ``surrogate`` (a GP) on ``rows`` with the hyperparameters of another
+    worker's training ``shared`` if that is newer than its own (trained on ``n_trained``
+    observations). Returns whether it did, and whether ``shared`` is unusable (malformed, or
+    trained on more than the study's ``n_observations``)."""
+    if shared is None or not isinstance(surrogate, GPSurrogate):
+        return False, False
+    if shared.n_trained > n_observations:
+        return False, True
+    if n_trained is not None and shared.n_trained <= n_trained:
+        return False, False
+    try:
+        surrogate.load_hyperparameters(layout, rows, y, shared.gp)
+    except SurrogateFitError:
+        return False, True
+    return True, False
 
 
 def engine_of(study: Study) -> Engine | None:
@@ -188,7 +250,8 @@ class Engine:
     retrain_growth:
         Train the surrogate again once the observations grew by this fraction since the
         last training, and only condition the trained GP on new data in between. 0 trains
-        at every new observation, as DyHPO does.
+        at every new observation of this process's own trials, as DyHPO does (see
+        :meth:`refresh`).
     surrogate:
         The model: ``"gp"`` (ARD Matern-5/2 GP with priors on hyperparameters, log budget
         and a fixed weight embedding) or ``"deep-kernel"`` (DyHPO's deep-kernel GP, which
@@ -255,6 +318,8 @@ class Engine:
         self._states: dict[tuple[int, int], _StudyState] = {}
         self._lock = threading.RLock()
         self._warned_failure = False
+        self._token = uuid.uuid4().hex
+        """Tells this engine's announcements of GP trainings from other workers'."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -267,6 +332,7 @@ class Engine:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._token = uuid.uuid4().hex
         self.bank = WeightBank(self._weights) if self._weights is not None else None
 
     def reseed(self) -> None:
@@ -391,14 +457,24 @@ class Engine:
         """Return a fit that is current enough; ``None`` while the surrogate cannot be fitted.
 
         The GP's hyperparameters (and the deep kernel's feature extractor) are *trained* when
-        the data grew by ``retrain_growth`` since the last training (and at the first fit or
-        when the search space or budget changed); in between, the trained model is
-        *conditioned* on all current data, an exact GP update that costs one Cholesky
-        factorisation. Other callers than the sampler (``eager=False``: the pruner) train
-        only once the data grew by half, so that ``should_prune`` stays cheap. The
-        deep kernel reads trials' newest values through their curves, so for it the pruner
-        even keeps the last fit until then; the ``"gp"`` model reads observations only as
-        training rows, so it is conditioned on them.
+        this process's own trials (:meth:`own_trial`) brought new observations and the data
+        grew by ``retrain_growth`` since the last training, and by any caller once the data
+        grew by half (and at the first fit or when the search space or budget changed); in
+        between, the trained model is *conditioned* on all current data, an exact GP update
+        that costs one Cholesky factorisation. Other callers than the sampler
+        (``eager=False``: the pruner) train only by the second rule, so that
+        ``should_prune`` stays cheap. The deep kernel reads trials' newest values through
+        their curves, so for it the pruner even keeps the last fit until then; the ``"gp"``
+        model reads observations only as training rows, so it is conditioned on them.
+
+        Workers share their GP trainings through the study (:data:`_attrs.GP_TRAINING`):
+        after training, a process stores the hyperparameters and the number of observations
+        they were fitted on; a process whose last training is older (or that has none yet)
+        conditions a GP with those hyperparameters on its data instead of training, and
+        trains from them when it must. Other workers' observations alone never make a
+        process train below the half-growth rule: with one worker as with eight, the study
+        trains about once per own new observation. A missing, foreign (other search space or
+        budget) or malformed record is ignored.
         """
         with self._lock:
             state = self._state(study)
@@ -406,18 +482,17 @@ class Engine:
             max_steps = self.max_steps(study, trials)
             n_obs = count_observations(trials)
             space = self.search_space(study)
+            own = count_observations([t for t in trials if t._trial_id in state.own])
             fit = state.fit
             same = (
                 fit is not None
                 and fit.encoder.search_space == dict(sorted(space.items()))
                 and fit.max_steps == max_steps
             )
-            growth = self._retrain_growth if eager else 0.5
             if same and fit is not None:
                 stale_ok = not eager and self._surrogate_kind == "deep-kernel"
                 if n_obs == fit.n_observations or (stale_ok and n_obs < 1.5 * fit.n_observations):
                     return fit
-            retrain = not same or fit is None or n_obs >= (1 + growth) * fit.n_trained
             encoder = SpaceEncoder(space)
             # Only the deep kernel reads the curve; for the GP the rows stay narrow whatever
             # the budget (a report at step 10**9 must not allocate rows that wide).
@@ -437,18 +512,73 @@ class Engine:
             if state.surrogate is None:
                 state.surrogate = self.new_surrogate()
             surrogate = state.surrogate
+            previous = fit if same else None
+            n_trained = previous.n_trained if previous is not None else None
             try:
-                if not retrain:
+                shared_attrs = (
+                    study._storage.get_study_system_attrs(study._study_id)
+                    if self._surrogate_kind == "gp"
+                    else {}
+                )
+                shared = self._shared_training(shared_attrs, encoder, max_steps)
+                space_json = self._space_json(encoder)
+                busy = _training_elsewhere(shared_attrs, space_json, max_steps, self._token)
+                # Another worker's newer training: condition on its hyperparameters instead
+                # of training (a new worker does not start cold).
+                adopted, rejected = _adopt(
+                    surrogate, layout, data.rows, data.y, shared, n_trained, n_obs
+                )
+                if not adopted and n_trained is None and busy:
+                    # No model yet, and another worker is training one: wait for it rather
+                    # than train the same GP from scratch (as costly in time, and in CPU).
+                    shared = self._await_training(study, encoder, max_steps, shared)
+                    adopted, rejected = _adopt(
+                        surrogate, layout, data.rows, data.y, shared, None, n_obs
+                    )
+                if adopted and shared is not None:
+                    n_trained = shared.n_trained
+                if n_trained is None:
+                    retrain = True
+                else:
+                    # The sampler trains for new observations of this process's own trials
+                    # only; other workers' observations are conditioned on (they train for
+                    # theirs, and share it), so the trainings per trial do not grow with the
+                    # workers. Everyone trains once the data grew by half.
+                    own_new = eager and previous is not None and own > previous.n_own
+                    retrain = n_obs >= (1 + _LAZY_GROWTH) * n_trained or (
+                        own_new and n_obs >= (1 + self._retrain_growth) * n_trained
+                    )
+                if retrain and n_trained is not None and busy:
+                    # Another worker is training on newer data: keep the current model
+                    # (conditioned) until it publishes, instead of the same training twice.
+                    retrain = False
+                if not retrain and not adopted:
                     try:
                         surrogate.condition(data.rows, data.y)
                     except SurrogateFitError:
                         retrain = True
                 if retrain:
+                    if self._surrogate_kind == "gp":
+                        study._storage.set_study_system_attr(
+                            study._study_id,
+                            _attrs.GP_TRAINING_STARTED,
+                            {
+                                "n": n_obs,
+                                "at": time.time(),
+                                "space": space_json,
+                                "max_steps": max_steps,
+                                "by": self._token,
+                            },
+                        )
                     surrogate.fit(layout, data.rows, data.y)
+                    n_trained = n_obs
+                    self._publish_training(
+                        study, encoder, max_steps, n_obs, surrogate, replace=rejected
+                    )
             except SurrogateFitError as err:
                 self._fit_failed(state, err)
                 return None
-            n_trained = n_obs if retrain or fit is None else fit.n_trained
+            assert n_trained is not None
             state.fit = Fit(
                 encoder=encoder,
                 model=FittedModel(layout, max_steps, data, surrogate),
@@ -456,8 +586,79 @@ class Engine:
                 trials={c.key: by_key[c.key] for c in curves},
                 n_observations=n_obs,
                 n_trained=n_trained,
+                n_own=own,
             )
             return state.fit
+
+    def own_trial(self, study: Study, trial_id: int) -> None:
+        """Record that this process runs the trial ``trial_id`` of ``study`` (the sampler's
+        ``before_trial``): its new observations make the sampler train the surrogate again
+        (see :meth:`refresh`)."""
+        with self._lock:
+            self._state(study).own.add(trial_id)
+
+    @staticmethod
+    def _space_json(encoder: SpaceEncoder) -> dict[str, str]:
+        return {n: distribution_to_json(d) for n, d in encoder.search_space.items()}
+
+    def _shared_training(
+        self, system_attrs: Mapping[str, Any], encoder: SpaceEncoder, max_steps: int
+    ) -> _attrs.GPTraining | None:
+        """The study's latest GP training by any worker (from the study's system attributes),
+        if it is for this search space and budget (and this engine's model is the GP)."""
+        if self._surrogate_kind != "gp":
+            return None
+        shared = _attrs.read_gp_training(system_attrs)
+        if shared is None or shared.max_steps != max_steps:
+            return None
+        return shared if shared.space == self._space_json(encoder) else None
+
+    def _await_training(
+        self,
+        study: Study,
+        encoder: SpaceEncoder,
+        max_steps: int,
+        shared: _attrs.GPTraining | None,
+    ) -> _attrs.GPTraining | None:
+        """Wait (at most :data:`_AWAIT_TRAINING_S`) until the GP training another worker
+        announced, or any training newer than ``shared`` (the one published now), is
+        published, and return it; ``None`` if none was."""
+        space = self._space_json(encoder)
+        deadline = time.monotonic() + _AWAIT_TRAINING_S
+        while time.monotonic() < deadline:
+            time.sleep(_AWAIT_POLL_S)
+            system_attrs = study._storage.get_study_system_attrs(study._study_id)
+            latest = self._shared_training(system_attrs, encoder, max_steps)
+            newer = latest is not None and (shared is None or latest.n_trained > shared.n_trained)
+            if newer or not _training_elsewhere(system_attrs, space, max_steps, self._token):
+                return latest
+        return None
+
+    def _publish_training(
+        self,
+        study: Study,
+        encoder: SpaceEncoder,
+        max_steps: int,
+        n_trained: int,
+        surrogate: SurrogateModel,
+        *,
+        replace: bool,
+    ) -> None:
+        """Store the hyperparameters of a training for the other workers, unless a training
+        on as many observations is already stored (and not found unusable: ``replace``)."""
+        if not isinstance(surrogate, GPSurrogate):
+            return
+        system_attrs = study._storage.get_study_system_attrs(study._study_id)
+        shared = self._shared_training(system_attrs, encoder, max_steps)
+        if not replace and shared is not None and shared.n_trained >= n_trained:
+            return
+        record: dict[str, Any] = {
+            "space": self._space_json(encoder),
+            "max_steps": max_steps,
+            "n_trained": n_trained,
+            "gp": surrogate.hyperparameters(),
+        }
+        study._storage.set_study_system_attr(study._study_id, _attrs.GP_TRAINING, record)
 
     def _fit_failed(self, state: _StudyState, err: Exception) -> None:
         """Forget the fit (the next refresh fits again) and warn once per engine."""

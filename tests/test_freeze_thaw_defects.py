@@ -441,12 +441,8 @@ def _failed_continuations(storage, n: int) -> tuple[int, list[int]]:
 
 def _storage_specs(tmp_path: Path) -> list[str]:
     specs = [f"sqlite:///{tmp_path / 'claims.db'}", f"journal:{tmp_path / 'claims.log'}"]
-    url = os.environ.get("OPTUNA_FMS_POSTGRES_URL")
-    if url:
-        specs.append(url)
-    elif os.environ.get("CI"):
-        pytest.fail("CI must provide OPTUNA_FMS_POSTGRES_URL (scripts/_postgres.sh)")
-    return specs
+    url = workers.postgres_url(required=False)
+    return specs if url is None else [*specs, url]
 
 
 def test_claims_of_failed_continuations_are_released_once_across_processes(

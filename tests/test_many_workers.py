@@ -17,7 +17,6 @@ import time
 
 import optuna
 from optuna.trial import TrialState
-import pytest
 import workers
 
 import optuna_fms
@@ -27,15 +26,6 @@ from optuna_fms import _claims
 
 _TARGET = 400
 """Complete or pruned trials the workers run together."""
-
-
-def _postgres_url() -> str:
-    url = os.environ.get("OPTUNA_FMS_POSTGRES_URL")
-    if url:
-        return url
-    if os.environ.get("CI"):
-        pytest.fail("CI must provide OPTUNA_FMS_POSTGRES_URL (scripts/_postgres.sh)")
-    pytest.skip("OPTUNA_FMS_POSTGRES_URL is not set (scripts/_postgres.sh starts a server)")
 
 
 def _running_by_worker(storage, study_id: int) -> dict[int, list]:
@@ -185,7 +175,8 @@ def _check_fleet(study: optuna.Study, artifacts: Path, seed: int) -> dict[str, i
 
 
 def test_eight_workers_on_postgresql_two_killed(tmp_path: Path) -> None:
-    url = _postgres_url()
+    url = workers.postgres_url(required=True)
+    assert url is not None
     study = _run_fleet(url, tmp_path, n_workers=8, seed=1)
     print(_check_fleet(study, tmp_path / "artifacts", seed=1))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 import pickle
 
@@ -197,12 +196,8 @@ def _storages(tmp_path: Path) -> list[object]:
         f"sqlite:///{tmp_path / 'fms.db'}",
         workers.make_storage(f"journal:{tmp_path / 'fms.log'}"),
     ]
-    url = os.environ.get("OPTUNA_FMS_POSTGRES_URL")
-    if url:
-        out.append(url)
-    elif os.environ.get("CI"):
-        pytest.fail("CI must provide OPTUNA_FMS_POSTGRES_URL (scripts/_postgres.sh)")
-    return out
+    url = workers.postgres_url(required=False)
+    return out if url is None else [*out, url]
 
 
 def test_runs_on_every_storage(tmp_path: Path) -> None:

@@ -108,6 +108,25 @@ def run_worker(storage_url: str, study_name: str, artifact_dir: str, n_trials: i
     study.optimize(curve_objective, n_trials=n_trials)
 
 
+def postgres_url(*, required: bool) -> str | None:
+    """The PostgreSQL server's URL that the test command provides (``OPTUNA_FMS_POSTGRES_URL``,
+    set by scripts/_postgres.sh).
+
+    Without it a test fails under CI (``CI`` set); elsewhere it is skipped when ``required``,
+    and otherwise runs without PostgreSQL (``None``).
+    """
+    import pytest
+
+    url = os.environ.get("OPTUNA_FMS_POSTGRES_URL")
+    if url:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail("CI must provide OPTUNA_FMS_POSTGRES_URL (scripts/_postgres.sh)")
+    if required:
+        pytest.skip("OPTUNA_FMS_POSTGRES_URL is not set (scripts/_postgres.sh starts a server)")
+    return None
+
+
 def make_storage(spec: str) -> optuna.storages.BaseStorage:
     """An RDB storage from a URL, or a journal file storage from ``journal:<path>``."""
     if spec.startswith("journal:"):

@@ -550,6 +550,91 @@ class GPSurrogate:
         names = [self._names[self._groups[i]] for i in mean._trend.tolist()]
         return dict(zip(names, mean.trend.detach().tolist()))
 
+    # ------------------------------------------------------------------ sharing
+    def hyperparameters(self) -> dict[str, Any]:
+        """The fitted hyperparameters as JSON-serialisable data, for
+        :meth:`load_hyperparameters` in another process: the inputs' names, the prior mean's
+        form and every raw (unconstrained) parameter of the model as a list of floats."""
+        if self._model is None:
+            raise RuntimeError("The GP has not been fitted.")
+        return {
+            "names": list(self._names),
+            "trend": self._trend,
+            "values": {
+                name: [float(v) for v in p.detach().reshape(-1).tolist()]
+                for name, p in self._model.named_parameters()
+            },
+        }
+
+    def load_hyperparameters(
+        self, layout: RowLayout, rows: np.ndarray, y: np.ndarray, hyperparameters: Any
+    ) -> None:
+        """Condition a GP with the given hyperparameters (from :meth:`hyperparameters` of a
+        fit on the same kind of rows) on ``rows`` and ``y``, without fitting: what a worker
+        does with another worker's training. A later :meth:`fit` warm-starts from them.
+
+        Raises
+        ------
+        SurrogateFitError
+            If ``hyperparameters`` do not match this model and layout (input names, prior
+            mean, parameter names and sizes), are not finite, or give a posterior that is
+            not finite. The surrogate is then left as it was.
+        """
+        saved = (self._model, self._posterior, self._layout, self._pca, self._names, self._groups)
+        try:
+            with _single_thread():
+                self._load_hyperparameters(layout, rows, y, hyperparameters)
+        except (SurrogateFitError, RuntimeError, ValueError, TypeError) as err:
+            self._model, self._posterior, self._layout, self._pca, self._names, self._groups = (
+                saved
+            )
+            if isinstance(err, SurrogateFitError):
+                raise
+            raise SurrogateFitError(f"Could not load the hyperparameters: {err}") from err
+
+    def _load_hyperparameters(
+        self, layout: RowLayout, rows: np.ndarray, y: np.ndarray, hyperparameters: Any
+    ) -> None:
+        if not isinstance(hyperparameters, dict) or hyperparameters.get("trend") != self._trend:
+            raise SurrogateFitError("The hyperparameters are not of this GP's form.")
+        values = hyperparameters.get("values")
+        self._layout = layout
+        self._fit_pca(rows)
+        x, yt = self._unique_rows(rows, y)
+        n_pc = x.shape[1] - layout.x_dim - 1
+        n_params = max(layout.x_groups, default=-1) + 1
+        self._groups = layout.x_groups + [n_params + i for i in range(n_pc)]
+        self._names = layout.x_names + [f"weights_pc{i}" for i in range(n_pc)]
+        if hyperparameters.get("names") != self._names or not isinstance(values, dict):
+            raise SurrogateFitError("The hyperparameters are for other inputs.")
+        likelihood = gpytorch.likelihoods.GaussianLikelihood(
+            noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
+        )
+        model = _ExactGP(x, yt, likelihood, self._groups, self._trend, layout.x_dim).double()
+        params = dict(model.named_parameters())
+        if set(values) != set(params):
+            raise SurrogateFitError("The hyperparameters name other parameters than this GP's.")
+        with torch.no_grad():
+            for name, param in params.items():
+                value = values[name]
+                if (
+                    not isinstance(value, list)
+                    or len(value) != param.numel()
+                    or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+                    )
+                ):
+                    raise SurrogateFitError(f"Malformed hyperparameter {name!r}.")
+                tensor = torch.tensor(value, dtype=torch.float64).reshape(param.shape)
+                if not bool(torch.isfinite(tensor).all()):
+                    raise SurrogateFitError(f"Hyperparameter {name!r} is not finite.")
+                param.copy_(tensor)
+        model.eval()
+        model.likelihood.eval()
+        self._model = model
+        self._posterior = None
+        self.predict(rows[:1])
+
 
 def _same(a: RowLayout, b: RowLayout) -> bool:
     return (a.x_dim, a.curve_len, a.max_steps) == (b.x_dim, b.curve_len, b.max_steps)
