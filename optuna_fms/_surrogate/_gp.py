@@ -380,6 +380,27 @@ class GPSurrogate:
         """The encoded hyperparameter columns the kernel reads (all but ``ignore``'s)."""
         return [i for i, g in enumerate(layout.x_groups) if layout.x_names[g] not in self._ignore]
 
+    def _set_inputs(self, layout: RowLayout, x: torch.Tensor) -> None:
+        """Parameter group and name of each kernel input of the feature rows ``x``."""
+        columns = self._columns(layout)
+        n_pc = x.shape[1] - len(columns) - 1
+        kept = sorted({layout.x_groups[i] for i in columns})
+        renumber = {g: k for k, g in enumerate(kept)}
+        self._groups = [renumber[layout.x_groups[i]] for i in columns]
+        self._groups += [len(kept) + i for i in range(n_pc)]
+        self._names = [layout.x_names[g] for g in kept] + [f"weights_pc{i}" for i in range(n_pc)]
+        self._n_hyper = len(columns)
+
+    def _new_model(self, x: torch.Tensor, y: torch.Tensor) -> _ExactGP:
+        likelihood = gpytorch.likelihoods.GaussianLikelihood(
+            noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
+        )
+        return _ExactGP(x, y, likelihood, self._groups, self._trend, self._n_hyper).double()
+
+    def _settings(self) -> dict[str, Any]:
+        """What makes two GPs' hyperparameters interchangeable besides their inputs."""
+        return {"trend": self._trend, "min_noise": self._min_noise, "ignore": sorted(self._ignore)}
+
     # ------------------------------------------------------------------ fit
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None:
         """Fit the hyperparameters (MAP) on packed ``rows`` and standardised targets ``y``.
@@ -393,14 +414,7 @@ class GPSurrogate:
         self._layout = layout
         self._fit_pca(rows)
         x, yt = self._unique_rows(rows, y)
-        columns = self._columns(layout)
-        n_pc = x.shape[1] - len(columns) - 1
-        kept = sorted({layout.x_groups[i] for i in columns})
-        renumber = {g: k for k, g in enumerate(kept)}
-        self._groups = [renumber[layout.x_groups[i]] for i in columns]
-        self._groups += [len(kept) + i for i in range(n_pc)]
-        self._names = [layout.x_names[g] for g in kept] + [f"weights_pc{i}" for i in range(n_pc)]
-        self._n_hyper = len(columns)
+        self._set_inputs(layout, x)
         if warm is not None and warm.train_inputs[0].shape[1] != x.shape[1]:
             warm = None
         last: Exception | None = None
@@ -425,11 +439,7 @@ class GPSurrogate:
         return x, torch.as_tensor(y[keep], dtype=torch.float64)
 
     def _train(self, x: torch.Tensor, y: torch.Tensor, warm: _ExactGP | None) -> _ExactGP:
-        likelihood = gpytorch.likelihoods.GaussianLikelihood(
-            noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
-        )
-        assert self._layout is not None
-        model = _ExactGP(x, y, likelihood, self._groups, self._trend, self._n_hyper).double()
+        model = self._new_model(x, y)
         if warm is not None:
             model.load_state_dict(warm.state_dict(), strict=False)
             model.set_train_data(x, y, strict=False)
@@ -559,7 +569,7 @@ class GPSurrogate:
             raise RuntimeError("The GP has not been fitted.")
         return {
             "names": list(self._names),
-            "trend": self._trend,
+            "settings": self._settings(),
             "values": {
                 name: [float(v) for v in p.detach().reshape(-1).tolist()]
                 for name, p in self._model.named_parameters()
@@ -580,14 +590,28 @@ class GPSurrogate:
             mean, parameter names and sizes), are not finite, or give a posterior that is
             not finite. The surrogate is then left as it was.
         """
-        saved = (self._model, self._posterior, self._layout, self._pca, self._names, self._groups)
+        saved = (
+            self._model,
+            self._posterior,
+            self._layout,
+            self._pca,
+            self._names,
+            self._groups,
+            self._n_hyper,
+        )
         try:
             with _single_thread():
                 self._load_hyperparameters(layout, rows, y, hyperparameters)
         except (SurrogateFitError, RuntimeError, ValueError, TypeError) as err:
-            self._model, self._posterior, self._layout, self._pca, self._names, self._groups = (
-                saved
-            )
+            (
+                self._model,
+                self._posterior,
+                self._layout,
+                self._pca,
+                self._names,
+                self._groups,
+                self._n_hyper,
+            ) = saved
             if isinstance(err, SurrogateFitError):
                 raise
             raise SurrogateFitError(f"Could not load the hyperparameters: {err}") from err
@@ -595,22 +619,19 @@ class GPSurrogate:
     def _load_hyperparameters(
         self, layout: RowLayout, rows: np.ndarray, y: np.ndarray, hyperparameters: Any
     ) -> None:
-        if not isinstance(hyperparameters, dict) or hyperparameters.get("trend") != self._trend:
-            raise SurrogateFitError("The hyperparameters are not of this GP's form.")
+        if (
+            not isinstance(hyperparameters, dict)
+            or hyperparameters.get("settings") != self._settings()
+        ):
+            raise SurrogateFitError("The hyperparameters are of a GP with other settings.")
         values = hyperparameters.get("values")
         self._layout = layout
         self._fit_pca(rows)
         x, yt = self._unique_rows(rows, y)
-        n_pc = x.shape[1] - layout.x_dim - 1
-        n_params = max(layout.x_groups, default=-1) + 1
-        self._groups = layout.x_groups + [n_params + i for i in range(n_pc)]
-        self._names = layout.x_names + [f"weights_pc{i}" for i in range(n_pc)]
+        self._set_inputs(layout, x)
         if hyperparameters.get("names") != self._names or not isinstance(values, dict):
             raise SurrogateFitError("The hyperparameters are for other inputs.")
-        likelihood = gpytorch.likelihoods.GaussianLikelihood(
-            noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
-        )
-        model = _ExactGP(x, yt, likelihood, self._groups, self._trend, layout.x_dim).double()
+        model = self._new_model(x, yt)
         params = dict(model.named_parameters())
         if set(values) != set(params):
             raise SurrogateFitError("The hyperparameters name other parameters than this GP's.")
