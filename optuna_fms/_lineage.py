@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -44,11 +45,19 @@ class Lineage:
     def __init__(self, trials: Sequence[FrozenTrial]) -> None:
         self._trials = list(trials)
         self._by_id = {t._trial_id: t for t in self._trials}
+        by_number = {t.number: t for t in self._trials}
         self._link: dict[int, _attrs.Continuation] = {}
         self._child_of: dict[int, FrozenTrial] = {}
         for t in self._trials:
             link = _attrs.read_continuation(t.user_attrs)
             if link is not None:
+                parent = self._by_id.get(link.trial_id)
+                if parent is None or parent.number != link.trial:
+                    # A copied study (``optuna.copy_study``): trial ids are the storage's own
+                    # and change with the copy, trial numbers do not.
+                    parent = by_number.get(link.trial)
+                    if parent is not None:
+                        link = dataclasses.replace(link, trial_id=parent._trial_id)
                 self._link[t._trial_id] = link
                 if link.trial_id in self._by_id:
                     self._child_of[link.trial_id] = t

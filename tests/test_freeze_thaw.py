@@ -225,3 +225,29 @@ def test_unreadable_parent_checkpoint_trains_from_scratch(
     assert sorted(child.intermediate_values) == list(range(workers.STEPS))
     assert any("cannot continue paused trial 0" in r.message for r in caplog.records)
     assert not study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
+
+
+def test_copy_study_keeps_the_lineage(tmp_path: Path) -> None:
+    # optuna.copy_study gives the trials new storage ids (here shifted by another study's
+    # trials); the continuation links name the parent by id and by number.
+    from optuna_fms._lineage import Lineage
+
+    study = _study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=2)
+    destination = f"sqlite:///{tmp_path / 'copy.db'}"
+    other = optuna.create_study(storage=destination, study_name="other")
+    for _ in range(3):
+        other.add_trial(optuna.trial.create_trial(value=0.0))
+    optuna.copy_study(
+        from_study_name=study.study_name,
+        from_storage=study._storage,
+        to_storage=destination,
+        to_study_name="copy",
+    )
+    copy = optuna.load_study(study_name="copy", storage=destination)
+    assert copy.trials[0]._trial_id != study.trials[0]._trial_id
+    lineage = Lineage(copy.trials)
+    assert [[t.number for t in chain] for chain in lineage.chains()] == [[0, 1]]
+    assert lineage.superseded() == {copy.trials[0]._trial_id}
+    assert optuna_fms.epochs_spent(copy.trials) == optuna_fms.epochs_spent(study.trials)
