@@ -590,28 +590,12 @@ class GPSurrogate:
             mean, parameter names and sizes), are not finite, or give a posterior that is
             not finite. The surrogate is then left as it was.
         """
-        saved = (
-            self._model,
-            self._posterior,
-            self._layout,
-            self._pca,
-            self._names,
-            self._groups,
-            self._n_hyper,
-        )
+        saved = dict(vars(self))
         try:
             with _single_thread():
                 self._load_hyperparameters(layout, rows, y, hyperparameters)
         except (SurrogateFitError, RuntimeError, ValueError, TypeError) as err:
-            (
-                self._model,
-                self._posterior,
-                self._layout,
-                self._pca,
-                self._names,
-                self._groups,
-                self._n_hyper,
-            ) = saved
+            vars(self).update(saved)
             if isinstance(err, SurrogateFitError):
                 raise
             raise SurrogateFitError(f"Could not load the hyperparameters: {err}") from err
