@@ -87,7 +87,7 @@ def make_objective(data: _Digits):
     return objective
 
 
-def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
+def _storage(url: str | None) -> str | optuna.storages.BaseStorage | None:
     """The demo's storage; for SQLite, in write-ahead-log mode without a sync per commit.
 
     A trial writes several small records per epoch (its report, the checkpoint's artifact
@@ -97,7 +97,7 @@ def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
     crash of the process, and readers such as optuna-dashboard do not block the writer.
     """
     if url is None or not url.startswith("sqlite:"):
-        return None if url is None else optuna.storages.RDBStorage(url)
+        return url
     import sqlalchemy
 
     storage = optuna.storages.RDBStorage(url)
