@@ -100,8 +100,12 @@ def test_the_cholesky_posterior_equals_gpytorchs() -> None:
     np.testing.assert_allclose(std, post.variance.clamp_min(1e-12).sqrt().numpy(), atol=1e-5)
 
 
-def test_categoricals_get_no_trend_and_numeric_inputs_keep_their_names() -> None:
-    # Columns: a two-way one-hot categorical "c", then the numeric "a".
+def _categorical_and_numeric(
+    effect: float,
+) -> tuple[RowLayout, np.ndarray, np.ndarray, np.ndarray]:
+    """Columns: a two-way one-hot categorical "c", then the numeric "a"; the score is
+    ``a + effect * c`` at budgets 1, 10 and 30. Returns layout, x, budgets and the
+    standardised score."""
     layout = RowLayout(
         x_dim=3, curve_len=0, x_groups=[0, 0, 1], x_names=["c", "a"], max_steps=MAX_STEPS
     )
@@ -109,9 +113,14 @@ def test_categoricals_get_no_trend_and_numeric_inputs_keep_their_names() -> None
     cat = rng.randint(0, 2, size=24)
     x = np.column_stack([cat == 0, cat == 1, rng.rand(24)]).astype(float)
     b = np.tile([1.0, 10.0, 30.0], 8)
-    y = x[:, 2] + 0.5 * cat
+    y = x[:, 2] + effect * cat
+    return layout, x, b, (y - y.mean()) / y.std()
+
+
+def test_categoricals_get_no_trend_and_numeric_inputs_keep_their_names() -> None:
+    layout, x, b, y = _categorical_and_numeric(0.5)
     gp = GPSurrogate()
-    gp.fit(layout, _rows(layout, x, b), (y - y.mean()) / y.std())
+    gp.fit(layout, _rows(layout, x, b), y)
     d = gp.diagnostics()
     assert set(d.trend) == {"a"} and d.trend["a"] > 0
     assert set(d.lengthscales) == {"c", "a", "log_budget"}
@@ -119,15 +128,7 @@ def test_categoricals_get_no_trend_and_numeric_inputs_keep_their_names() -> None
 
 def test_an_ignored_parameter_is_not_read() -> None:
     # "c" (one-hot, two columns) carries the signal, but the GP is told not to read it.
-    layout = RowLayout(
-        x_dim=3, curve_len=0, x_groups=[0, 0, 1], x_names=["c", "a"], max_steps=MAX_STEPS
-    )
-    rng = np.random.RandomState(0)
-    cat = rng.randint(0, 2, size=24)
-    x = np.column_stack([cat == 0, cat == 1, rng.rand(24)]).astype(float)
-    b = np.tile([1.0, 10.0, 30.0], 8)
-    y = x[:, 2] + 2.0 * cat
-    y = (y - y.mean()) / y.std()
+    layout, x, b, y = _categorical_and_numeric(2.0)
     flipped = x.copy()
     flipped[:, :2] = flipped[:, 1::-1]
     reads, ignores = GPSurrogate(), GPSurrogate(ignore=["c"])
