@@ -64,7 +64,8 @@ def _at(run: dict[str, Any], key: str, budget: int) -> float:
     return float(values.get(str(budget), values.get(budget, float("nan"))))
 
 
-def _cell(values: list[float]) -> str:
+def cell(values: list[float]) -> str:
+    """``mean ± standard error`` of the finite values (empty if none)."""
     a = np.array([v for v in values if v == v], dtype=float)
     if len(a) == 0:
         return ""
@@ -72,20 +73,31 @@ def _cell(values: list[float]) -> str:
     return f"{a.mean():.2f} ± {se:.2f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+", help="label=JSON keyword arguments")
-    parser.add_argument("--hub", default="zoo")
-    parser.add_argument("--hub-dir", default="~/.cache/optuna-fms/hubs")
-    parser.add_argument("--budget", type=int, default=100)
-    parser.add_argument("--seeds", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    hub_path = os.path.expanduser(f"{args.hub_dir}/{args.hub}")
-    variants = []
-    for spec in args.variants:
+def parser(description: str, seeds: int) -> argparse.ArgumentParser:
+    """The command line of a variants script: ``label=JSON`` variants and the hub to run."""
+    out = argparse.ArgumentParser(description=description)
+    out.add_argument("variants", nargs="+", help="label=JSON keyword arguments")
+    out.add_argument("--hub", default="zoo")
+    out.add_argument("--hub-dir", default="~/.cache/optuna-fms/hubs")
+    out.add_argument("--budget", type=int, default=100)
+    out.add_argument("--seeds", type=int, default=seeds)
+    out.add_argument("--workers", type=int, default=2)
+    return out
+
+
+def parse_variants(specs: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``label=JSON`` -> ``(label, keyword arguments)``."""
+    out = []
+    for spec in specs:
         label, _, options = spec.partition("=")
-        variants.append((label, json.loads(options) if options else {}))
+        out.append((label, json.loads(options) if options else {}))
+    return out
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0], seeds=6).parse_args()
+    hub_path = os.path.expanduser(f"{args.hub_dir}/{args.hub}")
+    variants = parse_variants(args.variants)
     jobs = [
         (hub_path, args.budget, seed, label, options)
         for seed in range(args.seeds)
@@ -103,14 +115,14 @@ def main() -> None:
     for label, runs in by_label.items():
         for b in sorted({int(k) for r in runs for k in r["tau"]}):
             keys = ("tau", "tau_observed", "tau_last_observed", "tau_unseen")
-            cells = [_cell([_at(r, key, b) for r in runs]) for key in keys]
+            cells = [cell([_at(r, key, b) for r in runs]) for key in keys]
             print(f"| {label} | {b} | " + " | ".join(cells) + " |")
     print("\n| variant | regret at the end | sampler + pruner s |")
     print("|---|---|---|")
     for label, runs in by_label.items():
         regret = [r["best_final_score"] - max(r["best_observed"]) for r in runs]
         seconds = [r["sampler_seconds"] + r["pruner_seconds"] for r in runs]
-        print(f"| {label} | {_cell(regret)} | {_cell(seconds)} |")
+        print(f"| {label} | {cell(regret)} | {cell(seconds)} |")
 
 
 if __name__ == "__main__":

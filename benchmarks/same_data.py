@@ -22,7 +22,6 @@ delete them after changing the library's defaults.
 
 from __future__ import annotations
 
-import argparse
 from concurrent.futures import ProcessPoolExecutor
 import json
 import os
@@ -30,6 +29,9 @@ from pathlib import Path
 import tempfile
 from typing import Any
 
+from gp_variants import cell
+from gp_variants import parse_variants
+from gp_variants import parser
 import numpy as np
 
 
@@ -62,7 +64,9 @@ def _load(path: str) -> Any:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _score(hub: Any, study: Any, seed: int, options: dict[str, Any]) -> list[float]:
+def _score(
+    hub: Any, study: Any, seed: int, options: dict[str, Any], seen: np.ndarray
+) -> list[float]:
     import optuna_fms
     from optuna_fms._engine import Engine
     from optuna_fms.bench._metrics import kendall_tau
@@ -85,7 +89,6 @@ def _score(hub: Any, study: Any, seed: int, options: dict[str, Any]) -> list[flo
     forecasts = optuna_fms.forecast(study, list(hub.configs), engine=engine)
     pred = np.array([f.mean for f in forecasts])
     final = hub.final_scores()
-    seen = _seen(hub, study)
     return [
         kendall_tau(pred, final),
         kendall_tau(pred[seen], final[seen]),
@@ -93,16 +96,9 @@ def _score(hub: Any, study: Any, seed: int, options: dict[str, Any]) -> list[flo
     ]
 
 
-def _seen(hub: Any, study: Any) -> np.ndarray:
-    index = {json.dumps(c, sort_keys=True): i for i, c in enumerate(hub.configs)}
-    seen = np.zeros(hub.n_configs, dtype=bool)
-    for t in study.get_trials(deepcopy=False):
-        if t.intermediate_values:
-            seen[index[json.dumps(t.params, sort_keys=True)]] = True
-    return seen
-
-
-def _last_observed(hub: Any, study: Any) -> float:
+def _observed(hub: Any, study: Any) -> tuple[np.ndarray, float]:
+    """Which configurations the study observed, and Kendall's tau of their own last observed
+    score (the furthest step of any of their trials) against their final score."""
     from optuna_fms.bench._metrics import kendall_tau
 
     index = {json.dumps(c, sort_keys=True): i for i, c in enumerate(hub.configs)}
@@ -115,7 +111,10 @@ def _last_observed(hub: Any, study: Any) -> float:
         if c not in last or step >= last[c][0]:
             last[c] = (step, t.intermediate_values[step])
     ids = sorted(last)
-    return kendall_tau(np.array([last[c][1] for c in ids]), hub.final_scores()[ids])
+    seen = np.zeros(hub.n_configs, dtype=bool)
+    seen[ids] = True
+    tau = kendall_tau(np.array([last[c][1] for c in ids]), hub.final_scores()[ids])
+    return seen, tau
 
 
 def _main_effects_references(hub: Any) -> list[tuple[str, float]]:
@@ -142,15 +141,9 @@ def _main_effects_references(hub: Any) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+", help="label=JSON keyword arguments")
-    parser.add_argument("--hub", default="zoo")
-    parser.add_argument("--hub-dir", default="~/.cache/optuna-fms/hubs")
-    parser.add_argument("--budget", type=int, default=100)
-    parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fms-same-data"))
-    args = parser.parse_args()
+    command = parser(__doc__.splitlines()[0], seeds=8)
+    command.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fms-same-data"))
+    args = command.parse_args()
 
     import optuna
 
@@ -166,30 +159,23 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         paths = list(pool.map(_replay, jobs))
     hub = Hub.load(hub_path)
-    variants = [
-        (label, json.loads(spec) if spec else {})
-        for label, _, spec in (v.partition("=") for v in args.variants)
-    ]
+    variants = parse_variants(args.variants)
     taus: dict[str, list[list[float]]] = {label: [] for label, _ in variants}
     last = []
     for seed, path in enumerate(paths):
         study = _load(path)
-        last.append(_last_observed(hub, study))
+        seen, last_tau = _observed(hub, study)
+        last.append(last_tau)
         for label, options in variants:
-            taus[label].append(_score(hub, study, seed, options))
-
-    def cell(values: list[float]) -> str:
-        a = np.asarray(values, dtype=float)
-        a = a[np.isfinite(a)]
-        se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
-        return f"{a.mean():.2f} ± {se:.2f}"
+            taus[label].append(_score(hub, study, seed, options, seen))
 
     print(f"hub {hub.name}, the default's studies at {args.budget} epochs, {args.seeds} seeds\n")
     print("| variant | tau all | tau observed | their last score | tau unseen |")
     print("|---|---|---|---|---|")
     for label, _ in variants:
         a = np.array(taus[label])
-        print(f"| {label} | {cell(a[:, 0])} | {cell(a[:, 1])} | {cell(last)} | {cell(a[:, 2])} |")
+        columns = [cell(list(a[:, 0])), cell(list(a[:, 1])), cell(last), cell(list(a[:, 2]))]
+        print(f"| {label} | " + " | ".join(columns) + " |")
     print("\n| reference over all configurations (every one trained) | tau |\n|---|---|")
     for name, tau in _main_effects_references(hub):
         print(f"| {name} | {tau:.3f} |")
