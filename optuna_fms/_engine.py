@@ -855,14 +855,10 @@ class Engine:
                     checkpoints=_attrs.read_checkpoints(trial.user_attrs),
                 )
                 ckpt = self._weights_index(curve, nxt, trial)
-            scores = acquisition.score(
-                fit.model,
-                np.repeat(x, 2, axis=0),
-                np.array([nxt, fit.max_steps]),
-                [hist, hist],
-                np.array([ckpt, ckpt]),
-            )
-            mean, std = fit.model.to_objective(scores.mean[1:], scores.std[1:])
+            ckpts = np.array([ckpt])
+            scores = acquisition.score(fit.model, x, np.array([nxt]), [hist], ckpts)
+            final = fit.model.predict(x, np.array([fit.max_steps]), [hist], ckpts)
+            mean, std = fit.model.to_objective(*final)
             return StepForecast(
                 ei=float(scores.ei[0]),
                 alternative_ei=alternative,

@@ -152,3 +152,29 @@ def test_a_noise_floor_above_the_initial_noise_fits() -> None:
     gp = GPSurrogate(min_noise=0.1)
     gp.fit(layout, _rows(layout, x, np.full(len(x), 30.0)), (y - y.mean()) / y.std())
     assert gp.diagnostics().noise >= 0.1
+
+
+def test_decisions_read_a_posterior_pinned_to_the_observations() -> None:
+    # With a noise floor the forecast posterior does not pin a configuration's latent score
+    # to its observations; ``decision_noise`` gives the acquisition one that does, with the
+    # same hyperparameters, and leaves the forecasts alone.
+    layout = RowLayout(x_dim=2, curve_len=0, x_groups=[0, 1], x_names=["a", "b"], max_steps=30)
+    x = _seen()
+    y = x[:, 0] - x[:, 1]
+    rows = _rows(layout, x, np.full(len(x), 30.0))
+    target = (y - y.mean()) / y.std()
+    plain, pinned = GPSurrogate(min_noise=0.1), GPSurrogate(min_noise=0.1, decision_noise=1e-5)
+    for gp in (plain, pinned):
+        gp.fit(layout, rows, target)
+    mean, std = pinned.predict(rows)
+    np.testing.assert_allclose((mean, std), plain.predict(rows))
+    np.testing.assert_allclose(plain.predict(rows, decide=True), (mean, std))
+    decide_mean, decide_std = pinned.predict(rows, decide=True)
+    assert decide_std.max() < 0.1 * std.min()
+    np.testing.assert_allclose(decide_mean, target, atol=0.05)
+    assert np.abs(mean - target).max() > 0.1
+
+
+def test_a_decision_noise_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="decision_noise"):
+        GPSurrogate(decision_noise=0.0)

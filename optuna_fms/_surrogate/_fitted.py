@@ -26,7 +26,9 @@ class SurrogateModel(Protocol):
 
     def condition(self, rows: np.ndarray, y: np.ndarray) -> None: ...
 
-    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def predict(
+        self, rows: np.ndarray, *, decide: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,20 @@ class FittedModel:
         budgets: np.ndarray,
         histories: Sequence[np.ndarray],
         ckpts: np.ndarray | None = None,
+        *,
+        decide: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and std (standardised units) at ``budgets`` given the curves so far.
 
         ``histories[i]`` is the curve observed before ``budgets[i]`` and ``ckpts[i]`` the
-        weight-bank index of the weights that row reads (``-1``: none).
+        weight-bank index of the weights that row reads (``-1``: none). ``decide=True`` asks
+        for the posterior that decisions read (the acquisition's), which a surrogate may
+        condition differently from its forecasts.
         """
         rows = pack_rows(
             self.layout, x, budgets, histories, self.max_steps, self.data.scale, ckpts
         )
-        return self.surrogate.predict(rows)
+        return self.surrogate.predict(rows, decide=decide)
 
     def to_objective(self, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std from standardised to "higher is better" objective units."""

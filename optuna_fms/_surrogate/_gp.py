@@ -194,6 +194,7 @@ class _Posterior:
     """The exact posterior of a fitted :class:`_ExactGP` on its training data, by one
     Cholesky factorisation (no Lanczos approximation of the variance, none of
     linear_operator's bookkeeping per query: a pruner decision predicts a handful of rows).
+    ``noise`` replaces the fitted noise variance when given.
 
     Raises
     ------
@@ -201,13 +202,15 @@ class _Posterior:
         If the covariance is not positive definite even with jitter.
     """
 
-    def __init__(self, model: _ExactGP) -> None:
+    def __init__(self, model: _ExactGP, noise: float | None = None) -> None:
         self.model = model
         self.x = model.train_inputs[0]
+        self.noise = noise
         y = model.train_targets
         with torch.no_grad():
             k = model.covariance(self.x, self.x)
-            k = k + model.likelihood.noise.reshape(()) * torch.eye(len(y), dtype=k.dtype)
+            nugget = model.likelihood.noise.reshape(()) if noise is None else noise
+            k = k + nugget * torch.eye(len(y), dtype=k.dtype)
             self.chol = _cholesky(k)
             residual = (y - model.mean_module(self.x)).unsqueeze(-1)
             self.alpha = torch.cholesky_solve(residual, self.chol).squeeze(-1)
@@ -289,6 +292,11 @@ class GPSurrogate:
     ignore:
         Parameter names the kernel does not read (they are still sampled), e.g. a model-zoo
         member that ``embed`` describes by its start weights instead of an opaque category.
+    decision_noise:
+        Noise variance of the posterior that decisions read (``predict(..., decide=True)``:
+        expected improvements), ``None`` for the fitted one. Forecasts always use the fitted
+        noise. A small value pins a trial's latent score to its own observations, so that
+        whether its next step is worth running does not depend on the nugget.
 
     Examples
     --------
@@ -315,7 +323,11 @@ class GPSurrogate:
         embed: Callable[[np.ndarray], np.ndarray] | None = None,
         trend: Trend = "linear-budget",
         ignore: Sequence[str] = (),
+        decision_noise: float | None = None,
     ) -> None:
+        if decision_noise is not None and not decision_noise > 0:
+            raise ValueError(f"decision_noise must be > 0 or None, got {decision_noise}.")
+        self._decision_noise = decision_noise
         self._ignore = frozenset(ignore)
         if trend not in ("constant", "linear", "linear-budget"):
             raise ValueError(
@@ -327,7 +339,7 @@ class GPSurrogate:
         self._min_noise = min_noise
         self._embed = embed
         self._model: _ExactGP | None = None
-        self._posterior: _Posterior | None = None
+        self._posteriors: dict[bool, _Posterior] = {}
         self._layout: RowLayout | None = None
         self._pca: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._names: list[str] = []
@@ -488,8 +500,9 @@ class GPSurrogate:
         self._model.set_train_data(x, yt, strict=False)
         self.predict(rows[:1])
 
-    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation (standardised units) of the latent score.
+    def predict(self, rows: np.ndarray, *, decide: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation (standardised units) of the latent score;
+        ``decide=True`` for the posterior decisions read (see ``decision_noise``).
 
         Raises
         ------
@@ -499,10 +512,11 @@ class GPSurrogate:
         model = self._model
         if model is None:
             raise RuntimeError("The GP has not been fitted.")
-        post = self._posterior
+        noise = self._decision_noise if decide else None
+        post = self._posteriors.get(noise is not None)
         if post is None or post.model is not model or post.x is not model.train_inputs[0]:
             with _single_thread():
-                post = self._posterior = _Posterior(model)
+                post = self._posteriors[noise is not None] = _Posterior(model, noise)
         with _single_thread():
             return post(torch.as_tensor(self._features(rows), dtype=torch.float64))
 
@@ -637,7 +651,7 @@ class GPSurrogate:
         model.eval()
         model.likelihood.eval()
         self._model = model
-        self._posterior = None
+        self._posteriors = {}
         self.predict(rows[:1])
 
 

@@ -194,8 +194,9 @@ class Surrogate:
         self._model.set_train_data(x_t, y_t, strict=False)
         self.predict(rows[:1])  # Builds the posterior cache now; raises if it is not finite.
 
-    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation (standardised units) of the latent score."""
+    def predict(self, rows: np.ndarray, *, decide: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation (standardised units) of the latent score
+        (the same posterior for decisions, ``decide=True``, and forecasts)."""
         if self._model is None:
             raise RuntimeError("The surrogate has not been fitted.")
         return _posterior(self._model, torch.as_tensor(rows, dtype=torch.float64), self._jitter)

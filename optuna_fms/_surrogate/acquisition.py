@@ -83,8 +83,9 @@ def score(
     histories: Sequence[np.ndarray],
     ckpts: np.ndarray | None = None,
 ) -> Scores:
-    """Mean, std and expected improvement of each row against its budget's incumbent."""
-    mean, std = model.predict(x, budgets, histories, ckpts)
+    """Mean, std and expected improvement of each row against its budget's incumbent, on
+    the posterior that decisions read."""
+    mean, std = model.predict(x, budgets, histories, ckpts, decide=True)
     return Scores(mean, std, expected_improvement(mean, std, incumbent(model, budgets)))
 
 
