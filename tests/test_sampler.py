@@ -143,7 +143,7 @@ def test_fit_failures_fall_back_to_random_with_one_warning(
 def test_prediction_failures_fall_back_too(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken_predict(self, rows):
+    def broken_predict(self, rows, decide=False):
         raise SurrogateFitError("prediction is not finite")
 
     monkeypatch.setattr(GPSurrogate, "predict", broken_predict)
