@@ -2,10 +2,12 @@
 
 The same replay as ``optuna-fms bench`` (:func:`optuna_fms.bench.run_replay`), for sampler
 settings that are not registered methods: each variant is ``label=JSON`` with keyword
-arguments of :class:`optuna_fms.FMSSampler` (e.g. ``gp_trend``; ``"start_weights": true`` for the
-hub's start weights); the pruner is the ``fms-gp``
-method's. Prints Kendall's tau (all, observed beside their last observed score, unseen) at
-each tau budget, regret at the end and sampler + pruner seconds, mean ± s.e. over seeds.
+arguments of :class:`optuna_fms.FMSSampler` (e.g. ``gp_trend``; ``"start_weights": true``
+for the hub's start weights; ``"gp": {...}`` for the GP surrogate's own keyword arguments).
+The pruner is the ``fms-gp`` method's, with ``"pruner": {...}`` keyword arguments of
+:class:`optuna_fms.FMSPruner`. Prints Kendall's tau (all, observed beside their last
+observed score, unseen) at each tau budget, regret at the end and sampler + pruner seconds,
+mean ± s.e. over seeds.
 
     python benchmarks/gp_variants.py --hub zoo --budget 100 --seeds 6 \\
         'constant={"gp_trend": "constant"}' 'linear={"gp_trend": "linear"}' 'default='
@@ -50,9 +52,11 @@ def _run(job: tuple[str, int, int, str, dict[str, Any]]) -> tuple[str, dict[str,
         # ``"gp": {...}``: keyword arguments of the GP surrogate that FMSSampler does not
         # expose (e.g. ``min_noise``), for experiments.
         gp = options.pop("gp", {})
+        # ``"pruner": {...}``: keyword arguments of FMSPruner (e.g. ``tolerance``).
+        pruner_kwargs = options.pop("pruner", {})
         sampler = optuna_fms.FMSSampler(**{**kwargs, **options})
         sampler.engine._surrogate_kwargs.update(gp)
-        pruner = optuna_fms.FMSPruner(max_steps=hub.n_epochs, seed=seed)
+        pruner = optuna_fms.FMSPruner(max_steps=hub.n_epochs, seed=seed, **pruner_kwargs)
         result = run_replay(
             hub, label, seed, budget, sampler_pruner=(sampler, pruner), workdir=tmp
         )
