@@ -74,7 +74,8 @@ def cell(values: list[float]) -> str:
     if len(a) == 0:
         return ""
     se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
-    return f"{a.mean():.2f} ± {se:.2f}"
+    digits = 0 if abs(a.mean()) >= 10 else 2
+    return f"{a.mean():.{digits}f} ± {se:.{digits}f}"
 
 
 def parser(description: str, seeds: int) -> argparse.ArgumentParser:
@@ -114,11 +115,14 @@ def main() -> None:
     for label, r in results:
         by_label.setdefault(label, []).append(r)
     print(f"hub {args.hub}, {args.budget} epochs, {args.seeds} seeds, mean ± s.e.\n")
-    print("| variant | epochs | tau all | tau observed | their last score | tau unseen |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| variant | epochs | tau all | tau observed | their last score | tau unseen"
+        " | configurations observed |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for label, runs in by_label.items():
         for b in sorted({int(k) for r in runs for k in r["tau"]}):
-            keys = ("tau", "tau_observed", "tau_last_observed", "tau_unseen")
+            keys = ("tau", "tau_observed", "tau_last_observed", "tau_unseen", "n_observed")
             cells = [cell([_at(r, key, b) for r in runs]) for key in keys]
             print(f"| {label} | {b} | " + " | ".join(cells) + " |")
     print("\n| variant | regret at the end | sampler + pruner s |")
