@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
+from optuna_fms._surrogate import Curve
+from optuna_fms._surrogate import FittedModel
 from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import RowLayout
+from optuna_fms._surrogate import acquisition
+from optuna_fms._surrogate import build_training_set
 
 
 MAX_STEPS = 30
@@ -178,3 +182,21 @@ def test_decisions_read_a_posterior_pinned_to_the_observations() -> None:
 def test_a_decision_noise_must_be_positive() -> None:
     with pytest.raises(ValueError, match="decision_noise"):
         GPSurrogate(decision_noise=0.0)
+
+
+def test_the_acquisition_decides_on_the_pinned_posterior() -> None:
+    layout = RowLayout(x_dim=2, curve_len=0, x_groups=[0, 1], x_names=["a", "b"], max_steps=10)
+    x = _seen()
+    curves = [
+        Curve(i, {}, np.arange(3), (row[0] - row[1]) * np.array([0.5, 0.8, 1.0]), row)
+        for i, row in enumerate(x)
+    ]
+    data = build_training_set(curves, layout, 10, 256, np.random.RandomState(0))
+    gp = GPSurrogate(min_noise=0.1, decision_noise=1e-5)
+    gp.fit(layout, data.rows, data.y)
+    model = FittedModel(layout, 10, data, gp)
+    budgets = np.full(len(x), 3.0)  # every configuration's last observed budget
+    histories = [c.values[:2] for c in curves]
+    scores = acquisition.score(model, x, budgets, histories)
+    _, std = model.predict(x, budgets, histories)
+    assert scores.std.max() < 0.1 * std.min()

@@ -110,8 +110,10 @@ class _BudgetMean(gpytorch.means.Mean):
     coefficients have a Gaussian prior (:data:`TREND_PRIOR_STD`) in the MAP fit.
     """
 
-    def __init__(self, trend: list[int], budget_trend: bool) -> None:
+    def __init__(self, trend: list[int], budget_trend: bool, change_std: float = 1.0) -> None:
         super().__init__()
+        self.change_std = change_std
+        """Prior standard deviation of the trend's change from the full budget to one step."""
         self.constant = torch.nn.Parameter(torch.zeros(1))
         self.slope = torch.nn.Parameter(torch.zeros(1))
         self.register_buffer("_trend", torch.as_tensor(trend, dtype=torch.long))
@@ -133,8 +135,12 @@ class _BudgetMean(gpytorch.means.Mean):
                 out = out + (centred * (log_budget[..., None] - 1.0)) @ self.budget_trend
         return out
 
-    def coefficients(self) -> torch.Tensor:
-        return torch.cat([self.trend, self.budget_trend])
+    def log_prior(self) -> torch.Tensor:
+        """Gaussian log prior density of the trend coefficients (up to a constant)."""
+        return -0.5 * (
+            ((self.trend / TREND_PRIOR_STD) ** 2).sum()
+            + ((self.budget_trend / self.change_std) ** 2).sum()
+        )
 
 
 class _ExactGP(gpytorch.models.ExactGP):
@@ -152,6 +158,7 @@ class _ExactGP(gpytorch.models.ExactGP):
         groups: list[int],
         trend: Trend = "constant",
         n_hyper: int | None = None,
+        change_std: float = 1.0,
     ) -> None:
         super().__init__(x, y, likelihood)
         n_x = len(groups)
@@ -166,7 +173,7 @@ class _ExactGP(gpytorch.models.ExactGP):
             if trend == "constant"
             else [i for i, g in enumerate(groups[:hyper]) if sizes[g] == 1]
         )
-        self.mean_module = _BudgetMean(columns, trend == "linear-budget")
+        self.mean_module = _BudgetMean(columns, trend == "linear-budget", change_std)
         self.n_x = n_x
         self.x_kernel = _GroupedMatern(groups)
         self.persistent = gpytorch.kernels.ConstantKernel()
@@ -257,9 +264,8 @@ def _log_prior(model: _ExactGP) -> torch.Tensor:
         [model.persistent.constant.reshape(-1), model.budget_kernel.outputscale.reshape(-1)]
     )
     noise = model.likelihood.noise.reshape(-1)[0]
-    trend = model.mean_module.coefficients()
     return (
-        -0.5 * ((trend / TREND_PRIOR_STD) ** 2).sum()
+        model.mean_module.log_prior()
         - (0.1 / inv_sq + 0.1 * inv_sq).sum()
         + ((2.0 - 1.0) * torch.log(scales) - scales).sum()
         + (1.1 - 1.0) * torch.log(noise)
@@ -324,7 +330,9 @@ class GPSurrogate:
         trend: Trend = "linear-budget",
         ignore: Sequence[str] = (),
         decision_noise: float | None = None,
+        trend_change_std: float = 1.0,
     ) -> None:
+        self._change_std = trend_change_std
         if decision_noise is not None and not decision_noise > 0:
             raise ValueError(f"decision_noise must be > 0 or None, got {decision_noise}.")
         self._decision_noise = decision_noise
@@ -407,11 +415,18 @@ class GPSurrogate:
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
             noise_constraint=gpytorch.constraints.GreaterThan(self._min_noise)
         )
-        return _ExactGP(x, y, likelihood, self._groups, self._trend, self._n_hyper).double()
+        return _ExactGP(
+            x, y, likelihood, self._groups, self._trend, self._n_hyper, self._change_std
+        ).double()
 
     def _settings(self) -> dict[str, Any]:
         """What makes two GPs' hyperparameters interchangeable besides their inputs."""
-        return {"trend": self._trend, "min_noise": self._min_noise, "ignore": sorted(self._ignore)}
+        return {
+            "trend": self._trend,
+            "min_noise": self._min_noise,
+            "ignore": sorted(self._ignore),
+            "trend_change_std": self._change_std,
+        }
 
     # ------------------------------------------------------------------ fit
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None:
