@@ -81,7 +81,8 @@ class Fit:
     n_observations: int
     n_trained: int
     n_own: int = 0
-    """Observations of this process's own trials (see :meth:`Engine.own_trial`) the fit read."""
+    """Observations of this process's own trials (see :meth:`Engine.own_trial`) when the
+    model was last trained (or another worker's training adopted)."""
 
     @property
     def max_steps(self) -> int:
@@ -491,7 +492,15 @@ class Engine:
             )
             if same and fit is not None:
                 stale_ok = not eager and self._surrogate_kind == "deep-kernel"
-                if n_obs == fit.n_observations or (stale_ok and n_obs < 1.5 * fit.n_observations):
+                # The pruner may have conditioned on every observation already; the sampler
+                # still trains for its own trials' new ones.
+                own_due = (
+                    eager
+                    and own > fit.n_own
+                    and n_obs >= (1 + self._retrain_growth) * fit.n_trained
+                )
+                current = n_obs == fit.n_observations and not own_due
+                if current or (stale_ok and n_obs < 1.5 * fit.n_observations):
                     return fit
             encoder = SpaceEncoder(space)
             # Only the deep kernel reads the curve; for the GP the rows stay narrow whatever
@@ -579,6 +588,10 @@ class Engine:
                 self._fit_failed(state, err)
                 return None
             assert n_trained is not None
+            if not retrain and not adopted and previous is not None:
+                # Conditioning is not training: the own observations that make the sampler
+                # train again are counted from the last training (or adopted one).
+                own = previous.n_own
             state.fit = Fit(
                 encoder=encoder,
                 model=FittedModel(layout, max_steps, data, surrogate),

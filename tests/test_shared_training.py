@@ -149,7 +149,7 @@ def _malformed(record: dict[str, Any], n_observations: int) -> list[Any]:
         {**record, "gp": {}},
         {**record, "gp": {**gp, "settings": {**gp["settings"], "trend": "constant"}}},
         # Another GP's settings (a variant's noise floor) never stand in for this one's.
-        {**record, "gp": {**gp, "settings": {**gp["settings"], "min_noise": 0.1}}},
+        {**record, "gp": {**gp, "settings": {**gp["settings"], "min_noise": 0.5}}},
         {**record, "gp": {**gp, "settings": {**gp["settings"], "ignore": ["x"]}}},
         {**record, "gp": {**gp, "names": ["a", "b"]}},
         {**record, "gp": {**gp, "values": {**gp["values"], first_name: [1.0] * 99}}},

@@ -15,6 +15,16 @@ Its inputs, read from the same packed rows as the deep kernel's:
 It reads no learning curve: a configuration's observed values are training rows at their
 budgets, and its final score is the posterior at the full budget given them (all queries are
 rows of the kind the model is trained on: a configuration at a budget).
+
+Two posteriors share the fitted hyperparameters. Forecasts read the one with the fitted noise,
+at least :data:`MIN_NOISE`: with 20-70 configurations, mostly at one step, an additive trend
+plus a Matern kernel cannot represent every observation, and a nugget that absorbs the
+misfit ranks the final scores better than interpolating them. Decisions (expected
+improvements) read one conditioned with :data:`DECISION_NOISE`, which pins a running
+trial's latent score to its own observations: with the nugget there, a trial's next step
+kept a high expected improvement however it had done, and the pruner ran a few trials to
+the full budget instead of looking at many configurations (docs/benchmarks.md, "fourth
+pass").
 """
 
 from __future__ import annotations
@@ -37,13 +47,19 @@ from optuna_fms._surrogate._surrogate import SurrogateFitError
 from optuna_fms._surrogate._surrogate import _single_thread
 
 
-MIN_NOISE = 1e-5
-"""Lower bound of the noise variance (standardised units)."""
+MIN_NOISE = 0.1
+"""Lower bound of the fitted noise variance (standardised units)."""
+DECISION_NOISE = 1e-5
+"""Noise variance of the posterior that decisions read (standardised units)."""
 N_WEIGHT_COMPONENTS = 2
 """Principal components of the weight embedding the kernel reads."""
 TREND_PRIOR_STD = 1.0
 """Prior standard deviation of each trend coefficient: a change of one standard deviation of
 the score over an input's whole range."""
+TREND_CHANGE_STD = 0.5
+"""Prior standard deviation of the change of a ``"linear-budget"`` trend coefficient from
+the full budget to one step (with most observations after one step, a wide prior halves the
+final trend the first steps show; ``0`` is the ``"linear"`` trend)."""
 
 Trend = Literal["constant", "linear", "linear-budget"]
 """The prior mean in the hyperparameters (it always has a slope in log budget):
@@ -110,7 +126,9 @@ class _BudgetMean(gpytorch.means.Mean):
     coefficients have a Gaussian prior (:data:`TREND_PRIOR_STD`) in the MAP fit.
     """
 
-    def __init__(self, trend: list[int], budget_trend: bool, change_std: float = 1.0) -> None:
+    def __init__(
+        self, trend: list[int], budget_trend: bool, change_std: float = TREND_CHANGE_STD
+    ) -> None:
         super().__init__()
         self.change_std = change_std
         """Prior standard deviation of the trend's change from the full budget to one step."""
@@ -158,7 +176,7 @@ class _ExactGP(gpytorch.models.ExactGP):
         groups: list[int],
         trend: Trend = "constant",
         n_hyper: int | None = None,
-        change_std: float = 1.0,
+        change_std: float = TREND_CHANGE_STD,
     ) -> None:
         super().__init__(x, y, likelihood)
         n_x = len(groups)
@@ -287,7 +305,7 @@ class GPSurrogate:
     max_iter:
         L-BFGS iterations per fit.
     min_noise:
-        Lower bound of the noise variance (standardised units).
+        Lower bound of the fitted noise variance (standardised units).
     embed:
         Optional ``bank indices -> (n, k) array``: the weight embedding of each row's weights
         (``-1``: none). The kernel reads its first principal components.
@@ -303,6 +321,9 @@ class GPSurrogate:
         expected improvements), ``None`` for the fitted one. Forecasts always use the fitted
         noise. A small value pins a trial's latent score to its own observations, so that
         whether its next step is worth running does not depend on the nugget.
+    trend_change_std:
+        Prior standard deviation of the ``"linear-budget"`` trend's change along the budget
+        (:data:`TREND_CHANGE_STD`).
 
     Examples
     --------
@@ -329,9 +350,11 @@ class GPSurrogate:
         embed: Callable[[np.ndarray], np.ndarray] | None = None,
         trend: Trend = "linear-budget",
         ignore: Sequence[str] = (),
-        decision_noise: float | None = None,
-        trend_change_std: float = 1.0,
+        decision_noise: float | None = DECISION_NOISE,
+        trend_change_std: float = TREND_CHANGE_STD,
     ) -> None:
+        if not trend_change_std > 0:
+            raise ValueError(f"trend_change_std must be > 0, got {trend_change_std}.")
         self._change_std = trend_change_std
         if decision_noise is not None and not decision_noise > 0:
             raise ValueError(f"decision_noise must be > 0 or None, got {decision_noise}.")
