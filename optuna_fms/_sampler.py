@@ -76,7 +76,11 @@ class FMSSampler(BaseSampler):
         its kernel lets a configuration's quality persist across budgets, around a mean that
         rises with the budget and has a linear trend in the numeric hyperparameters
         (``gp_trend``). It reads a configuration's learning curve as observations at
-        their budgets, and is fitted by L-BFGS (warm-started). ``"deep-kernel"``: DyHPO's
+        their budgets, and is fitted by L-BFGS (warm-started). Its forecasts keep a
+        nugget (a noise variance of at least a tenth of the scores'), which ranks final
+        scores better than interpolating mostly one-step observations; its expected
+        improvements read a posterior pinned to the observations, so that a running trial's
+        next step is judged by what it has shown. ``"deep-kernel"``: DyHPO's
         deep-kernel GP (an MLP feature extractor over hyperparameters, budget, a Conv1d
         summary of the learning curve and the weight embedding, trained jointly by Adam),
         kept for comparisons: with 5-50 curves it overfits (see docs/benchmarks.md).

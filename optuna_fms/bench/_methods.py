@@ -122,7 +122,8 @@ def _fms(
     surrogate: str = "deep-kernel",
     sampler_startup: int = FMS_STARTUP_TRIALS,
     pause_startup: bool = False,
-    gp_trend: str = "linear-budget",
+    gp_trend: str | None = None,
+    gp: dict[str, Any] | None = None,
 ) -> Factory:
     """FMSSampler + FMSPruner. The defaults are the settings the saved deep-kernel runs were
     measured with (random startup trials at the full budget); the ``fms-gp`` methods use the
@@ -139,11 +140,13 @@ def _fms(
             surrogate=surrogate,
             warn_independent_sampling=False,
         )
-        if surrogate == "gp":
+        if gp_trend is not None:
             kwargs["gp_trend"] = gp_trend
         if weights is not None:
             kwargs.update(weights=weights, start_weights=start_weights_fn(hub))
         sampler = FMSSampler(**kwargs)
+        # GP settings the sampler does not expose (a model kept for comparison).
+        sampler.engine._surrogate_kwargs.update(gp or {})
         pruner = FMSPruner(
             max_steps=hub.n_epochs,
             n_startup_trials=pruner_startup,
@@ -171,8 +174,25 @@ METHODS: dict[str, Method] = {
             "fms-gp",
             "FMSSampler(surrogate='gp') + FMSPruner: ARD Matern GP with priors over "
             "hyperparameters and log budget, a linear trend in the hyperparameters that "
-            "changes with the budget, DyHPO's start (library defaults)",
+            "changes with the budget, a noise floor for the forecasts and decisions on a "
+            "posterior pinned to the observations, DyHPO's start (library defaults)",
             _fms(None, 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            surrogate=True,
+            requires=("surrogate",),
+        ),
+        Method(
+            "fms-gp-interpolating",
+            "fms-gp with the GP of December 2026's second and third passes: a noise floor of "
+            "1e-5 (the fit interpolates the observations), decisions on the same posterior, "
+            "a trend change prior of 1",
+            _fms(
+                None,
+                5,
+                surrogate="gp",
+                sampler_startup=5,
+                pause_startup=True,
+                gp={"min_noise": 1e-5, "decision_noise": None, "trend_change_std": 1.0},
+            ),
             surrogate=True,
             requires=("surrogate",),
         ),
