@@ -42,7 +42,8 @@ def _worker(storage: str | BaseStorage, name: str, seed: int) -> optuna.Study:
     return optuna.load_study(
         study_name=name,
         storage=storage,
-        sampler=FMSSampler(seed=seed, n_startup_trials=4, n_candidates=32),
+        # retrain_growth=0: a training for every own new observation, the strictest schedule.
+        sampler=FMSSampler(seed=seed, n_startup_trials=4, n_candidates=32, retrain_growth=0.0),
         pruner=FMSPruner(max_steps=_STEPS, n_startup_trials=4, pause_startup=False),
     )
 
