@@ -345,8 +345,8 @@ class DashboardReport:
             where = f"trial {recommended.trial}, step {recommended.last_step}"
             params = json.dumps(recommended.params, default=str)
             lines.append(
-                f"| Recommended (best forecast final score) | {recommended.mean:.6g} ± "
-                f"{recommended.std:.2g} ({where}): `{params}` |"
+                "| Recommended (best forecast of the furthest trained) | "
+                f"{recommended.mean:.6g} ± {recommended.std:.2g} ({where}): `{params}` |"
             )
         if children:
             lines += [

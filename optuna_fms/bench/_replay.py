@@ -137,7 +137,7 @@ class RunResult:
     those some trial has replayed and over the others (NaN where the surrogate had no fit or
     fewer than two configurations; empty for methods without a surrogate).
     ``forecast_recommended_final`` maps the same epoch counts to the true final score of the
-    observed configuration with the best *forecast* final score, and ``n_observed`` to the
+    configuration :func:`optuna_fms.recommend` returns, and ``n_observed`` to the
     number of configurations observed then (the size of the observed split).
     """
 
@@ -417,8 +417,13 @@ def _run(
             except optuna_fms.SurrogateFitError:
                 pass
             result.tau_unseen[b] = kendall_tau(predicted[~seen], true_final[~seen])
-            best = np.flatnonzero(seen)[np.argmax(predicted[seen])]
-            result.forecast_recommended_final[b] = float(true_final[best])
+            try:
+                # The public call a user makes (the same fit as ``predicted``).
+                recommended = optuna_fms.recommend(trial.study)
+                best = hub.find_config(recommended.params)
+                result.forecast_recommended_final[b] = float(true_final[best])
+            except optuna_fms.SurrogateFitError:
+                pass
         result.snapshot_seconds += time.perf_counter() - t0
 
     study = optuna.create_study(
