@@ -187,7 +187,7 @@ def summarize(study: optuna.Study, storage: str, artifact_dir: str) -> str:
     try:
         rec = optuna_fms.recommend(study)
         lines.append(
-            f"Recommended by forecast (best forecast final accuracy among those run): "
+            f"Recommended by forecast (best forecast final accuracy of the furthest trained): "
             f"{rec.mean:.4f} ± {rec.std:.4f}, trial {rec.trial}, {rec.params}"
         )
     except (optuna_fms.SurrogateFitError, ValueError):
