@@ -66,14 +66,28 @@ def expected_improvement(mean: np.ndarray, std: np.ndarray, best: np.ndarray) ->
 
 
 def incumbent(model: FittedModel, budgets: np.ndarray) -> np.ndarray:
-    """Best observed value (standardised) at each budget; the best overall where none yet.
+    """Best observed value (standardised) at each budget; where no trial has reached a
+    budget yet, the best at the largest budget below it that some trial has reached.
 
     DyHPO compares a row at budget ``b`` with the best value observed at ``b``, so that a
     trial's next step competes with what other configurations reached after as many steps.
+    The leading trial's next step, at a budget nobody has reached, is compared with the best
+    score after as many steps as it has trained, not with the best score overall (which it
+    may itself hold at that budget): with the latter its expected improvement was about 0,
+    and no trial was ever continued to the full budget.
     """
     data = model.data
     overall = float(np.max(data.y)) if len(data.y) else 0.0
-    return np.array([data.best_at_budget.get(int(b), overall) for b in budgets])
+    known = np.array(sorted(data.best_at_budget), dtype=int)
+    out = []
+    for b in budgets:
+        b = int(b)
+        if b in data.best_at_budget:
+            out.append(data.best_at_budget[b])
+            continue
+        below = known[known < b]
+        out.append(data.best_at_budget[int(below[-1])] if len(below) else overall)
+    return np.array(out, dtype=float)
 
 
 def score(
