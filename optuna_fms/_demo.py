@@ -175,19 +175,22 @@ def summarize(study: optuna.Study, storage: str, artifact_dir: str) -> str:
     states = [t.state for t in trials]
     continued = sum(1 for t in trials if optuna_fms._attrs.read_continuation(t.user_attrs))
     spent = optuna_fms.epochs_spent(trials)
-    best = study.best_trial
     lines = [
         f"Trials: {len(trials)} ({states.count(optuna.trial.TrialState.COMPLETE)} complete, "
         f"{states.count(optuna.trial.TrialState.PRUNED)} paused, {continued} continuations)",
         f"Epochs trained: {spent} (full-budget training of the same configurations: "
         f"{len({tuple(sorted(t.params.items())) for t in trials}) * MAX_EPOCHS})",
-        f"Best validation accuracy: {best.value:.4f} (trial {best.number})",
-        f"Best parameters: {best.params}",
     ]
+    if optuna.trial.TrialState.COMPLETE in states:
+        best = study.best_trial
+        lines.append(f"Best validation accuracy: {best.value:.4f} (trial {best.number})")
+        lines.append(f"Best parameters: {best.params}")
+    else:
+        lines.append(f"No trial ran all {MAX_EPOCHS} epochs (the budget went to paused trials).")
     try:
         rec = optuna_fms.recommend(study)
         lines.append(
-            f"Recommended by forecast (best forecast final accuracy of the furthest trained): "
+            "Recommended by forecast (best forecast final accuracy of the furthest trained): "
             f"{rec.mean:.4f} ± {rec.std:.4f}, trial {rec.trial}, {rec.params}"
         )
     except (optuna_fms.SurrogateFitError, ValueError):
