@@ -206,3 +206,20 @@ def test_the_acquisition_decides_on_the_pinned_posterior() -> None:
     scores = acquisition.score(model, x, budgets, histories)
     _, std = model.predict(x, budgets, histories)
     assert scores.std.max() < 0.1 * std.min()
+
+
+def test_a_budget_nobody_reached_is_compared_with_the_best_below_it() -> None:
+    # The leading trial (4 steps) is behind the overall best (a lucky 2-step value): its
+    # fifth step is compared with the best after 4 steps, not with that luckier value.
+    layout = RowLayout(x_dim=2, curve_len=0, x_groups=[0, 1], x_names=["a", "b"], max_steps=10)
+    x = _seen()[:2]
+    curves = [
+        Curve(0, {}, np.arange(4), np.array([0.1, 0.2, 0.3, 0.4]), x[0]),
+        Curve(1, {}, np.arange(2), np.array([0.2, 0.9]), x[1]),
+    ]
+    data = build_training_set(curves, layout, 10, 256, np.random.RandomState(0))
+    model = FittedModel(layout, 10, data, GPSurrogate())
+    best = acquisition.incumbent(model, np.array([2, 4, 5, 9]))
+    at = data.best_at_budget
+    np.testing.assert_allclose(best, [at[2], at[4], at[4], at[4]])
+    assert at[2] > at[4]
