@@ -72,22 +72,17 @@ def incumbent(model: FittedModel, budgets: np.ndarray) -> np.ndarray:
     DyHPO compares a row at budget ``b`` with the best value observed at ``b``, so that a
     trial's next step competes with what other configurations reached after as many steps.
     The leading trial's next step, at a budget nobody has reached, is compared with the best
-    score after as many steps as it has trained, not with the best score overall (which it
-    may itself hold at that budget): with the latter its expected improvement was about 0,
-    and no trial was ever continued to the full budget.
+    score after as many steps as it has trained, not with the best score overall: a lucky
+    short run can hold that, and then the leader's expected improvement was about 0 (in the
+    demo no trial reached the full budget).
     """
     data = model.data
     overall = float(np.max(data.y)) if len(data.y) else 0.0
-    known = np.array(sorted(data.best_at_budget), dtype=int)
-    out = []
-    for b in budgets:
-        b = int(b)
-        if b in data.best_at_budget:
-            out.append(data.best_at_budget[b])
-            continue
-        below = known[known < b]
-        out.append(data.best_at_budget[int(below[-1])] if len(below) else overall)
-    return np.array(out, dtype=float)
+    known = np.array(sorted(data.best_at_budget), dtype=float)
+    best = np.array([data.best_at_budget[int(b)] for b in known] + [overall])
+    # The largest known budget <= b (index -1, the overall best, where there is none).
+    below = np.searchsorted(known, np.asarray(budgets, dtype=float), side="right") - 1
+    return best[below]
 
 
 def score(
