@@ -494,11 +494,7 @@ class Engine:
                 stale_ok = not eager and self._surrogate_kind == "deep-kernel"
                 # The pruner may have conditioned on every observation already; the sampler
                 # still trains for its own trials' new ones.
-                own_due = (
-                    eager
-                    and own > fit.n_own
-                    and n_obs >= (1 + self._retrain_growth) * fit.n_trained
-                )
+                own_due = self._own_training_due(eager, own, fit, n_obs, fit.n_trained)
                 current = n_obs == fit.n_observations and not own_due
                 if current or (stale_ok and n_obs < 1.5 * fit.n_observations):
                     return fit
@@ -553,9 +549,8 @@ class Engine:
                     # only; other workers' observations are conditioned on (they train for
                     # theirs, and share it), so the trainings per trial do not grow with the
                     # workers. Everyone trains once the data grew by half.
-                    own_new = eager and previous is not None and own > previous.n_own
-                    retrain = n_obs >= (1 + _LAZY_GROWTH) * n_trained or (
-                        own_new and n_obs >= (1 + self._retrain_growth) * n_trained
+                    retrain = n_obs >= (1 + _LAZY_GROWTH) * n_trained or self._own_training_due(
+                        eager, own, previous, n_obs, n_trained
                     )
                 if retrain and n_trained is not None and busy:
                     # Another worker is training on newer data: keep the current model
@@ -602,6 +597,19 @@ class Engine:
                 n_own=own,
             )
             return state.fit
+
+    def _own_training_due(
+        self, eager: bool, own: int, previous: Fit | None, n_obs: int, n_trained: int
+    ) -> bool:
+        """Whether the sampler (``eager``) trains for its own trials' observations: ``own``
+        grew since the training of ``previous`` and the data by ``retrain_growth`` since
+        ``n_trained`` observations."""
+        return (
+            eager
+            and previous is not None
+            and own > previous.n_own
+            and n_obs >= (1 + self._retrain_growth) * n_trained
+        )
 
     def own_trial(self, study: Study, trial_id: int) -> None:
         """Record that this process runs the trial ``trial_id`` of ``study`` (the sampler's

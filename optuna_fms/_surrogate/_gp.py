@@ -230,7 +230,6 @@ class _Posterior:
     def __init__(self, model: _ExactGP, noise: float | None = None) -> None:
         self.model = model
         self.x = model.train_inputs[0]
-        self.noise = noise
         y = model.train_targets
         with torch.no_grad():
             k = model.covariance(self.x, self.x)
