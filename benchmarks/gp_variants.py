@@ -6,7 +6,8 @@ arguments of :class:`optuna_fms.FMSSampler` (e.g. ``gp_trend``; ``"start_weights
 for the hub's start weights; ``"gp": {...}`` for the GP surrogate's own keyword arguments).
 The pruner is the ``fms-gp`` method's, with ``"pruner": {...}`` keyword arguments of
 :class:`optuna_fms.FMSPruner`. Prints Kendall's tau (all, observed beside their last
-observed score, unseen) at each tau budget, regret at the end and sampler + pruner seconds,
+observed score, unseen) and regret at each tau budget and at the end, and sampler + pruner
+seconds,
 mean ± s.e. over seeds.
 
     python benchmarks/gp_variants.py --hub zoo --budget 100 --seeds 6 \\
@@ -125,12 +126,19 @@ def main() -> None:
             keys = ("tau", "tau_observed", "tau_last_observed", "tau_unseen", "n_observed")
             cells = [cell([_at(r, key, b) for r in runs]) for key in keys]
             print(f"| {label} | {b} | " + " | ".join(cells) + " |")
-    print("\n| variant | regret at the end | sampler + pruner s |")
-    print("|---|---|---|")
+    budgets = sorted({int(k) for runs in by_label.values() for r in runs for k in r["tau"]})
+    budgets = sorted(set(budgets) | {args.budget})
+    print(
+        "\n| variant | " + " | ".join(f"regret @{b}" for b in budgets) + " | sampler + pruner s |"
+    )
+    print("|---|" + "---|" * len(budgets) + "---|")
     for label, runs in by_label.items():
-        regret = [r["best_final_score"] - max(r["best_observed"]) for r in runs]
+        regrets = [
+            cell([r["best_final_score"] - max(r["best_observed"][:b]) for r in runs])
+            for b in budgets
+        ]
         seconds = [r["sampler_seconds"] + r["pruner_seconds"] for r in runs]
-        print(f"| {label} | {cell(regret)} | {cell(seconds)} |")
+        print(f"| {label} | " + " | ".join(regrets) + f" | {cell(seconds)} |")
 
 
 if __name__ == "__main__":

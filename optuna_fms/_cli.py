@@ -37,6 +37,12 @@ def _build_hub(argv: list[str]) -> int:
     return main_build(argv)
 
 
+def _pretrain(argv: list[str]) -> int:
+    from optuna_fms.bench._pretrain import main_pretrain
+
+    return main_pretrain(argv)
+
+
 def _bench(argv: list[str]) -> int:
     from optuna_fms.bench._cli import main as bench_main
 
@@ -46,6 +52,7 @@ def _bench(argv: list[str]) -> int:
 _COMMANDS = {
     "demo": (_demo, "run an FMS study on real training (digits)"),
     "build-hub": (_build_hub, "train a benchmark hub (learning curves + checkpoints)"),
+    "pretrain-metanet": (_pretrain, "pretrain the graph metanetwork on hubs' checkpoints"),
     "bench": (_bench, "replay a hub with several methods; regret and Kendall's tau"),
 }
 
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in _COMMANDS:
         print("usage: optuna-fms {" + ",".join(_COMMANDS) + "} [options]\n")
         for name, (_, text) in _COMMANDS.items():
-            print(f"  {name:<10} {text}")
+            print(f"  {name:<17} {text}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, _ = _COMMANDS[argv[0]]
     return command(argv[1:])

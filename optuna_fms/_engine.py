@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass
 from dataclasses import field
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -53,6 +54,7 @@ from optuna_fms._surrogate._weights import EMBED_DIM
 from optuna_fms._surrogate._weights import CheckpointEncoder
 from optuna_fms._surrogate._weights import WeightsKind
 from optuna_fms._surrogate._weights import fingerprint
+from optuna_fms._warm_start import WarmStart
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -228,6 +230,19 @@ def fitted(study: Study, engine: Engine | None = None) -> tuple[Engine, Fit]:
     return engine, fit
 
 
+_WARM_MIN_GAP = 0.05
+"""Smallest distance (max over encoded inputs) of a warm-start proposal to a tried one."""
+
+
+def _load_metanetwork(spec: str | os.PathLike[str] | None) -> Any:
+    """The :class:`~optuna_fms.metanet.PretrainedMetanetwork` that ``spec`` names, or ``None``."""
+    if spec is None:
+        return None
+    from optuna_fms.metanet import PretrainedMetanetwork
+
+    return PretrainedMetanetwork.load(None if spec == "pretrained" else spec)
+
+
 class Engine:
     """Fits the surrogate on a study and makes DyHPO's decisions with it.
 
@@ -265,6 +280,14 @@ class Engine:
     start_weights:
         ``params -> state dict or module``: the weights a configuration starts from, used for
         rows and candidates that have no checkpoint of their own.
+    metanetwork:
+        With ``weights="gmn"``: ``"pretrained"`` (the metanetwork shipped with the package), the
+        path of a file written by ``optuna-fms pretrain-metanet``, or ``None`` (untrained).
+    fine_tune_metanetwork:
+        Let the deep kernel train the pretrained metanetwork with the GP (frozen otherwise).
+    warm_start:
+        Earlier studies whose curves inform this one (:class:`~optuna_fms._warm_start.WarmStart`;
+        the ``"gp"`` surrogate only).
     artifact_store:
         ``() -> store`` giving the artifact store checkpoints are read from.
 
@@ -295,13 +318,18 @@ class Engine:
         surrogate_kwargs: dict[str, Any] | None = None,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
+        metanetwork: str | os.PathLike[str] | None = "pretrained",
+        fine_tune_metanetwork: bool = False,
+        warm_start: Sequence[Study] | None = None,
         artifact_store: Callable[[], Any] | None = None,
     ) -> None:
         self._max_steps = max_steps
         self._weights = weights
         self._start_weights = start_weights
         self._artifact_store = artifact_store
-        self.bank = WeightBank(weights) if weights is not None else None
+        self._metanetwork = _load_metanetwork(metanetwork) if weights == "gmn" else None
+        self._fine_tune = fine_tune_metanetwork
+        self.bank = self._new_bank()
         self._warned_checkpoint = False
         self._unreadable: set[str] = set()
         self._start_keys: dict[int, tuple[Any, int]] = {}
@@ -316,6 +344,14 @@ class Engine:
             )
         self._surrogate_kind = surrogate
         self._surrogate_kwargs = dict(surrogate_kwargs or {})
+        self._warm: WarmStart | None = None
+        if warm_start:
+            if surrogate != "gp":
+                raise ValueError(
+                    "warm_start needs the 'gp' surrogate (the deep kernel reads no related "
+                    "tasks); use FMSSampler(surrogate='gp', warm_start=...)."
+                )
+            self._warm = WarmStart(warm_start, seed=seed)
         self._states: dict[tuple[int, int], _StudyState] = {}
         self._lock = threading.RLock()
         self._warned_failure = False
@@ -334,7 +370,12 @@ class Engine:
         self.__dict__.update(state)
         self._lock = threading.RLock()
         self._token = uuid.uuid4().hex
-        self.bank = WeightBank(self._weights) if self._weights is not None else None
+        self.bank = self._new_bank()
+
+    def _new_bank(self) -> WeightBank | None:
+        if self._weights is None:
+            return None
+        return WeightBank(self._weights, self._metanetwork)
 
     def reseed(self) -> None:
         self._rng.seed()
@@ -344,12 +385,15 @@ class Engine:
         bank = self.bank
         if self._surrogate_kind == "gp":
             embed = bank.embedding if bank is not None else None
-            return GPSurrogate(seed=self._seed, embed=embed, **self._surrogate_kwargs)
+            related = self._warm.feature if self._warm is not None else None
+            return GPSurrogate(
+                seed=self._seed, embed=embed, related=related, **self._surrogate_kwargs
+            )
         factory = None
         if bank is not None:
 
             def factory() -> tuple[torch.nn.Module, int]:
-                return CheckpointEncoder(bank), EMBED_DIM
+                return CheckpointEncoder(bank, fine_tune=self._fine_tune), EMBED_DIM
 
         return Surrogate(seed=self._seed, weight_encoder_factory=factory, **self._surrogate_kwargs)
 
@@ -499,6 +543,8 @@ class Engine:
                 if current or (stale_ok and n_obs < 1.5 * fit.n_observations):
                     return fit
             encoder = SpaceEncoder(space)
+            if self._warm is not None:
+                self._warm.fit(space)
             # Only the deep kernel reads the curve; for the GP the rows stay narrow whatever
             # the budget (a report at step 10**9 must not allocate rows that wide).
             curve_len = max(0, max_steps - 1) if self._surrogate_kind == "deep-kernel" else 0
@@ -753,6 +799,40 @@ class Engine:
         return np.array([self._start_index(p) for p in params_list])
 
     # ---------------------------------------------------------------- deciding
+    def warm_proposal(self, study: Study) -> dict[str, Any] | None:
+        """Before the study's own GP can be fitted: the fresh configuration the earlier
+        studies (``warm_start``) forecast best at the full budget, away from those tried;
+        ``None`` without them. Before the study's first trial defines its search space, the
+        proposal is in the space the earlier studies share (parameters the objective then
+        suggests with other distributions are sampled at random)."""
+        if self._warm is None:
+            return None
+        with self._lock:
+            space = self.search_space(study) or self._warm.search_space()
+            if not space or not self._warm.fit(space):
+                return None
+            encoder = SpaceEncoder(space)
+            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+            tried = [t.params for t in trials if encoder.contains(t.params)]
+            x = acquisition.fresh_candidates(
+                encoder, np.zeros((0, encoder.dim)), self._n_candidates, self._rng
+            )
+            layout = RowLayout(encoder.dim, 0, encoder.groups, encoder.names, 1)
+            rows = np.zeros((len(x), layout.width))
+            rows[:, : encoder.dim] = x
+            rows[:, layout.budget] = 1.0
+            forecast = self._warm.feature(layout, rows)
+            x = encoder.encode(encoder.decode(x))  # rounded to the grid of steps
+            if tried:
+                # Not a configuration already tried, nor one next to it (encoded inputs are
+                # in [0, 1]): the startup should see several configurations.
+                gap = np.abs(x[:, None, :] - encoder.encode(tried)[None]).max(-1).min(1)
+                forecast = np.where(gap >= _WARM_MIN_GAP, forecast, -np.inf)
+            best = int(np.argmax(forecast))
+            if not np.isfinite(forecast[best]):
+                return None
+            return encoder.decode(x[best : best + 1])[0]
+
     def _fresh(self, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
         """Fresh candidates (encoded) and their expected improvement at the first step."""
         order = np.argsort([-np.nanmax(c.values) for c in fit.curves])

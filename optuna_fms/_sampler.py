@@ -4,6 +4,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,24 @@ class FMSSampler(BaseSampler):
         from weights of a run that has not happened, so FMS can rank unseen pretrained
         models. It is called for every candidate of every proposal: keep it cheap (cache
         what it loads).
+    metanetwork:
+        With ``weights="gmn"``, the graph metanetwork that reads the weights: ``"pretrained"``
+        (default: the one shipped with the package, trained by ``optuna-fms pretrain-metanet``
+        to predict how checkpoints fine-tune, see docs/usage.md), the path of a file that
+        command wrote, or ``None`` for an untrained one. The GP reads its two predictions
+        (:data:`optuna_fms.metanet.TARGETS`) of every checkpoint; the deep kernel its
+        embedding.
+    fine_tune_metanetwork:
+        Let the deep kernel train the pretrained metanetwork in the study, through the GP's
+        marginal likelihood (frozen by default: 5-50 configurations cannot teach it much).
+    warm_start:
+        Earlier studies (``optuna.load_study(...)``, any storage) whose learning curves
+        inform this one: a GP fitted on their curves, over the parameters they share with
+        this study (the others are ignored, with a log line), forecasts every configuration,
+        and this study's GP reads that forecast as one more input whose weight it learns from
+        its own observations. Until this study's GP can be fitted, the startup trials take
+        the configurations the earlier studies forecast best (apart from those tried).
+        Nothing carries over unless named here. ``"gp"`` surrogate only.
     warn_independent_sampling:
         Log a warning (once per parameter) when a parameter is sampled independently.
 
@@ -166,6 +185,9 @@ class FMSSampler(BaseSampler):
         retrain_growth: float | None = None,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
+        metanetwork: str | os.PathLike[str] | None = "pretrained",
+        fine_tune_metanetwork: bool = False,
+        warm_start: Sequence[Study] | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
         self._seed = seed
@@ -193,6 +215,9 @@ class FMSSampler(BaseSampler):
             ),
             weights=weights,
             start_weights=start_weights,
+            metanetwork=metanetwork,
+            fine_tune_metanetwork=fine_tune_metanetwork,
+            warm_start=warm_start,
             artifact_store=self._get_artifact_store,
         )
 
@@ -239,6 +264,12 @@ class FMSSampler(BaseSampler):
         if copied is not None and self._continue_again(study, trial, copied):
             return
         if not ready:
+            preset = bool(trial.params) or "fixed_params" in trial.system_attrs
+            warm = None if preset else self._engine.warm_proposal(study)
+            if warm is not None:
+                storage.set_trial_system_attr(
+                    trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(warm))
+                )
             return
         decision = self._decide(study)
         if decision is None:

@@ -37,11 +37,20 @@ def _study(tmp_path: Path, weights: str, **kwargs) -> optuna.Study:
     )
 
 
-@pytest.mark.parametrize("weights", ["gmn", "stats"])
+@pytest.mark.parametrize(
+    ("weights", "extra"),
+    [
+        ("gmn", {"metanetwork": None}),
+        ("stats", {}),
+        ("gmn", {}),
+        ("gmn", {"fine_tune_metanetwork": True}),
+    ],
+    ids=["gmn-untrained", "stats", "gmn-pretrained-frozen", "gmn-pretrained-fine-tuned"],
+)
 def test_surrogate_with_weights_trains_and_predicts_in_a_study(
-    tmp_path: Path, weights: str
+    tmp_path: Path, weights: str, extra: dict
 ) -> None:
-    study = _study(tmp_path, weights, surrogate="deep-kernel")
+    study = _study(tmp_path, weights, surrogate="deep-kernel", **extra)
     study.optimize(workers.train_objective, n_trials=8)
     engine = study.sampler.engine
     kinds = {kind for kind, _ in engine.bank.items}
@@ -50,12 +59,20 @@ def test_surrogate_with_weights_trains_and_predicts_in_a_study(
     assert surrogate is not None and surrogate._model is not None
     encoder = surrogate._model.extractor.weight_encoder
     assert isinstance(encoder, CheckpointEncoder)
-    fresh = CheckpointEncoder(engine.bank)
     net = encoder.gmn if weights == "gmn" else encoder.stats_net
-    init = fresh.gmn if weights == "gmn" else fresh.stats_net
-    # Trained jointly with the GP: the featuriser moved away from a fresh initialisation.
+    pretrained = weights == "gmn" and extra.get("metanetwork", "pretrained") is not None
+    if pretrained:
+        init = engine.bank.metanetwork.gmn
+    else:
+        fresh = CheckpointEncoder(engine.bank)
+        init = fresh.gmn if weights == "gmn" else fresh.stats_net
     moved = [not torch.equal(a, b) for a, b in zip(net.parameters(), init.parameters())]
-    assert any(moved)
+    if pretrained and not extra.get("fine_tune_metanetwork"):
+        # The pretrained metanetwork stays as shipped unless fine-tuning is asked for.
+        assert not any(moved)
+    else:
+        # Trained jointly with the GP: the featuriser moved away from where it started.
+        assert any(moved)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     for t in pruned:
         forecast = t.user_attrs[_attrs.FORECAST]
@@ -173,3 +190,26 @@ def test_encoder_embeds_only_the_checkpoints_rows_refer_to() -> None:
     encoder.eval()
     encoder(torch.tensor([1.0, 2.0]))  # only item 2 is new to the cache
     assert seen == [[1, 4], [2]]
+
+
+def test_the_pretrained_metanetwork_gives_the_gp_its_two_predictions() -> None:
+    from optuna_fms._surrogate._weights import WeightBank
+    from optuna_fms.metanet import TARGETS
+    from optuna_fms.metanet import PretrainedMetanetwork
+
+    net = PretrainedMetanetwork.load()
+    bank = WeightBank("gmn", net)
+    untrained = WeightBank("gmn")
+    for b in (bank, untrained):
+        for i in range(3):
+            torch.manual_seed(i)
+            mlp = torch.nn.Sequential(
+                torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+            )
+            b.index(str(i), lambda mlp=mlp: (mlp.state_dict(), None))
+    emb = bank.embedding(np.array([0, 2, -1]))
+    assert emb.shape == (3, len(TARGETS))
+    graph = bank.items[2][1]
+    np.testing.assert_allclose(emb[1], net.predict([graph])[0].numpy(), rtol=1e-6)
+    assert np.all(emb[2] == 0)  # no weights
+    assert untrained.embedding(np.array([0])).shape == (1, 16)  # the seeded metanetwork's

@@ -323,6 +323,14 @@ class GPSurrogate:
     trend_change_std:
         Prior standard deviation of the ``"linear-budget"`` trend's change along the budget
         (:data:`TREND_CHANGE_STD`).
+    related:
+        Optional ``(layout, rows) -> (n,) array``: a forecast of each row from related tasks
+        (:meth:`optuna_fms._warm_start.WarmStart.feature`), read as one more numeric input
+        named ``"warm_start"``, with a lengthscale and a trend coefficient like a
+        hyperparameter's.
+    weights_trend:
+        Give the weight components a trend coefficient too (for an embedding that predicts
+        quality, such as a pretrained metanetwork's).
 
     Examples
     --------
@@ -351,6 +359,8 @@ class GPSurrogate:
         ignore: Sequence[str] = (),
         decision_noise: float | None = DECISION_NOISE,
         trend_change_std: float = TREND_CHANGE_STD,
+        related: Callable[[RowLayout, np.ndarray], np.ndarray] | None = None,
+        weights_trend: bool = False,
     ) -> None:
         if not trend_change_std > 0:
             raise ValueError(f"trend_change_std must be > 0, got {trend_change_std}.")
@@ -368,6 +378,8 @@ class GPSurrogate:
         self._max_iter = max_iter
         self._min_noise = min_noise
         self._embed = embed
+        self._related = related
+        self._weights_trend = weights_trend
         self._model: _ExactGP | None = None
         self._posteriors: dict[bool, _Posterior] = {}
         self._layout: RowLayout | None = None
@@ -379,13 +391,15 @@ class GPSurrogate:
 
     # ------------------------------------------------------------------ features
     def _features(self, rows: np.ndarray) -> np.ndarray:
-        """``[x | weight components | log budget]`` of packed rows."""
+        """``[x | related forecast | weight components | log budget]`` of packed rows."""
         lay = self._layout
         assert lay is not None
         max_steps = lay.max_steps
         frac = np.clip(rows[:, lay.budget], 1e-12, None)
         log_budget = 1.0 + np.log(frac) / math.log(max_steps) if max_steps > 1 else frac
         parts = [rows[:, self._columns(lay)]]
+        if self._related is not None:
+            parts.append(np.asarray(self._related(lay, rows), dtype=float)[:, None])
         if self._pca is not None:
             assert self._embed is not None
             mean, basis, scale = self._pca
@@ -425,13 +439,15 @@ class GPSurrogate:
     def _set_inputs(self, layout: RowLayout, x: torch.Tensor) -> None:
         """Parameter group and name of each kernel input of the feature rows ``x``."""
         columns = self._columns(layout)
-        n_pc = x.shape[1] - len(columns) - 1
+        n_related = int(self._related is not None)
+        n_pc = x.shape[1] - len(columns) - n_related - 1
         kept = sorted({layout.x_groups[i] for i in columns})
         renumber = {g: k for k, g in enumerate(kept)}
         self._groups = [renumber[layout.x_groups[i]] for i in columns]
-        self._groups += [len(kept) + i for i in range(n_pc)]
-        self._names = [layout.x_names[g] for g in kept] + [f"weights_pc{i}" for i in range(n_pc)]
-        self._n_hyper = len(columns)
+        self._groups += [len(kept) + i for i in range(n_related + n_pc)]
+        self._names = [layout.x_names[g] for g in kept] + ["warm_start"] * n_related
+        self._names += [f"weights_pc{i}" for i in range(n_pc)]
+        self._n_hyper = len(columns) + n_related + (n_pc if self._weights_trend else 0)
 
     def _new_model(self, x: torch.Tensor, y: torch.Tensor) -> _ExactGP:
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
@@ -448,6 +464,8 @@ class GPSurrogate:
             "min_noise": self._min_noise,
             "ignore": sorted(self._ignore),
             "trend_change_std": self._change_std,
+            "related": self._related is not None,
+            "weights_trend": self._weights_trend,
         }
 
     # ------------------------------------------------------------------ fit

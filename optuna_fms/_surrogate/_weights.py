@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Mapping
+import copy
 import hashlib
 import logging
 from typing import Any
@@ -54,13 +55,16 @@ class WeightBank:
 
     ``kind="gmn"`` builds parameter graphs; a network the graph cannot express falls back to
     weight statistics, with one warning naming the unsupported module. ``kind="stats"``
-    always uses statistics. The bank is shared, never copied, by the surrogate's models.
+    always uses statistics. ``metanetwork`` is an optional
+    :class:`~optuna_fms.metanet.PretrainedMetanetwork` that embeds the graphs (``None``: an
+    untrained, seeded metanetwork). The bank is shared, never copied, by the surrogate's models.
     """
 
-    def __init__(self, kind: WeightsKind) -> None:
+    def __init__(self, kind: WeightsKind, metanetwork: Any = None) -> None:
         if kind not in WEIGHT_KINDS:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {kind!r}.")
         self.kind = kind
+        self.metanetwork = metanetwork  # a PretrainedMetanetwork, or None: untrained
         self.items: list[tuple[str, Any]] = []  # ("graph", ParamGraph) or ("stats", Tensor)
         self._index: dict[str, int] = {}
         self._warned = False
@@ -71,10 +75,12 @@ class WeightBank:
         return self
 
     def embedding(self, index: np.ndarray) -> np.ndarray:
-        """Fixed (untrained) embeddings of bank items, ``-1`` rows all zeros: ``(n, k)`` array.
+        """Fixed embeddings of bank items, ``-1`` rows all zeros: ``(n, k)`` array.
 
-        Weight statistics as they are; parameter graphs through a graph metanetwork with a
-        fixed seed, never trained. For a model that reads a few fixed inputs from the weights
+        Weight statistics as they are; parameter graphs as the pretrained metanetwork's
+        predictions of how they fine-tune (:data:`~optuna_fms.metanet.TARGETS`), or without
+        one through a graph metanetwork with a fixed seed, never trained. For a model that
+        reads a few fixed inputs from the weights
         (:class:`~optuna_fms._surrogate._gp.GPSurrogate`).
         """
         idx = np.asarray(index, dtype=float).astype(int)
@@ -93,6 +99,8 @@ class WeightBank:
         with torch.no_grad():
             if kind == "stats":
                 return value.double().numpy()
+            if self.metanetwork is not None:
+                return self.metanetwork.predict([value])[0].double().numpy()
             if self._fixed_gmn is None:
                 from optuna_fms.metanet import GraphMetanetwork
 
@@ -144,13 +152,18 @@ class WeightBank:
 class CheckpointEncoder(nn.Module):
     """Embeds checkpoint indices (float column of the packed rows; ``-1`` = no weights).
 
+    With a pretrained metanetwork in the bank, the graph metanetwork starts from its weights
+    and stays frozen unless ``fine_tune``; without one it starts untrained and always trains.
+
     The nets stay in float32 whatever the surrogate's dtype; the output is cast by the caller.
     During training, ``grad_pass`` (set by the fit loop) makes the next call embed every
     checkpoint with gradients; otherwise cached embeddings are used and extended without
     gradients for checkpoints registered since.
     """
 
-    def __init__(self, bank: WeightBank, out_dim: int = EMBED_DIM) -> None:
+    def __init__(
+        self, bank: WeightBank, out_dim: int = EMBED_DIM, fine_tune: bool = False
+    ) -> None:
         super().__init__()
         from optuna_fms.metanet import StatsFeaturizer
 
@@ -158,7 +171,15 @@ class CheckpointEncoder(nn.Module):
         self.out_dim = out_dim
         self.stats_net = StatsFeaturizer(out_dim=out_dim)
         self.gmn: nn.Module | None = None
-        if bank.kind == "gmn":
+        if bank.kind == "gmn" and bank.metanetwork is not None:
+            self.gmn = copy.deepcopy(bank.metanetwork.gmn)
+            if self.gmn.out_dim != out_dim:
+                raise ValueError(
+                    f"The pretrained metanetwork embeds into {self.gmn.out_dim} numbers, the "
+                    f"deep kernel expects {out_dim}."
+                )
+            self.gmn.requires_grad_(fine_tune)
+        elif bank.kind == "gmn":
             from optuna_fms.metanet import GraphMetanetwork
 
             self.gmn = GraphMetanetwork(out_dim=out_dim)

@@ -8,6 +8,9 @@ Three recipes (see ``docs/hubs.md``):
 - ``arch``: an MLP, a CNN, a ResNet with BatchNorm and a small transformer pretrained on MNIST
   (all classes), fine-tuned with AdamW on scikit-learn digits; a configuration picks the
   architecture and the AdamW hyper-parameters.
+- ``zoo-mnist``: the same zoo (the same members, bit for bit) fine-tuned on another target
+  task, MNIST (8x8) digits 5-9: an earlier task for transfer ("earlier study -> new study")
+  that shares no fine-tuning result with ``zoo``.
 - ``tiny``: a few-second miniature of ``zoo`` for the test suite.
 
 Every job runs with one torch thread and deterministic kernels, seeded from the hub seed and
@@ -61,7 +64,7 @@ from optuna_fms.bench._zoo import pretrain
 from optuna_fms.bench._zoo import sample_zoo
 
 
-HUB_NAMES = ("zoo", "arch", "tiny")
+HUB_NAMES = ("zoo", "zoo-mnist", "arch", "tiny")
 SIZES = ("full", "tiny")
 DEFAULT_OUT = "~/.cache/optuna-fms/hubs"
 
@@ -111,11 +114,22 @@ def _log_grid(low: float, high: float, n: int) -> list[float]:
     return [float(f"{v:.4g}") for v in np.geomspace(low, high, n)]
 
 
+# The zoo's target tasks: hub name -> (dataset, training images, validation images or None for
+# the rest); classes 5-9 in both, so the pretrained 5-way head is reused.
+_ZOO_TARGETS: dict[str, tuple[str, int, int | None]] = {
+    "zoo": ("digits", 150, None),
+    "zoo-mnist": ("mnist8", 150, 750),
+    "tiny": ("digits", 100, 200),
+}
+
+
 def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
     tiny = size == "tiny"
     n_members = 3 if tiny else 60
     source = TaskSpec("mnist8", (0, 1, 2, 3, 4), 0, 200 if tiny else 400, seed)
-    target = TaskSpec("digits", (5, 6, 7, 8, 9), 100 if tiny else 150, 200 if tiny else None, seed)
+    dataset, n_train, n_val = _ZOO_TARGETS["tiny" if tiny else name]
+    target = TaskSpec(dataset, (5, 6, 7, 8, 9), n_train, n_val, seed)
+    target_name = "scikit-learn digits 5-9" if dataset == "digits" else "MNIST (8x8) digits 5-9"
     spec = {"channels": [4, 8, 8] if tiny else [8, 16, 16], "n_classes": 5}
     starts = sample_zoo(
         n_members,
@@ -156,7 +170,7 @@ def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
         description=(
             "Zoo of small CNNs pretrained on MNIST (8x8) digits 0-4 with random seeds, "
             "training-set sizes, epochs, learning rates and label noise; fine-tuned with SGD on "
-            "scikit-learn digits 5-9."
+            f"{target_name}."
         ),
     )
 
@@ -249,15 +263,15 @@ def _arch_recipe(size: str, seed: int) -> Recipe:
 
 
 def make_recipe(name: str, size: str = "full", seed: int = 0) -> Recipe:
-    """The recipe of hub ``name`` (``"zoo"``, ``"arch"`` or ``"tiny"``) at ``size``."""
+    """The recipe of hub ``name`` (one of :data:`HUB_NAMES`) at ``size``."""
     if name not in HUB_NAMES:
         raise ValueError(f"Unknown hub {name!r}; expected one of {HUB_NAMES}.")
     if size not in SIZES:
         raise ValueError(f"Unknown size {size!r}; expected one of {SIZES}.")
     if name == "tiny":
         return _zoo_recipe("tiny", seed, "tiny")
-    if name == "zoo":
-        return _zoo_recipe(size, seed, "zoo")
+    if name in ("zoo", "zoo-mnist"):
+        return _zoo_recipe(size, seed, name)
     return _arch_recipe(size, seed)
 
 
@@ -419,7 +433,7 @@ def build_hub(
     Parameters
     ----------
     name:
-        ``"zoo"``, ``"arch"`` or ``"tiny"`` (see ``docs/hubs.md``).
+        ``"zoo"``, ``"zoo-mnist"``, ``"arch"`` or ``"tiny"`` (see ``docs/hubs.md``).
     out_dir:
         Cache directory; the hub goes to ``out_dir / name`` (with ``-tiny`` / ``-seed<k>``
         appended for a non-full size or a non-zero seed).

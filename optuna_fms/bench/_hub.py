@@ -135,7 +135,7 @@ class Hub:
     Attributes
     ----------
     name:
-        ``"zoo"``, ``"arch"`` or ``"tiny"``.
+        ``"zoo"``, ``"zoo-mnist"``, ``"arch"`` or ``"tiny"``.
     search_space:
         Parameter name -> :class:`optuna.distributions.BaseDistribution`: categorical choices
         for categories, ``IntDistribution(0, n - 1)`` (an index into ``grid[name]``) for

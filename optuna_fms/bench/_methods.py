@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -115,6 +116,27 @@ def start_weights_fn(hub: Hub) -> Callable[[dict[str, Any]], Any]:
     return fn
 
 
+METANETS_DIR = Path(__file__).with_name("metanets")
+"""Metanetworks pretrained without one hub each (``without-<hub>.safetensors``)."""
+
+
+def held_out_metanetwork(hub: Hub) -> Path:
+    """The metanetwork pretrained without ``hub``'s results, for benchmarks on it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is none for this hub (with the command that makes one).
+    """
+    path = METANETS_DIR / f"without-{hub.name}.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No metanetwork pretrained without hub {hub.name!r} ({path}); make one with "
+            f"`optuna-fms pretrain-metanet --hubs <other hubs> --out {path}`."
+        )
+    return path
+
+
 def _fms(
     weights: str | None,
     pruner_startup: int = FMS_PRUNER_STARTUP_TRIALS,
@@ -124,10 +146,15 @@ def _fms(
     pause_startup: bool = False,
     gp_trend: str | None = None,
     gp: dict[str, Any] | None = None,
+    pretrained_held_out: bool = False,
 ) -> Factory:
     """FMSSampler + FMSPruner. The defaults are the settings the saved deep-kernel runs were
     measured with (random startup trials at the full budget); the ``fms-gp`` methods use the
-    library's defaults (the GP and DyHPO's start)."""
+    library's defaults (the GP and DyHPO's start).
+
+    With ``weights="gmn"`` the metanetwork is untrained (as every saved run measured it), or
+    with ``pretrained_held_out`` the one pretrained without the replayed hub
+    (:func:`held_out_metanetwork`): the shipped one has seen every hub's results."""
 
     def factory(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
         from optuna_fms import FMSPruner
@@ -144,6 +171,8 @@ def _fms(
             kwargs["gp_trend"] = gp_trend
         if weights is not None:
             kwargs.update(weights=weights, start_weights=start_weights_fn(hub))
+        if weights == "gmn":
+            kwargs["metanetwork"] = held_out_metanetwork(hub) if pretrained_held_out else None
         sampler = FMSSampler(**kwargs)
         # GP settings the sampler does not expose (a model kept for comparison).
         sampler.engine._surrogate_kwargs.update(gp or {})
@@ -223,6 +252,22 @@ METHODS: dict[str, Method] = {
             requires=("surrogate", "weights", "start_weights"),
         ),
         Method(
+            "fms-gp-pretrained",
+            "fms-gp with weights='gmn' and start_weights, read by a metanetwork pretrained "
+            "without this hub (leave one out: its two predictions of how the row's weights "
+            "fine-tune are GP inputs)",
+            _fms(
+                "gmn",
+                5,
+                surrogate="gp",
+                sampler_startup=5,
+                pause_startup=True,
+                pretrained_held_out=True,
+            ),
+            surrogate=True,
+            requires=("surrogate", "weights", "start_weights", "metanetwork"),
+        ),
+        Method(
             "fms-gp-stats-constant",
             "fms-gp-stats with gp_trend='constant'",
             _fms(
@@ -253,8 +298,8 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "fms-gmn",
-            "FMSSampler(weights='gmn', start_weights=...) + FMSPruner: FMS, graph metanetwork "
-            "over the checkpoint",
+            "FMSSampler(weights='gmn', start_weights=..., metanetwork=None) + FMSPruner: FMS, "
+            "graph metanetwork over the checkpoint, trained in the study with the deep kernel",
             _fms("gmn"),
             surrogate=True,
             requires=("weights", "start_weights"),

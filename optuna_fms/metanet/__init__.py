@@ -4,6 +4,8 @@
 - :func:`build_graph` turns ``(state_dict, structure)`` into a :class:`ParamGraph`;
 - :class:`GraphMetanetwork` embeds a batch of parameter graphs (invariant to permutations of
   hidden neurons);
+- :class:`PretrainedMetanetwork` is one trained to predict how checkpoints fine-tune (shipped
+  with the package, written by ``optuna-fms pretrain-metanet``);
 - :func:`weight_statistics` and :class:`StatsFeaturizer` are the fallback for networks the
   graph cannot express (:class:`UnsupportedArchitectureError`).
 """
@@ -19,6 +21,8 @@ from optuna_fms.metanet._graph import NODE_FEATURES
 from optuna_fms.metanet._graph import NODE_TYPES
 from optuna_fms.metanet._graph import ParamGraph
 from optuna_fms.metanet._graph import build_graph
+from optuna_fms.metanet._pretrained import TARGETS
+from optuna_fms.metanet._pretrained import PretrainedMetanetwork
 from optuna_fms.metanet._stats import NUM_DEPTH_SLOTS
 from optuna_fms.metanet._stats import QUANTILES
 from optuna_fms.metanet._stats import STATS_DIM
@@ -39,6 +43,8 @@ __all__ = [
     "STATS_DIM",
     "StatsFeaturizer",
     "ParamGraph",
+    "PretrainedMetanetwork",
+    "TARGETS",
     "UnsupportedArchitectureError",
     "build_graph",
     "describe_module",

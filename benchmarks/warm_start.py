@@ -1,0 +1,126 @@
+"""Warm start from a study on one hub (task) to a study on another, against a cold start.
+
+For every seed, an *earlier* study runs ``fms-gp`` on the source hub for ``--source-budget``
+epochs (its own seed; in memory). Then three studies replay the target hub with the same seed:
+``fms-gp`` cold, ``fms-gp`` with ``FMSSampler(warm_start=[earlier study])``, and TPE +
+Hyperband. Seeds are independent: seed ``s``'s warm start reads seed ``s``'s earlier study
+only. Prints Kendall's tau of the forecasts (all and unseen configurations) at the tau
+budgets, and regret and recommendation regret at ``--at`` epochs, mean ± s.e. over seeds.
+
+    python benchmarks/warm_start.py --source zoo-mnist --target zoo --seeds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _run(job: tuple[str, str, int, int, int]) -> tuple[int, dict[str, dict[str, Any]]]:
+    source_path, target_path, source_budget, budget, seed = job
+    import optuna
+    import torch
+
+    import optuna_fms
+    from optuna_fms.bench import Hub
+    from optuna_fms.bench._replay import run_replay
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    source, target = Hub.load(source_path), Hub.load(target_path)
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="fms-warm-") as tmp:
+        storage = optuna.storages.InMemoryStorage()
+        t0 = time.perf_counter()
+        run_replay(source, "fms-gp", seed, source_budget, workdir=f"{tmp}/src", storage=storage)
+        # The replay's study is the storage's first (FMS adds a companion claims study).
+        first = min(storage.get_all_studies(), key=lambda s: s._study_id)
+        earlier_study = optuna.load_study(study_name=first.study_name, storage=storage)
+        out["earlier"] = {
+            "seconds": time.perf_counter() - t0,
+            "n_trials": len(earlier_study.trials),
+        }
+        for label in ("fms-gp", "tpe-hyperband"):
+            out[label] = run_replay(
+                target, label, seed, budget, workdir=f"{tmp}/{label}"
+            ).to_dict()
+        store = optuna.artifacts.FileSystemArtifactStore(tmp)
+        sampler = optuna_fms.FMSSampler(
+            seed=seed,
+            artifact_store=store,
+            warn_independent_sampling=False,
+            warm_start=[earlier_study],
+        )
+        pruner = optuna_fms.FMSPruner(max_steps=target.n_epochs, seed=seed)
+        out["fms-gp-warm"] = run_replay(
+            target, "fms-gp-warm", seed, budget, sampler_pruner=(sampler, pruner), workdir=tmp
+        ).to_dict()
+    return seed, out
+
+
+def _cell(values: list[float]) -> str:
+    a = np.array([v for v in values if v == v], dtype=float)
+    if len(a) == 0:
+        return ""
+    se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+    return f"{a.mean():.3f} ± {se:.3f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", default="zoo-mnist")
+    p.add_argument("--target", default="zoo")
+    p.add_argument("--hub-dir", default="~/.cache/optuna-fms/hubs")
+    p.add_argument("--source-budget", type=int, default=300)
+    p.add_argument("--budget", type=int, default=200)
+    p.add_argument("--at", type=int, nargs="+", default=[50, 100, 200])
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--save", help="write the runs as JSON")
+    args = p.parse_args()
+    base = os.path.expanduser(args.hub_dir)
+    jobs = [
+        (f"{base}/{args.source}", f"{base}/{args.target}", args.source_budget, args.budget, s)
+        for s in range(args.seeds)
+    ]
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+        results = dict(pool.map(_run, jobs))
+    wall = time.perf_counter() - t0
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump({str(k): v for k, v in results.items()}, f)
+    labels = ("fms-gp", "fms-gp-warm", "tpe-hyperband")
+    print(
+        f"{args.source} ({args.source_budget} epochs of fms-gp) -> {args.target}, "
+        f"{args.seeds} seeds, mean ± s.e. ({wall:.0f} s)\n"
+    )
+    at = [b for b in args.at if b <= args.budget]
+    head = ["tau all", "tau unseen"]
+    print("| method | epochs | " + " | ".join(head) + " | regret | rec. regret |")
+    print("|---|---|" + "---|" * (len(head) + 2))
+    for label in labels:
+        runs = [r[label] for r in results.values()]
+        for b in at:
+            taus = [
+                _cell([float(r[k].get(str(b), r[k].get(b, np.nan))) for r in runs])
+                if k in runs[0]
+                else ""
+                for k in ("tau", "tau_unseen")
+            ]
+            regret = _cell([r["best_final_score"] - max(r["best_observed"][:b]) for r in runs])
+            rec = _cell([r["best_final_score"] - r["recommended_final"][b - 1] for r in runs])
+            print(f"| {label} | {b} | " + " | ".join(taus) + f" | {regret} | {rec} |")
+
+
+if __name__ == "__main__":
+    main()
