@@ -126,6 +126,13 @@ class FMSSampler(BaseSampler):
         from weights of a run that has not happened, so FMS can rank unseen pretrained
         models. It is called for every candidate of every proposal: keep it cheap (cache
         what it loads).
+    start_params:
+        Parameters whose only role is to choose the starting weights (the member of a model
+        zoo). With ``weights`` and ``start_weights``, the GP reads the weights' features in
+        their place, so that what it learns about one start carries to starts it has never
+        tried (an opaque category is equally far from every other). On the zoo hub this
+        ranked unseen configurations at Kendall's tau 0.63 against 0.61 with the member as a
+        category (docs/benchmarks.md). ``"gp"`` surrogate only.
     metanetwork:
         With ``weights="gmn"``, the graph metanetwork that reads the weights: ``"pretrained"``
         (default: the one shipped with the package, trained by ``optuna-fms pretrain-metanet``
@@ -185,11 +192,17 @@ class FMSSampler(BaseSampler):
         retrain_growth: float | None = None,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
+        start_params: Sequence[str] = (),
         metanetwork: str | os.PathLike[str] | None = "pretrained",
         fine_tune_metanetwork: bool = False,
         warm_start: Sequence[Study] | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
+        if start_params and (surrogate != "gp" or weights is None or start_weights is None):
+            raise ValueError(
+                "start_params replaces parameters by the starting weights' features: it needs "
+                "surrogate='gp', weights and start_weights."
+            )
         self._seed = seed
         self._n_startup_trials = n_startup_trials
         self._artifact_store = artifact_store
@@ -211,7 +224,7 @@ class FMSSampler(BaseSampler):
             surrogate_kwargs=(
                 dict(lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs)
                 if surrogate == "deep-kernel"
-                else dict(trend=gp_trend)
+                else dict(trend=gp_trend, ignore=tuple(start_params))
             ),
             weights=weights,
             start_weights=start_weights,

@@ -123,12 +123,19 @@ def _hub_objective(trial: optuna.Trial) -> float:
     return value
 
 
-@pytest.mark.parametrize("weights", ["stats", "gmn"])
-def test_start_weights_rank_pretrained_models_never_tried(weights: str) -> None:
+@pytest.mark.parametrize(
+    ("weights", "start_params"),
+    [("stats", ()), ("gmn", ()), ("gmn", ("member",))],
+    ids=["stats", "gmn", "gmn-in-place-of-member"],
+)
+def test_start_weights_rank_pretrained_models_never_tried(
+    weights: str, start_params: tuple[str, ...]
+) -> None:
     sampler = optuna_fms.FMSSampler(
         seed=0,
         weights=weights,
         start_weights=lambda params: _pretrained(params["member"]),
+        start_params=start_params,
         n_scratch_epochs=200,
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -141,6 +148,21 @@ def test_start_weights_rank_pretrained_models_never_tried(weights: str) -> None:
     assert all(f.trial is None and f.step == 5 for f in forecasts)
     tau = kendalltau([f.mean for f in forecasts], _SCALES[unseen]).statistic
     assert tau > 0.5, tau
+    lengthscales = optuna_fms.diagnose(study).lengthscales
+    assert ("member" in lengthscales) == (not start_params)
+    assert "weights_pc0" in lengthscales
+
+
+def test_start_params_need_the_weights_they_stand_for() -> None:
+    with pytest.raises(ValueError, match="start_params"):
+        optuna_fms.FMSSampler(start_params=["member"])
+    with pytest.raises(ValueError, match="start_params"):
+        optuna_fms.FMSSampler(
+            weights="stats",
+            start_weights=lambda p: None,
+            start_params=["member"],
+            surrogate="deep-kernel",
+        )
 
 
 def test_corrupt_checkpoint_warns_once_and_the_study_goes_on(

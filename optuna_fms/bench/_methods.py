@@ -147,6 +147,7 @@ def _fms(
     gp_trend: str | None = None,
     gp: dict[str, Any] | None = None,
     pretrained_held_out: bool = False,
+    replace_start_params: bool = False,
 ) -> Factory:
     """FMSSampler + FMSPruner. The defaults are the settings the saved deep-kernel runs were
     measured with (random startup trials at the full budget); the ``fms-gp`` methods use the
@@ -154,7 +155,9 @@ def _fms(
 
     With ``weights="gmn"`` the metanetwork is untrained (as every saved run measured it), or
     with ``pretrained_held_out`` the one pretrained without the replayed hub
-    (:func:`held_out_metanetwork`): the shipped one has seen every hub's results."""
+    (:func:`held_out_metanetwork`): the shipped one has seen every hub's results. With
+    ``replace_start_params`` the GP reads the start weights in place of the parameters that
+    choose them (``FMSSampler(start_params=...)``)."""
 
     def factory(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
         from optuna_fms import FMSPruner
@@ -173,6 +176,8 @@ def _fms(
             kwargs.update(weights=weights, start_weights=start_weights_fn(hub))
         if weights == "gmn":
             kwargs["metanetwork"] = held_out_metanetwork(hub) if pretrained_held_out else None
+        if replace_start_params:
+            kwargs["start_params"] = list(hub.index["start_params"])
         sampler = FMSSampler(**kwargs)
         # GP settings the sampler does not expose (a model kept for comparison).
         sampler.engine._surrogate_kwargs.update(gp or {})
@@ -185,6 +190,12 @@ def _fms(
         return sampler, pruner
 
     return factory
+
+
+def _fms_gp(weights: str | None = None, **kwargs: Any) -> Factory:
+    """``_fms`` with the library's defaults: the GP and DyHPO's start (5 random trials, each
+    paused after one step)."""
+    return _fms(weights, 5, surrogate="gp", sampler_startup=5, pause_startup=True, **kwargs)
 
 
 METHODS: dict[str, Method] = {
@@ -205,7 +216,7 @@ METHODS: dict[str, Method] = {
             "hyperparameters and log budget, a linear trend in the hyperparameters that "
             "changes with the budget, a noise floor for the forecasts and decisions on a "
             "posterior pinned to the observations, DyHPO's start (library defaults)",
-            _fms(None, 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            _fms_gp(),
             surrogate=True,
             requires=("surrogate",),
         ),
@@ -214,14 +225,7 @@ METHODS: dict[str, Method] = {
             "fms-gp with the GP of December 2026's second and third passes: a noise floor of "
             "1e-5 (the fit interpolates the observations), decisions on the same posterior, "
             "a trend change prior of 1",
-            _fms(
-                None,
-                5,
-                surrogate="gp",
-                sampler_startup=5,
-                pause_startup=True,
-                gp={"min_noise": 1e-5, "decision_noise": None, "trend_change_std": 1.0},
-            ),
+            _fms_gp(gp={"min_noise": 1e-5, "decision_noise": None, "trend_change_std": 1.0}),
             surrogate=True,
             requires=("surrogate",),
         ),
@@ -229,9 +233,7 @@ METHODS: dict[str, Method] = {
             "fms-gp-constant",
             "fms-gp with gp_trend='constant': the GP's prior mean has no trend in the "
             "hyperparameters (the default before December 2026, as Optuna's GPSampler)",
-            _fms(
-                None, 5, surrogate="gp", sampler_startup=5, pause_startup=True, gp_trend="constant"
-            ),
+            _fms_gp(gp_trend="constant"),
             surrogate=True,
             requires=("surrogate",),
         ),
@@ -239,7 +241,7 @@ METHODS: dict[str, Method] = {
             "fms-gp-stats",
             "fms-gp with weights='stats' and start_weights: a few principal components of "
             "the start weights' statistics as GP inputs",
-            _fms("stats", 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            _fms_gp("stats"),
             surrogate=True,
             requires=("surrogate", "weights", "start_weights"),
         ),
@@ -247,7 +249,7 @@ METHODS: dict[str, Method] = {
             "fms-gp-gmn",
             "fms-gp with weights='gmn' and start_weights: a few principal components of a "
             "fixed (untrained, seeded) graph metanetwork's embedding of the start weights",
-            _fms("gmn", 5, surrogate="gp", sampler_startup=5, pause_startup=True),
+            _fms_gp("gmn"),
             surrogate=True,
             requires=("surrogate", "weights", "start_weights"),
         ),
@@ -256,28 +258,23 @@ METHODS: dict[str, Method] = {
             "fms-gp with weights='gmn' and start_weights, read by a metanetwork pretrained "
             "without this hub (leave one out: its two predictions of how the row's weights "
             "fine-tune are GP inputs)",
-            _fms(
-                "gmn",
-                5,
-                surrogate="gp",
-                sampler_startup=5,
-                pause_startup=True,
-                pretrained_held_out=True,
-            ),
+            _fms_gp("gmn", pretrained_held_out=True),
             surrogate=True,
             requires=("surrogate", "weights", "start_weights", "metanetwork"),
         ),
         Method(
+            "fms-gp-pretrained-replaces",
+            "fms-gp-pretrained with start_params: the GP reads the start weights' predictions "
+            "in place of the parameters that choose the start (the zoo member; the "
+            "architecture and variant)",
+            _fms_gp("gmn", pretrained_held_out=True, replace_start_params=True),
+            surrogate=True,
+            requires=("surrogate", "weights", "start_weights", "metanetwork", "start_params"),
+        ),
+        Method(
             "fms-gp-stats-constant",
             "fms-gp-stats with gp_trend='constant'",
-            _fms(
-                "stats",
-                5,
-                surrogate="gp",
-                sampler_startup=5,
-                pause_startup=True,
-                gp_trend="constant",
-            ),
+            _fms_gp("stats", gp_trend="constant"),
             surrogate=True,
             requires=("surrogate", "weights", "start_weights"),
         ),
