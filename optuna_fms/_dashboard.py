@@ -336,6 +336,9 @@ class DashboardReport:
             f"{full} epochs |",
             f"| Epochs saved | {saved} ({_percent(saved, full)}) |",
         ]
+        engine = engine_of(study)
+        if engine is not None:
+            lines.append(f"| Surrogate reads | {engine.inputs_summary()} |")
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         if done:
             best = (max if maximize else min)(done, key=lambda t: t.values[0])

@@ -380,6 +380,26 @@ class Engine:
     def reseed(self) -> None:
         self._rng.seed()
 
+    def inputs_summary(self) -> str:
+        """What the surrogate reads, in words (for the dashboard's note)."""
+        parts = ["hyperparameters, budget"]
+        if self._surrogate_kind == "deep-kernel":
+            parts.append("learning curve")
+        if self._weights == "stats":
+            parts.append("weights (statistics)")
+        elif self._weights == "gmn":
+            net = self._metanetwork
+            if net is None:
+                parts.append("weights (untrained graph metanetwork)")
+            else:
+                hubs = ", ".join(net.info.get("hubs", [])) or "unrecorded data"
+                parts.append(f"weights (graph metanetwork pretrained on {hubs})")
+        if self._warm is not None:
+            names = ", ".join(f"`{s.study_name}`" for s in self._warm.studies)
+            n = len(self._warm.studies)
+            parts.append(f"warm start from {n} earlier stud{'y' if n == 1 else 'ies'}: {names}")
+        return "; ".join(parts)
+
     def new_surrogate(self) -> SurrogateModel:
         """An unfitted surrogate with this engine's settings (and checkpoint encoder)."""
         bank = self.bank

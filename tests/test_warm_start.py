@@ -77,6 +77,17 @@ def test_the_new_gp_reads_the_earlier_forecast_as_an_input() -> None:
     assert diagnostics.trend["warm_start"] > 0
 
 
+def test_the_dashboard_note_names_the_earlier_studies() -> None:
+    from optuna_fms import DashboardReport
+
+    earlier = _earlier(peak=0.3, n=6)
+    study = _new(0, warm_start=[earlier], weights="stats")
+    study.optimize(_objective(0.3), n_trials=3)
+    note = DashboardReport().note(study)
+    expected = f"weights (statistics); warm start from 1 earlier study: `{earlier.study_name}`"
+    assert f"| Surrogate reads | hyperparameters, budget; {expected} |" in note
+
+
 def test_other_search_spaces_share_the_common_parameters(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
