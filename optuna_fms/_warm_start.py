@@ -37,7 +37,7 @@ _logger = logging.getLogger("optuna_fms")
 FEATURE = "warm_start"
 """Name of the new GP's input that holds the earlier studies' forecast."""
 MAX_ROWS = 256
-"""Cap on the related GP's training rows (each trial's last observation kept first)."""
+"""Cap on the related GP's training rows (a seeded random subset beyond it)."""
 
 
 class WarmStart:
@@ -88,6 +88,7 @@ class WarmStart:
         self._layout: RowLayout | None = None
         self._common: list[str] = []
         self._warned: set[tuple[str, ...]] = set()
+        self._failed = False
 
     @property
     def studies(self) -> list[Study]:
@@ -97,12 +98,28 @@ class WarmStart:
         """Fit the related GP for the new study's search space ``space`` (once per space).
 
         Returns the parameters it reads: those of ``space`` that every earlier study has with
-        the same distribution. Others are ignored, with one log line saying so.
+        the same distribution. Others are ignored, with one log line saying so. If the earlier
+        studies cannot be read or the fit fails, one warning says so and this study goes on
+        without them (an empty list).
         """
         space = dict(sorted(space.items()))
         if self._for == space:
             return self._common
         self._for, self._gp, self._common = space, None, []
+        try:
+            return self._fit(space)
+        except Exception as err:  # an unreachable storage or a failed fit must not stop a study
+            self._gp, self._common = None, []
+            if not self._failed:
+                self._failed = True
+                _logger.warning(
+                    "warm_start: the earlier studies could not be read or fitted (%s); this "
+                    "study goes on without them.",
+                    err,
+                )
+            return []
+
+    def _fit(self, space: dict[str, BaseDistribution]) -> list[str]:
         histories = [
             (s, s._storage.get_all_trials(s._study_id, deepcopy=False)) for s in self._studies
         ]
@@ -173,7 +190,10 @@ class WarmStart:
         new study's search space before its first trial defines it."""
         spaces = []
         for s in self._studies:
-            space = IntersectionSearchSpace(include_pruned=True).calculate(s)
+            try:
+                space = IntersectionSearchSpace(include_pruned=True).calculate(s)
+            except Exception:  # unreadable: fit() says so once
+                return {}
             spaces.append({n: d for n, d in space.items() if not d.single()})
         if not spaces:
             return {}

@@ -125,3 +125,21 @@ def test_a_minimised_earlier_study_is_read_the_right_way_round() -> None:
     study = _new(3, warm_start=[earlier])
     study.optimize(_objective(0.8, with_c=False), n_trials=4)
     assert all(abs(t.params["x"] - 0.8) < 0.15 for t in study.trials)
+
+
+def test_an_unreadable_earlier_study_warns_once_and_the_study_goes_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    earlier = _earlier(peak=0.8, n=6)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database is gone")
+
+    monkeypatch.setattr(earlier._storage, "get_all_trials", broken)
+    study = _new(4, warm_start=[earlier])
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(_objective(0.8), n_trials=8)
+    assert len(study.trials) == 8
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in study.trials)
+    warnings = [r for r in caplog.records if "could not be read or fitted" in r.message]
+    assert len(warnings) == 1 and "database is gone" in warnings[0].message
