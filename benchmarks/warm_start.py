@@ -2,10 +2,11 @@
 
 For every seed, an *earlier* study runs ``fms-gp`` on the source hub for ``--source-budget``
 epochs (its own seed; in memory). Then three studies replay the target hub with the same seed:
-``fms-gp`` cold, ``fms-gp`` with ``FMSSampler(warm_start=[earlier study])``, and TPE +
-Hyperband. Seeds are independent: seed ``s``'s warm start reads seed ``s``'s earlier study
-only. Prints Kendall's tau of the forecasts (all and unseen configurations) at the tau
-budgets, and regret and recommendation regret at ``--at`` epochs, mean ± s.e. over seeds.
+``--method`` (default ``fms-gp``) cold, the same method warm-started from the earlier study
+(``FMSSampler(warm_start=[earlier study])``), and TPE + Hyperband. Seeds are independent: seed
+``s``'s warm start reads seed ``s``'s earlier study only. Prints Kendall's tau of the forecasts
+(all and unseen configurations) at the tau budgets, and regret and recommendation regret at
+``--at`` epochs, mean ± s.e. over seeds.
 
     python benchmarks/warm_start.py --source zoo-mnist --target zoo --seeds 10
 """
@@ -24,13 +25,16 @@ from typing import Any
 import numpy as np
 
 
-def _run(job: tuple[str, str, int, int, int]) -> tuple[int, dict[str, dict[str, Any]]]:
-    source_path, target_path, source_budget, budget, seed = job
+def _run(
+    job: tuple[str, str, int, int, int, str, dict[str, Any], bool],
+) -> tuple[int, dict[str, dict[str, Any]]]:
+    source_path, target_path, source_budget, budget, seed, method, gp, final_only = job
     import optuna
     import torch
 
-    import optuna_fms
+    from optuna_fms._warm_start import WarmStart
     from optuna_fms.bench import Hub
+    from optuna_fms.bench._methods import get_method
     from optuna_fms.bench._replay import run_replay
 
     torch.set_num_threads(1)
@@ -48,20 +52,17 @@ def _run(job: tuple[str, str, int, int, int]) -> tuple[int, dict[str, dict[str, 
             "seconds": time.perf_counter() - t0,
             "n_trials": len(earlier_study.trials),
         }
-        for label in ("fms-gp", "tpe-hyperband"):
+        for label in (method, "tpe-hyperband"):
             out[label] = run_replay(
                 target, label, seed, budget, workdir=f"{tmp}/{label}"
             ).to_dict()
         store = optuna.artifacts.FileSystemArtifactStore(tmp)
-        sampler = optuna_fms.FMSSampler(
-            seed=seed,
-            artifact_store=store,
-            warn_independent_sampling=False,
-            warm_start=[earlier_study],
-        )
-        pruner = optuna_fms.FMSPruner(max_steps=target.n_epochs, seed=seed)
-        out["fms-gp-warm"] = run_replay(
-            target, "fms-gp-warm", seed, budget, sampler_pruner=(sampler, pruner), workdir=tmp
+        sampler, pruner = get_method(method).make(target, seed, store)
+        # The method's own sampler, warm-started (what FMSSampler(warm_start=...) builds).
+        sampler.engine._warm = WarmStart([earlier_study], seed=seed, final_only=final_only)
+        sampler.engine._surrogate_kwargs.update(gp)  # ``--gp``: GP settings to try
+        out[f"{method}-warm"] = run_replay(
+            target, f"{method}-warm", seed, budget, sampler_pruner=(sampler, pruner), workdir=tmp
         ).to_dict()
     return seed, out
 
@@ -83,12 +84,24 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=200)
     p.add_argument("--at", type=int, nargs="+", default=[50, 100, 200])
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--method", default="fms-gp", help="an FMS method of optuna-fms bench")
+    p.add_argument("--gp", default="{}", help="JSON: GP keyword arguments of the warm run")
+    p.add_argument("--final-only", action="store_true", help="WarmStart(final_only=True)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--save", help="write the runs as JSON")
     args = p.parse_args()
     base = os.path.expanduser(args.hub_dir)
     jobs = [
-        (f"{base}/{args.source}", f"{base}/{args.target}", args.source_budget, args.budget, s)
+        (
+            f"{base}/{args.source}",
+            f"{base}/{args.target}",
+            args.source_budget,
+            args.budget,
+            s,
+            args.method,
+            json.loads(args.gp),
+            args.final_only,
+        )
         for s in range(args.seeds)
     ]
     t0 = time.perf_counter()
@@ -99,9 +112,10 @@ def main() -> None:
     if args.save:
         with open(args.save, "w") as f:
             json.dump({str(k): v for k, v in results.items()}, f)
-    labels = ("fms-gp", "fms-gp-warm", "tpe-hyperband")
+    labels = (args.method, f"{args.method}-warm", "tpe-hyperband")
     print(
-        f"{args.source} ({args.source_budget} epochs of fms-gp) -> {args.target}, "
+        f"{args.source} ({args.source_budget} epochs of fms-gp) -> {args.target} "
+        f"({args.method}), "
         f"{args.seeds} seeds, mean ± s.e. ({wall:.0f} s)\n"
     )
     at = [b for b in args.at if b <= args.budget]

@@ -52,6 +52,10 @@ class WarmStart:
     seed:
         Seeds the subsampling of rows when the earlier studies have more than
         :data:`MAX_ROWS` observations.
+    final_only:
+        Give every row the earlier studies' forecast of its configuration's *final* score,
+        whatever the row's budget (a configuration-level input), instead of their forecast at
+        the row's budget.
 
     Examples
     --------
@@ -74,7 +78,10 @@ class WarmStart:
     True
     """
 
-    def __init__(self, studies: Sequence[Study], *, seed: int | None = None) -> None:
+    def __init__(
+        self, studies: Sequence[Study], *, seed: int | None = None, final_only: bool = False
+    ) -> None:
+        self._final_only = final_only
         self._studies = list(studies)
         for s in self._studies:
             if s._is_multi_objective():
@@ -180,7 +187,7 @@ class WarmStart:
         cols = [i for i, g in enumerate(layout.x_groups) if layout.x_names[g] in common]
         related = np.zeros((len(rows), lay.width))
         related[:, : lay.x_dim] = rows[:, cols]
-        related[:, lay.budget] = rows[:, layout.budget]
+        related[:, lay.budget] = 1.0 if self._final_only else rows[:, layout.budget]
         related[:, lay.ckpt] = -1
         mean, _ = self._gp.predict(related)
         return 0.5 + 0.25 * mean

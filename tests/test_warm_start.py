@@ -77,6 +77,15 @@ def test_the_new_gp_reads_the_earlier_forecast_as_an_input() -> None:
     assert diagnostics.trend["warm_start"] > 0
 
 
+def test_without_its_trend_the_earlier_forecast_is_a_kernel_input_only() -> None:
+    study = _new(0, warm_start=[_earlier(peak=0.3)])
+    study.sampler.engine._surrogate_kwargs["related_trend"] = False  # an experiment's knob
+    study.optimize(_objective(0.3), n_trials=10)
+    diagnostics = optuna_fms.diagnose(study)
+    assert "warm_start" in diagnostics.lengthscales
+    assert "warm_start" not in diagnostics.trend and "x" in diagnostics.trend
+
+
 def test_the_dashboard_note_names_the_earlier_studies() -> None:
     from optuna_fms import DashboardReport
 

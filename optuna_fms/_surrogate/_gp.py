@@ -328,6 +328,8 @@ class GPSurrogate:
         (:meth:`optuna_fms._warm_start.WarmStart.feature`), read as one more numeric input
         named ``"warm_start"``, with a lengthscale and a trend coefficient like a
         hyperparameter's.
+    related_trend:
+        Give the related forecast a trend coefficient (else it is a kernel input only).
     weights_trend:
         Give the weight components a trend coefficient too (for an embedding that predicts
         quality, such as a pretrained metanetwork's).
@@ -361,6 +363,7 @@ class GPSurrogate:
         trend_change_std: float = TREND_CHANGE_STD,
         related: Callable[[RowLayout, np.ndarray], np.ndarray] | None = None,
         weights_trend: bool = False,
+        related_trend: bool = True,
     ) -> None:
         if not trend_change_std > 0:
             raise ValueError(f"trend_change_std must be > 0, got {trend_change_std}.")
@@ -380,6 +383,7 @@ class GPSurrogate:
         self._embed = embed
         self._related = related
         self._weights_trend = weights_trend
+        self._related_trend = related_trend
         self._model: _ExactGP | None = None
         self._posteriors: dict[bool, _Posterior] = {}
         self._layout: RowLayout | None = None
@@ -447,7 +451,12 @@ class GPSurrogate:
         self._groups += [len(kept) + i for i in range(n_related + n_pc)]
         self._names = [layout.x_names[g] for g in kept] + ["warm_start"] * n_related
         self._names += [f"weights_pc{i}" for i in range(n_pc)]
-        self._n_hyper = len(columns) + n_related + (n_pc if self._weights_trend else 0)
+        # The trend reads the first ``n_hyper`` inputs: the hyperparameters, then the related
+        # forecast and the weight components where they get a trend too.
+        n_related_trend = n_related if self._related_trend else 0
+        self._n_hyper = len(columns) + n_related_trend
+        if self._weights_trend and n_related_trend == n_related:
+            self._n_hyper += n_pc
 
     def _new_model(self, x: torch.Tensor, y: torch.Tensor) -> _ExactGP:
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
@@ -466,6 +475,7 @@ class GPSurrogate:
             "trend_change_std": self._change_std,
             "related": self._related is not None,
             "weights_trend": self._weights_trend,
+            "related_trend": self._related_trend,
         }
 
     # ------------------------------------------------------------------ fit
