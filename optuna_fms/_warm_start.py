@@ -63,6 +63,7 @@ class WarmStart:
     >>> from optuna.distributions import FloatDistribution
     >>> old = optuna.create_study(direction="maximize")
     >>> for x in (0.1, 0.4, 0.6, 0.9):
+    ...     old.enqueue_trial({"x": x})
     ...     t = old.ask({"x": FloatDistribution(0, 1)})
     ...     for step in range(3):
     ...         t.report(x * (step + 1), step)

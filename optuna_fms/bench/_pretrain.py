@@ -135,6 +135,16 @@ def pretrain_metanetwork(
     PretrainedMetanetwork
         In evaluation mode; ``info`` records the data, the settings, the time, the fit and
         evaluation taus and the recorded prediction of :func:`reference_network`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from optuna_fms.bench import Hub, build_hub
+    >>> hub = Hub.load(build_hub("tiny", Path(tempfile.mkdtemp()), workers=1, progress=False))
+    >>> net = pretrain_metanetwork([hub], epochs=2, n_runs=4, checkpoint_epochs=(0, 5))
+    >>> net.info["n_examples"], len(net.info["reference_prediction"])
+    ({'tiny': 11}, 2)
     """
     t0 = time.perf_counter()
     say = log or (lambda s: None)
