@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from optuna_fms.bench._metrics import fmt_mean_se
+
 
 def _run(
     job: tuple[str, str, int, int, int, str, dict[str, Any], bool],
@@ -65,14 +67,6 @@ def _run(
             target, f"{method}-warm", seed, budget, sampler_pruner=(sampler, pruner), workdir=tmp
         ).to_dict()
     return seed, out
-
-
-def _cell(values: list[float]) -> str:
-    a = np.array([v for v in values if v == v], dtype=float)
-    if len(a) == 0:
-        return ""
-    se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
-    return f"{a.mean():.3f} ± {se:.3f}"
 
 
 def main() -> None:
@@ -126,13 +120,17 @@ def main() -> None:
         runs = [r[label] for r in results.values()]
         for b in at:
             taus = [
-                _cell([float(r[k].get(str(b), r[k].get(b, np.nan))) for r in runs])
+                fmt_mean_se([float(r[k].get(str(b), r[k].get(b, np.nan))) for r in runs])
                 if k in runs[0]
                 else ""
                 for k in ("tau", "tau_unseen")
             ]
-            regret = _cell([r["best_final_score"] - max(r["best_observed"][:b]) for r in runs])
-            rec = _cell([r["best_final_score"] - r["recommended_final"][b - 1] for r in runs])
+            regret = fmt_mean_se(
+                [r["best_final_score"] - max(r["best_observed"][:b]) for r in runs]
+            )
+            rec = fmt_mean_se(
+                [r["best_final_score"] - r["recommended_final"][b - 1] for r in runs]
+            )
             print(f"| {label} | {b} | " + " | ".join(taus) + f" | {regret} | {rec} |")
 
 

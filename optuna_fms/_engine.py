@@ -837,11 +837,7 @@ class Engine:
             x = acquisition.fresh_candidates(
                 encoder, np.zeros((0, encoder.dim)), self._n_candidates, self._rng
             )
-            layout = RowLayout(encoder.dim, 0, encoder.groups, encoder.names, 1)
-            rows = np.zeros((len(x), layout.width))
-            rows[:, : encoder.dim] = x
-            rows[:, layout.budget] = 1.0
-            forecast = self._warm.feature(layout, rows)
+            forecast = self._warm.final_forecast(encoder, x)
             x = encoder.encode(encoder.decode(x))  # rounded to the grid of steps
             if tried:
                 # Not a configuration already tried, nor one next to it (encoded inputs are

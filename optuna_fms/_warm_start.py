@@ -164,10 +164,7 @@ class WarmStart:
             x, b, y = x[keep], b[keep], y[keep]
         steps = max(2, int(round(1.0 / max(b.min(), 1e-6))))
         layout = RowLayout(encoder.dim, 0, encoder.groups, encoder.names, steps)
-        rows = np.zeros((len(y), layout.width))
-        rows[:, : encoder.dim] = x
-        rows[:, layout.budget] = b
-        rows[:, layout.ckpt] = -1
+        rows = _pack(layout, x, b)
         scale = Standardizer.fit(y)
         gp = GPSurrogate()
         gp.fit(layout, rows, scale(y))
@@ -186,12 +183,15 @@ class WarmStart:
         lay = self._layout
         common = set(self._common)
         cols = [i for i, g in enumerate(layout.x_groups) if layout.x_names[g] in common]
-        related = np.zeros((len(rows), lay.width))
-        related[:, : lay.x_dim] = rows[:, cols]
-        related[:, lay.budget] = 1.0 if self._final_only else rows[:, layout.budget]
-        related[:, lay.ckpt] = -1
-        mean, _ = self._gp.predict(related)
+        budget = np.ones(len(rows)) if self._final_only else rows[:, layout.budget]
+        mean, _ = self._gp.predict(_pack(lay, rows[:, cols], budget))
         return 0.5 + 0.25 * mean
+
+    def final_forecast(self, encoder: SpaceEncoder, x: np.ndarray) -> np.ndarray:
+        """:meth:`feature` of configurations ``x`` (encoded by the new study's ``encoder``)
+        at the full budget."""
+        layout = RowLayout(encoder.dim, 0, encoder.groups, encoder.names, 1)
+        return self.feature(layout, _pack(layout, x, np.ones(len(x))))
 
     def search_space(self) -> dict[str, BaseDistribution]:
         """The parameters every earlier study has, each with one distribution: the guess for a
@@ -212,6 +212,16 @@ class WarmStart:
     def ready(self) -> bool:
         """Whether a related GP is fitted (for the last search space passed to :meth:`fit`)."""
         return self._gp is not None
+
+
+def _pack(layout: RowLayout, x: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """Rows of ``layout`` for encoded configurations ``x`` at budget fractions ``budget``
+    (no learning curve, no weights): the only rows a related GP reads and is asked about."""
+    rows = np.zeros((len(x), layout.width))
+    rows[:, : layout.x_dim] = x
+    rows[:, layout.budget] = budget
+    rows[:, layout.ckpt] = -1
+    return rows
 
 
 def _has(trials: Sequence[FrozenTrial], name: str, dist: BaseDistribution) -> bool:

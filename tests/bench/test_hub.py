@@ -18,18 +18,7 @@ from optuna_fms.bench._build import grid_configs
 from optuna_fms.bench._build import make_recipe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Evaluation must run like the build workers do for bit-identical scores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_hub("tiny", tmp_path_factory.mktemp("a"), workers=1, progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 
 import optuna_fms
 from optuna_fms.bench import Hub
-from optuna_fms.bench import build_hub
 from optuna_fms.bench._pretrain import _evaluate
 from optuna_fms.bench._pretrain import _hub_examples
 from optuna_fms.bench._pretrain import main_pretrain
@@ -19,17 +18,7 @@ from optuna_fms.bench._pretrain import pretrain_metanetwork
 from optuna_fms.metanet import PretrainedMetanetwork
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_hub("tiny", tmp_path_factory.mktemp("hub"), workers=1, progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pretraining_learns_to_rank_the_hubs_runs(tiny_dir: Path) -> None:
