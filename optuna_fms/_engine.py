@@ -54,6 +54,10 @@ from optuna_fms._surrogate._weights import EMBED_DIM
 from optuna_fms._surrogate._weights import CheckpointEncoder
 from optuna_fms._surrogate._weights import WeightsKind
 from optuna_fms._surrogate._weights import fingerprint
+from optuna_fms._surrogate.allocation import AllocationRule
+from optuna_fms._surrogate.allocation import Options
+from optuna_fms._surrogate.allocation import View
+from optuna_fms._surrogate.allocation import make_rule
 from optuna_fms._warm_start import WarmStart
 
 
@@ -93,10 +97,11 @@ class Fit:
 
 @dataclass(frozen=True)
 class Decision:
-    """DyHPO's choice for the next trial: the best fresh configuration, and the paused trial
-    to continue instead when its expected improvement is higher (``claim`` set)."""
+    """The allocation rule's choice for the next trial: the best fresh configuration
+    (``None`` when every configuration of a finite space has been run), and the paused trial
+    to continue instead (``claim`` set)."""
 
-    fresh: dict[str, Any]
+    fresh: dict[str, Any] | None
     ei: float
     claim: FrozenTrial | None = None
     parent: FrozenTrial | None = None
@@ -104,12 +109,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class StepForecast:
-    """What the pruner weighs for a running trial: the expected improvement of its next
-    step, that of the best other use of the step, and its forecast final score (objective
-    units)."""
+    """What the pruner weighs for a running trial: whether the allocation rule lets it keep
+    its next step, and its forecast final score (objective units)."""
 
-    ei: float
-    alternative_ei: float
+    keeps: bool
     mean: float
     std: float
 
@@ -230,6 +233,22 @@ def fitted(study: Study, engine: Engine | None = None) -> tuple[Engine, Fit]:
     return engine, fit
 
 
+_RANDOM_DRAWS = 64
+"""Random draws among which a random configuration not tried yet is looked for."""
+_MAX_ENUMERATED = 20_000
+"""A finite search space up to this size is enumerated once random candidates are all run."""
+
+
+def _longest(fit: Fit) -> list[Curve]:
+    """The longest observed curve of each configuration (the one its forecast extends)."""
+    longest: dict[bytes, Curve] = {}
+    for c in fit.curves:
+        key = c.x.tobytes()
+        if key not in longest or len(c.steps) >= len(longest[key].steps):
+            longest[key] = c
+    return list(longest.values())
+
+
 _WARM_MIN_GAP = 0.05
 """Smallest distance (max over encoded inputs) of a warm-start proposal to a tried one."""
 
@@ -290,6 +309,14 @@ class Engine:
         the ``"gp"`` surrogate only).
     artifact_store:
         ``() -> store`` giving the artifact store checkpoints are read from.
+    allocation:
+        The allocation rule (a name of :data:`optuna_fms._surrogate.allocation.RULES` or a
+        rule object): how the next step of compute is chosen, and when a running trial
+        pauses.
+    rerun:
+        Whether a configuration some trial has run may be started again from scratch (a
+        noisy objective). By default a fresh trial is a new configuration; a configuration
+        already run is only ever continued.
 
     Examples
     --------
@@ -322,8 +349,13 @@ class Engine:
         fine_tune_metanetwork: bool = False,
         warm_start: Sequence[Study] | None = None,
         artifact_store: Callable[[], Any] | None = None,
+        allocation: str | AllocationRule = "one-step",
+        rerun: bool = False,
     ) -> None:
         self._max_steps = max_steps
+        self.rule = make_rule(allocation)
+        """The allocation rule the sampler and the pruner decide with."""
+        self._rerun = rerun
         self._weights = weights
         self._start_weights = start_weights
         self._artifact_store = artifact_store
@@ -849,21 +881,31 @@ class Engine:
                 return None
             return encoder.decode(x[best : best + 1])[0]
 
-    def _fresh(self, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
-        """Fresh candidates (encoded) and their expected improvement at the first step."""
+    def _fresh(self, fit: Fit) -> Options:
+        """Fresh candidates: quasi-random configurations and local moves around the best.
+
+        A fresh trial is a new configuration: one some trial has run is continued (a paused
+        trial) or done, never started again from scratch (unless ``rerun``). Where the random
+        candidates are all run already, a finite search space is enumerated for the
+        configurations still unseen; none left means the search is exhausted (no options).
+        """
         order = np.argsort([-np.nanmax(c.values) for c in fit.curves])
         best_x = np.stack([fit.curves[i].x for i in order]) if fit.curves else np.zeros((0, 0))
         x = acquisition.fresh_candidates(fit.encoder, best_x, self._n_candidates, self._rng)
-        # A fresh trial is a new configuration: one some trial has run is continued (a paused
-        # trial) or done, never started again from scratch (on a discrete space candidates
-        # snap onto observed points). Unless nothing else is left.
-        seen = {c.x.tobytes() for c in fit.curves}
-        new = np.array([row.tobytes() not in seen for row in x])
-        if new.any():
-            x = x[new]
-        ckpts = self._start_indices(fit.encoder.decode(x))
-        budgets = np.ones(len(x))
-        return x, acquisition.score(fit.model, x, budgets, [np.zeros(0)] * len(x), ckpts).ei
+        if not self._rerun:
+            seen = {c.x.tobytes() for c in fit.curves}
+            new = np.array([row.tobytes() not in seen for row in x], dtype=bool)
+            if new.any():
+                x = x[new]
+            else:
+                grid = fit.encoder.grid(_MAX_ENUMERATED)
+                if grid is not None:
+                    x = fit.encoder.encode(grid) if grid else np.zeros((0, fit.encoder.dim))
+                    x = x[[row.tobytes() not in seen for row in x]]
+        ckpts = self._start_indices(fit.encoder.decode(x)) if len(x) else None
+        if ckpts is None and self.bank is not None:
+            ckpts = np.zeros(0)
+        return Options.fresh(x, ckpts)
 
     def _paused(self, study: Study, fit: Fit) -> list[tuple[FrozenTrial, Curve]]:
         """Open claims and the curves of the paused trials they stand for."""
@@ -881,87 +923,121 @@ class Engine:
                 out.append((claim, curve))
         return out
 
-    def _paused_ei(self, fit: Fit, paused: list[tuple[FrozenTrial, Curve]]) -> np.ndarray:
-        """Expected improvement of each paused trial's next step."""
-        if not paused:
-            return np.zeros(0)
+    def _paused_options(self, fit: Fit, paused: list[tuple[FrozenTrial, Curve]]) -> Options:
+        """The paused trials as options: their curves, steps done and newest weights."""
         curves = [c for _, c in paused]
-        x = np.stack([c.x for c in curves])
-        budgets = np.array([c.last_step + 2 for c in curves])
+        return self._curve_options(fit, curves)
+
+    def _curve_options(self, fit: Fit, curves: Sequence[Curve]) -> Options:
+        x = np.stack([c.x for c in curves]) if curves else np.zeros((0, fit.encoder.dim))
+        done = np.array([c.last_step + 1 for c in curves], dtype=int)
+        histories = [c.values[c.steps < fit.max_steps - 1] for c in curves]
         ckpts = None
         if self.bank is not None:
             ckpts = np.array(
                 [self._weights_index(c, c.last_step + 2, fit.trials[c.key]) for c in curves]
             )
-        return acquisition.score(fit.model, x, budgets, [c.values for c in curves], ckpts).ei
+        return Options(x, done, histories, ckpts)
+
+    def _view(self, fit: Fit) -> View:
+        """What the allocation rule reads besides the options (the observed configurations,
+        each by its longest curve, built only if the rule asks)."""
+        return View(fit.model, self._rng, lambda: self._curve_options(fit, _longest(fit)))
 
     def propose(self, study: Study, fit: Fit) -> Decision | None:
-        """DyHPO's choice: the best fresh candidate at step 1 or a paused trial's next step
-        (``None`` if the surrogate's prediction fails: the sampler then samples at random)."""
+        """The allocation rule's choice: a fresh configuration or a paused trial to continue
+        (``None`` if the surrogate's prediction fails: the sampler then samples at random).
+        ``Decision.fresh`` is ``None`` when no configuration is left to start (a finite
+        space, every configuration run) and nothing paused either: the search is exhausted.
+        """
         with self._lock:
             try:
-                x, ei = self._fresh(fit)
+                fresh = self._fresh(fit)
                 paused = self._paused(study, fit)
-                choice = acquisition.choose(ei, self._paused_ei(fit, paused))
+                pick = self.rule.choose(self._view(fit), fresh, self._paused_options(fit, paused))
             except SurrogateFitError as err:
                 self._fit_failed(self._state(study), err)
                 return None
-            self._state(study).alternative = (fit.n_trained, choice.best_ei)
-            fresh = fit.encoder.decode(x[choice.fresh : choice.fresh + 1])[0]
-            decision = Decision(fresh=fresh, ei=float(ei[choice.fresh]))
-            if choice.paused is not None:
-                claim, curve = paused[choice.paused]
-                decision = Decision(decision.fresh, decision.ei, claim, fit.trials[curve.key])
+            params = None
+            if pick.fresh is not None:
+                params = fit.encoder.decode(fresh.x[pick.fresh : pick.fresh + 1])[0]
+            decision = Decision(fresh=params, ei=pick.value)
+            if pick.paused is not None:
+                claim, curve = paused[pick.paused]
+                decision = Decision(params, pick.value, claim, fit.trials[curve.key])
             return decision
 
     def propose_fresh_only(self, study: Study, fit: Fit) -> dict[str, Any] | None:
-        """The fresh candidate with the highest expected improvement at step 1 (``None`` if
-        the surrogate's prediction fails)."""
+        """The fresh configuration the allocation rule would start (``None`` if there is
+        none left or the surrogate's prediction fails)."""
         with self._lock:
             try:
-                x, ei = self._fresh(fit)
+                fresh = self._fresh(fit)
+                pick = self.rule.choose(self._view(fit), fresh, self._paused_options(fit, []))
             except SurrogateFitError as err:
                 self._fit_failed(self._state(study), err)
                 return None
-            best = int(np.argmax(ei))
-            return fit.encoder.decode(x[best : best + 1])[0]
+            if pick.fresh is None:
+                return None
+            return fit.encoder.decode(fresh.x[pick.fresh : pick.fresh + 1])[0]
 
-    def random_params(self, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
-        """A random configuration of ``space`` (from the engine's seeded generator)."""
+    def random_params(
+        self, space: Mapping[str, BaseDistribution], tried: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """A random configuration of ``space`` (from the engine's seeded generator), one not
+        in ``tried`` while a few draws find one (unless ``rerun``): in a space of a dozen
+        configurations random startup trials would otherwise repeat each other."""
         enc = SpaceEncoder(space)
-        return enc.decode(enc.sample(1, self._rng))[0] if enc.dim else {}
+        if not enc.dim:
+            return {}
+        x = enc.sample(_RANDOM_DRAWS, self._rng)
+        if tried and not self._rerun:
+            seen = {row.tobytes() for row in enc.encode([p for p in tried if enc.contains(p)])}
+            new = [row for row in x if row.tobytes() not in seen]
+            if new:
+                return enc.decode(np.stack(new[:1]))[0]
+        return enc.decode(x[:1])[0]
 
-    def _alternative_ei(self, study: Study, fit: Fit) -> float:
-        """The best other use of one step: the value of the sampler's last choice while the
-        model has not been trained again since (conditioning on new observations does not
-        count), else the same computation on ``fit``. Scoring a thousand candidates at every
-        report would make ``should_prune`` as costly as ``ask``."""
+    def _alternative(self, study: Study, fit: Fit, view: View) -> float:
+        """The rule's value of the best other use of one step. A cacheable rule's value is
+        kept while the model has not been trained again (conditioning on new observations
+        does not count): scoring a thousand candidates at every report would make
+        ``should_prune`` as costly as ``ask``."""
         state = self._state(study)
-        if state.alternative is not None and state.alternative[0] == fit.n_trained:
+        if (
+            self.rule.cacheable
+            and state.alternative is not None
+            and state.alternative[0] == fit.n_trained
+        ):
             return state.alternative[1]
-        _, ei = self._fresh(fit)
-        best = acquisition.choose(ei, self._paused_ei(fit, self._paused(study, fit))).best_ei
+        paused = self._paused_options(fit, self._paused(study, fit))
+        best = self.rule.alternative(view, self._fresh(fit), paused)
         state.alternative = (fit.n_trained, best)
         return best
 
-    def step_forecast(self, study: Study, fit: Fit, trial: FrozenTrial) -> StepForecast | None:
-        """For a running trial: EI of its next step, the best alternative's EI, and the
-        forecast of its score at the full budget (objective units); ``None`` if the
-        surrogate's prediction fails (the pruner then does not pause)."""
+    def step_forecast(
+        self, study: Study, fit: Fit, trial: FrozenTrial, tolerance: float = 1.0
+    ) -> StepForecast | None:
+        """For a running trial: whether the allocation rule lets it keep its next step (with
+        the pruner's ``tolerance``), and its forecast score at the full budget (objective
+        units); ``None`` if the surrogate's prediction fails (the pruner then does not
+        pause)."""
         try:
-            return self._step_forecast(study, fit, trial)
+            return self._step_forecast(study, fit, trial, tolerance)
         except SurrogateFitError as err:
             self._fit_failed(self._state(study), err)
             return None
 
-    def _step_forecast(self, study: Study, fit: Fit, trial: FrozenTrial) -> StepForecast:
+    def _step_forecast(
+        self, study: Study, fit: Fit, trial: FrozenTrial, tolerance: float
+    ) -> StepForecast:
         with self._lock:
-            alternative = self._alternative_ei(study, fit)
+            view = self._view(fit)
+            alternative = self._alternative(study, fit, view)
             sign = self.sign(study)
             steps = sorted(trial.intermediate_values)
             hist = sign * np.array([trial.intermediate_values[s] for s in steps], dtype=float)
             x = fit.encoder.encode([trial.params])
-            nxt = min(steps[-1] + 2, fit.max_steps)
             ckpt = -1.0
             if self.bank is not None:
                 curve = Curve(
@@ -971,17 +1047,13 @@ class Engine:
                     values=hist,
                     checkpoints=_attrs.read_checkpoints(trial.user_attrs),
                 )
-                ckpt = self._weights_index(curve, nxt, trial)
+                ckpt = self._weights_index(curve, min(steps[-1] + 2, fit.max_steps), trial)
             ckpts = np.array([ckpt])
-            scores = acquisition.score(fit.model, x, np.array([nxt]), [hist], ckpts)
+            running = Options(x, np.array([steps[-1] + 1]), [hist], ckpts)
+            keeps = self.rule.keeps_running(view, running, alternative, tolerance)
             final = fit.model.predict(x, np.array([fit.max_steps]), [hist], ckpts)
             mean, std = fit.model.to_objective(*final)
-            return StepForecast(
-                ei=float(scores.ei[0]),
-                alternative_ei=alternative,
-                mean=float(sign * mean[0]),
-                std=float(std[0]),
-            )
+            return StepForecast(keeps=keeps, mean=float(sign * mean[0]), std=float(std[0]))
 
     # ---------------------------------------------------------------- forecasting
     def forecast_final(
@@ -995,11 +1067,7 @@ class Engine:
         starting weights alone (never weights of a run that has not happened).
         """
         with self._lock:
-            longest: dict[bytes, Curve] = {}
-            for c in fit.curves:
-                key = c.x.tobytes()
-                if key not in longest or len(c.steps) >= len(longest[key].steps):
-                    longest[key] = c
+            longest = {c.x.tobytes(): c for c in _longest(fit)}
             if params_list is None:
                 curves: list[Curve | None] = list(longest.values())
                 params = [dict(c.params) for c in longest.values()]

@@ -11,7 +11,6 @@ from optuna_fms import _attrs
 from optuna_fms import _claims
 from optuna_fms._engine import Engine
 from optuna_fms._engine import engine_of
-from optuna_fms._surrogate import acquisition
 
 
 class FMSPruner(BasePruner):
@@ -128,7 +127,7 @@ class FMSPruner(BasePruner):
         fit = engine.refresh(study, eager=False)
         if fit is None or not fit.encoder.contains(trial.params):
             return False
-        forecast = engine.step_forecast(study, fit, trial)
+        forecast = engine.step_forecast(study, fit, trial, self._tolerance)
         if forecast is None:
             return False
         study._storage.set_trial_user_attr(
@@ -139,7 +138,7 @@ class FMSPruner(BasePruner):
         # A NaN report carries no evidence either way: never pause on it.
         if math.isnan(value):
             return False
-        return not acquisition.keeps_running(forecast.ei, forecast.alternative_ei, self._tolerance)
+        return not forecast.keeps
 
     def _pause(self, study: Study, trial: FrozenTrial) -> None:
         """Record ``trial`` as paused at its last step, continuable if checkpointed there.

@@ -26,9 +26,12 @@ from optuna_fms._surrogate import SpaceEncoder
 from optuna_fms._surrogate import SurrogateKind
 from optuna_fms._surrogate import Trend
 from optuna_fms._surrogate._weights import WeightsKind
+from optuna_fms._surrogate.allocation import AllocationRule
 
 
 _logger = logging.getLogger("optuna_fms")
+_DEFAULT_ALLOCATION = "one-step"
+"""The default ``allocation``."""
 _GP_RETRAIN_GROWTH = 0.2
 """The default ``retrain_growth`` of the ``"gp"`` surrogate."""
 
@@ -153,6 +156,24 @@ class FMSSampler(BaseSampler):
         Nothing carries over unless named here. ``"gp"`` surrogate only.
     warn_independent_sampling:
         Log a warning (once per parameter) when a parameter is sampled independently.
+    allocation:
+        How the next step of compute is chosen, shared with the study's
+        :class:`~optuna_fms.FMSPruner` (a name, or a rule object of
+        :mod:`optuna_fms._surrogate.allocation`): ``"rungs"`` (model-based asynchronous
+        successive halving: trials are compared only at 1, 3, 9, ... steps, a trial goes on
+        while its forecast final score is in the top third of those that reached its rung,
+        and a paused trial that later ranks there is continued before anything new starts),
+        ``"one-step"`` (DyHPO: expected improvement of one more step against the best at
+        that step), ``"final"`` (freeze-thaw: expected improvement of the forecast final
+        score per step still needed) or ``"random-horizon"`` (ifBO: probability of
+        improvement at a random horizon). The default is the rule that did best across the
+        benchmark hubs, chosen leave one hub out (docs/benchmarks.md).
+    rerun:
+        Let a fresh trial repeat a configuration some trial has already run (a noisy
+        objective). By default a configuration already run is only ever continued (a paused
+        trial with a checkpoint), never started again from scratch; once every configuration
+        of a finite search space has run and none is paused with a checkpoint, the sampler
+        says the search is exhausted and ``study.optimize`` stops.
 
     Examples
     --------
@@ -197,6 +218,8 @@ class FMSSampler(BaseSampler):
         fine_tune_metanetwork: bool = False,
         warm_start: Sequence[Study] | None = None,
         warn_independent_sampling: bool = True,
+        allocation: str | AllocationRule = _DEFAULT_ALLOCATION,
+        rerun: bool = False,
     ) -> None:
         if start_params and (surrogate != "gp" or weights is None or start_weights is None):
             raise ValueError(
@@ -210,6 +233,8 @@ class FMSSampler(BaseSampler):
         self._warn_independent_sampling = warn_independent_sampling
         self._warned_params: set[str] = set()
         self._warned_no_resume = False
+        self._warned_exhausted = False
+        self._stop_after: set[int] = set()
         self._engine = Engine(
             seed=seed,
             max_steps=max_steps,
@@ -232,6 +257,8 @@ class FMSSampler(BaseSampler):
             fine_tune_metanetwork=fine_tune_metanetwork,
             warm_start=warm_start,
             artifact_store=self._get_artifact_store,
+            allocation=allocation,
+            rerun=rerun,
         )
 
     @property
@@ -296,9 +323,26 @@ class FMSSampler(BaseSampler):
             # A lost race (another worker took the claim first) falls back to the fresh pick.
             if self._take(storage, trial, decision.claim, decision.parent):
                 params = dict(decision.parent.params)
+        if params is None:
+            self._exhausted(trial)
+            return
         storage.set_trial_system_attr(
             trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(params))
         )
+
+    def _exhausted(self, trial: FrozenTrial) -> None:
+        """Every configuration of the finite search space has been run and none is paused
+        with a checkpoint: this worker's ``optimize`` stops after ``trial`` (which runs a
+        configuration again), and the user is told once."""
+        self._stop_after.add(trial._trial_id)
+        if not self._warned_exhausted:
+            self._warned_exhausted = True
+            _logger.warning(
+                "FMSSampler has run every configuration of the search space and none is "
+                "paused with a checkpoint: the search is exhausted, and study.optimize stops "
+                "after this trial. Widen the search space, or pass FMSSampler(rerun=True) if "
+                "the objective is noisy and configurations should be trained again."
+            )
 
     @staticmethod
     def _take(
@@ -373,7 +417,12 @@ class FMSSampler(BaseSampler):
                 params = self._engine.propose_fresh_only(study, fit)
                 if params is not None:
                     return params
-        return self._engine.random_params(search_space)
+        tried = [
+            t.params
+            for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+            if t._trial_id != trial._trial_id
+        ]
+        return self._engine.random_params(search_space, tried)
 
     def sample_independent(
         self,
@@ -414,6 +463,12 @@ class FMSSampler(BaseSampler):
     ) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
         storage = study._storage
+        if trial._trial_id in self._stop_after:
+            self._stop_after.discard(trial._trial_id)
+            try:
+                study.stop()
+            except RuntimeError:  # study.tell outside study.optimize: nothing to stop
+                pass
         attrs = storage.get_trial(trial._trial_id).user_attrs
         ref = _attrs.read_continuation(attrs)
         if ref is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+import itertools
 import math
 from typing import Any
 
@@ -133,6 +134,33 @@ class SpaceEncoder:
                 block[np.arange(len(new)), new] = 1.0
                 picks[flip, sl] = block
         return self.round(picks)
+
+    def grid(self, limit: int) -> list[dict[str, Any]] | None:
+        """Every configuration of a finite search space (categoricals, integers, stepped
+        floats), or ``None`` when the space is continuous or has more than ``limit`` points.
+
+        Examples
+        --------
+        >>> from optuna.distributions import CategoricalDistribution, IntDistribution
+        >>> enc = SpaceEncoder({"a": CategoricalDistribution(["x", "y"]),
+        ...                     "n": IntDistribution(1, 3)})
+        >>> len(enc.grid(100)), enc.grid(5)
+        (6, None)
+        """
+        values: list[list[Any]] = []
+        for dist in self.search_space.values():
+            if isinstance(dist, CategoricalDistribution):
+                values.append(list(dist.choices))
+            elif isinstance(dist, IntDistribution):
+                values.append(list(range(dist.low, dist.high + 1, dist.step)))
+            elif isinstance(dist, FloatDistribution) and dist.step is not None:
+                n = int(round((dist.high - dist.low) / dist.step)) + 1
+                values.append([float(dist.low + i * dist.step) for i in range(n)])
+            else:
+                return None
+            if math.prod(len(v) for v in values) > limit:
+                return None
+        return [dict(zip(self.search_space, combo)) for combo in itertools.product(*values)]
 
     def round(self, encoded: np.ndarray) -> np.ndarray:
         """Snap encoded points to representable values (steps, integers)."""

@@ -1,0 +1,106 @@
+"""Model-based asynchronous successive halving: commit on geometric rungs, rank by forecast."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optuna_fms._surrogate.allocation._base import Options
+from optuna_fms._surrogate.allocation._base import Pick
+from optuna_fms._surrogate.allocation._base import View
+from optuna_fms._surrogate.allocation._one_step import next_step_ei
+
+
+def rungs(max_steps: int, first: int, eta: int) -> list[int]:
+    """The budgets at which trials are compared: ``first * eta**k`` below ``max_steps``.
+
+    Examples
+    --------
+    >>> rungs(30, 1, 3), rungs(50, 2, 3), rungs(4, 1, 3)
+    ([1, 3, 9, 27], [2, 6, 18], [1, 3])
+    """
+    out = []
+    r = max(1, first)
+    while r < max_steps:
+        out.append(r)
+        r *= eta
+    return out
+
+
+class ModelBasedRungs:
+    """Asynchronous successive halving (ASHA, Li et al. 2020) whose ranks are the model's
+    forecasts, as MOBSTER and Hyper-Tune rank with their models.
+
+    Trials are compared only at the rungs ``first * eta**k`` (steps). A trial reaching a
+    rung keeps running while its forecast final score is in the top ``1 / eta`` (at least
+    the best one) of every configuration that has reached that rung; otherwise it is
+    paused there. The sampler first *promotes* (continues) a paused trial that is now in
+    the top ``1 / eta`` of its rung, the highest rung first; else it starts the fresh
+    configuration with the highest expected improvement at the first step (DyHPO's, against
+    the best first-step score). Every started configuration gets ``first`` steps and every
+    promotion a whole rung, so the rule commits: the first trials run to the full budget,
+    and the share of compute spent on one-step trials is bounded by the rungs.
+
+    Parameters
+    ----------
+    eta:
+        Reduction factor: a third (``3``) of the configurations at a rung go on.
+    first:
+        Steps of the first rung: what every started configuration trains at least.
+
+    Examples
+    --------
+    >>> ModelBasedRungs(eta=3).name
+    'rungs'
+    """
+
+    name = "rungs"
+    cacheable = True
+
+    def __init__(self, eta: int = 3, first: int = 1) -> None:
+        if eta < 2 or first < 1:
+            raise ValueError(f"rungs need eta >= 2 and first >= 1, got {eta} and {first}.")
+        self.eta = eta
+        self.first = first
+
+    def _in_top(self, view: View, done: int, forecast: float, final: np.ndarray) -> bool:
+        """Whether ``forecast`` ranks in the top ``1/eta`` of the configurations observed for
+        at least ``done`` steps (``final``: their forecasts)."""
+        reached = final[view.observed.done >= done]
+        k = max(1, len(reached) // self.eta)
+        return int(np.sum(reached > forecast)) < k
+
+    def choose(self, view: View, fresh: Options, paused: Options) -> Pick:
+        if len(paused):
+            final = view.observed.final(view.model)
+            mine = paused.final(view.model)
+            ladder = set(rungs(view.max_steps, self.first, self.eta))
+            promotable = [
+                i
+                for i in range(len(paused))
+                if int(paused.done[i]) in ladder
+                and self._in_top(view, int(paused.done[i]), mine[i], final)
+            ]
+            if promotable:
+                best = max(promotable, key=lambda i: (paused.done[i], mine[i]))
+                return Pick(None, best, float(mine[best]))
+        if len(fresh):
+            ei = next_step_ei(view, fresh)
+            i = int(np.argmax(ei))
+            return Pick(i, None, float(ei[i]))
+        if len(paused):  # nothing fresh is left: the best paused trial goes on
+            mine = paused.final(view.model)
+            i = int(np.argmax(mine))
+            return Pick(None, i, float(mine[i]))
+        return Pick(None, None, 0.0)
+
+    def alternative(self, view: View, fresh: Options, paused: Options) -> float:
+        return 0.0  # ranks, not values, decide
+
+    def keeps_running(
+        self, view: View, running: Options, alternative: float, tolerance: float
+    ) -> bool:
+        done = int(running.done[0])
+        if done not in rungs(view.max_steps, self.first, self.eta):
+            return True
+        final = view.observed.final(view.model)
+        return self._in_top(view, done, float(running.final(view.model)[0]), final)
