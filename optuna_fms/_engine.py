@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from typing import Any
+from typing import Literal
 from typing import get_args
 import uuid
 
@@ -50,6 +51,7 @@ from optuna_fms._surrogate import SurrogateModel
 from optuna_fms._surrogate import WeightBank
 from optuna_fms._surrogate import acquisition
 from optuna_fms._surrogate import build_training_set
+from optuna_fms._surrogate._bounds import truncate
 from optuna_fms._surrogate._weights import EMBED_DIM
 from optuna_fms._surrogate._weights import CheckpointEncoder
 from optuna_fms._surrogate._weights import WeightsKind
@@ -317,6 +319,10 @@ class Engine:
         Whether a configuration some trial has run may be started again from scratch (a
         noisy objective). By default a fresh trial is a new configuration; a configuration
         already run is only ever continued.
+    metric_range:
+        ``(low, high)``: the values the objective can take; forecasts (and their bands) are
+        the forecast distribution restricted to it. ``"auto"``: ``(0, 1)`` while every
+        observed value is in it; ``None``: no range.
 
     Examples
     --------
@@ -351,7 +357,16 @@ class Engine:
         artifact_store: Callable[[], Any] | None = None,
         allocation: str | AllocationRule = "one-step",
         rerun: bool = False,
+        metric_range: tuple[float, float] | Literal["auto"] | None = "auto",
     ) -> None:
+        if isinstance(metric_range, tuple):
+            low, high = (float(v) for v in metric_range)
+            if not low < high:
+                raise ValueError(
+                    f"metric_range must be (low, high) with low < high, got {metric_range}."
+                )
+            metric_range = (low, high)
+        self._metric_range = metric_range
         self._max_steps = max_steps
         self.rule = make_rule(allocation)
         """The allocation rule the sampler and the pruner decide with."""
@@ -1052,12 +1067,17 @@ class Engine:
             running = Options(x, np.array([steps[-1] + 1]), [hist], ckpts)
             keeps = self.rule.keeps_running(view, running, alternative, tolerance)
             final = fit.model.predict(x, np.array([fit.max_steps]), [hist], ckpts)
-            mean, std = fit.model.to_objective(*final)
-            return StepForecast(keeps=keeps, mean=float(sign * mean[0]), std=float(std[0]))
+            mean, std = self._objective_units(study, fit, *final)
+            return StepForecast(keeps=keeps, mean=float(mean[0]), std=float(std[0]))
 
     # ---------------------------------------------------------------- forecasting
     def forecast_final(
-        self, study: Study, fit: Fit, params_list: Sequence[Mapping[str, Any]] | None = None
+        self,
+        study: Study,
+        fit: Fit,
+        params_list: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        bounded: bool = True,
     ) -> FinalForecast:
         """Forecast the score at the full budget (objective units) of configurations.
 
@@ -1065,6 +1085,8 @@ class Engine:
         trial has run is forecast from the longest such learning curve (and, with weights,
         that trial's newest checkpoint); one no trial has run from its parameters and
         starting weights alone (never weights of a run that has not happened).
+        ``bounded=False`` leaves the forecasts unrestricted by the metric's range (the
+        model's own normal forecast, for comparing uncertainties).
         """
         with self._lock:
             longest = {c.x.tobytes(): c for c in _longest(fit)}
@@ -1094,5 +1116,33 @@ class Engine:
             if n == 0:
                 return FinalForecast(params, curves, np.zeros(0), np.zeros(0))
             budgets = np.full(n, float(fit.max_steps))
-            mean, std = fit.model.to_objective(*fit.model.predict(x, budgets, histories, ckpts))
-            return FinalForecast(params, curves, self.sign(study) * mean, std)
+            mean, std = self._objective_units(
+                study, fit, *fit.model.predict(x, budgets, histories, ckpts), bounded=bounded
+            )
+            return FinalForecast(params, curves, mean, std)
+
+    def metric_range(self, study: Study, fit: Fit) -> tuple[float, float] | None:
+        """The range the objective's values lie in: the one declared (``metric_range``),
+        else ``(0, 1)`` where every value observed so far is in it (an accuracy, a rate),
+        else ``None``."""
+        if self._metric_range != "auto":
+            return self._metric_range
+        sign = self.sign(study)
+        values = [sign * c.values for c in fit.curves]
+        if values:
+            every = np.concatenate(values)
+            every = every[np.isfinite(every)]
+            if len(every) and every.min() >= 0.0 and every.max() <= 1.0:
+                return (0.0, 1.0)
+        return None
+
+    def _objective_units(
+        self, study: Study, fit: Fit, mean: np.ndarray, std: np.ndarray, bounded: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised forecasts in the objective's units, inside its range (if any)."""
+        mean, std = fit.model.to_objective(mean, std)
+        mean = self.sign(study) * mean
+        bounds = self.metric_range(study, fit) if bounded else None
+        if bounds is not None:
+            mean, std = truncate(mean, std, *bounds)
+        return mean, std

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from optuna.study import Study
-from optuna.study import StudyDirection
 
 from optuna_fms._engine import Engine
 from optuna_fms._engine import fitted
@@ -112,17 +112,20 @@ def forecast(
 
 
 def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
-    """The best forecast final score among the configurations trained furthest.
+    """The configuration to use: the best lower confidence bound of the forecast final
+    score, among configurations whose forecast reaches the best score observed.
 
     Use it instead of ``study.best_trial``, which picks the best *reported* value: under
     pruning that is often a lucky value of a short run, or an early epoch. Every configuration
-    a trial has run is forecast at the full budget from its own learning curve; among those
-    whose curves reach the furthest step any trial reached, the best forecast mean wins (the
-    highest for a maximised study, the lowest for a minimised one). Configurations seen for
-    fewer steps are left out: the forecast extrapolates them along the budget, which ranks
-    many configurations well but picks a single best badly (on the benchmark hubs at 500
-    epochs the best forecast of *all* observed configurations was 0.010-0.040 below the best
-    final score, the best of the furthest-trained 0.003-0.006; docs/benchmarks.md).
+    a trial has run is forecast at the full budget from its own learning curve. The obvious
+    choice without a model is the configuration with the best last observed score; a
+    configuration whose forecast (plus its own standard deviation) falls short of that score is
+    never recommended, and among the others the highest forecast minus one standard
+    deviation wins. A configuration seen for a few steps is forecast with a wide band, so it
+    wins only where its forecast is clearly better; a trial that diverged after a good start
+    is forecast low, so it loses to the one that kept improving. Where no forecast reaches the
+    best observed score, that score's configuration is recommended. The comparison uses the
+    model's normal forecast; the returned forecast is restricted to the metric's range.
 
     Parameters
     ----------
@@ -153,11 +156,28 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     ...         state=optuna.trial.TrialState.PRUNED))
     >>> engine = optuna_fms._engine.Engine(max_steps=6)
     >>> best = optuna_fms.recommend(study, engine=engine)
-    >>> best.params["lr"] in (0.1, 0.5), best.step
-    (True, 5)
+    >>> best.params["lr"], best.step
+    (0.5, 5)
     """
-    forecasts = forecast(study, engine=engine)
-    furthest = max(f.last_step for f in forecasts if f.last_step is not None)
-    candidates = [f for f in forecasts if f.last_step == furthest]
-    maximize = study.direction == StudyDirection.MAXIMIZE
-    return (max if maximize else min)(candidates, key=lambda f: f.mean)
+    if study._is_multi_objective():
+        raise ValueError("recommend supports single-objective studies only.")
+    engine, fit = fitted(study, engine)
+    final = engine.forecast_final(study, fit, bounded=False)
+    sign = engine.sign(study)
+    curves = [c for c in final.curves if c is not None]
+    mean = sign * final.mean  # higher is better
+    last = np.array([c.values[-1] for c in curves])  # Curve values: higher is better
+    obvious = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
+    reaches = mean + final.std >= last[obvious]
+    lower = np.where(reaches, mean - final.std, -np.inf)
+    best = int(np.argmax(lower)) if reaches.any() else obvious
+    chosen = engine.forecast_final(study, fit, [final.params[best]])
+    curve = curves[best]
+    return Forecast(
+        final.params[best],
+        float(chosen.mean[0]),
+        float(chosen.std[0]),
+        fit.max_steps - 1,
+        fit.trials[curve.key].number,
+        curve.last_step,
+    )

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from typing import Literal
 
 import optuna
 from optuna.artifacts._protocol import ArtifactStore
@@ -174,6 +175,11 @@ class FMSSampler(BaseSampler):
         trial with a checkpoint), never started again from scratch; once every configuration
         of a finite search space has run and none is paused with a checkpoint, the sampler
         says the search is exhausted and ``study.optimize`` stops.
+    metric_range:
+        ``(low, high)``, the values the objective can take (an accuracy: ``(0, 1)``):
+        forecasts and their bands (:func:`~optuna_fms.forecast`, the dashboard) are the
+        forecast distribution restricted to it. ``"auto"`` (default): ``(0, 1)`` while every
+        observed value lies in it; ``None``: no range.
 
     Examples
     --------
@@ -220,6 +226,7 @@ class FMSSampler(BaseSampler):
         warn_independent_sampling: bool = True,
         allocation: str | AllocationRule = _DEFAULT_ALLOCATION,
         rerun: bool = False,
+        metric_range: tuple[float, float] | Literal["auto"] | None = "auto",
     ) -> None:
         if start_params and (surrogate != "gp" or weights is None or start_weights is None):
             raise ValueError(
@@ -259,6 +266,7 @@ class FMSSampler(BaseSampler):
             artifact_store=self._get_artifact_store,
             allocation=allocation,
             rerun=rerun,
+            metric_range=metric_range,
         )
 
     @property
