@@ -25,7 +25,7 @@ from optuna_fms.bench._replay import RunResult
 from optuna_fms.bench._replay import run_many
 
 
-NAMED_HUBS = ("zoo", "zoo-mnist", "arch", "tiny")
+NAMED_HUBS = ("zoo", "zoo-mnist", "zoo-noisy", "arch", "tabular", "crossing", "tiny")
 
 
 def resolve_hub(spec: str) -> Path:
@@ -102,7 +102,8 @@ def table(
     regret_budgets: Sequence[int] = REGRET_BUDGETS,
 ) -> str:
     """Markdown table of regret against epochs spent and cost: mean ± standard error over
-    seeds, one row per method."""
+    seeds, one row per method. Regret is in the hub's higher-is-better units (accuracy, or
+    validation loss on a minimised hub, where it is ``best observed loss - best final loss``)."""
     rb = [b for b in regret_budgets if b <= budget]
     head = (
         ["method", "seeds", "budget"]
@@ -244,7 +245,7 @@ def plot(results: Sequence[RunResult], methods: Sequence[str], hub: str, path: P
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.grid(alpha=0.3, which="both")
         ax.set_title(title, fontsize=9)
-    axes[0].set_ylabel(f"{hub} hub: regret (validation accuracy)")
+    axes[0].set_ylabel(f"{hub} hub: regret (higher-is-better score)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +261,9 @@ def main(argv: list[str]) -> int:
         "report regret against epochs spent, Kendall's tau of the surrogate and the time "
         "spent in samplers and pruners. See docs/benchmarks.md.",
     )
-    parser.add_argument("--hub", default="tiny", help="zoo, arch, tiny or a hub directory")
+    parser.add_argument(
+        "--hub", default="tiny", help=f"{', '.join(NAMED_HUBS)} or a hub directory"
+    )
     parser.add_argument(
         "--methods",
         default="random,tpe-hyperband,tpe-median,gp,dyhpo,fms-stats,fms-gmn",

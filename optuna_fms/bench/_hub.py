@@ -16,11 +16,13 @@ start each config fine-tunes), ``start_param`` (the parameter that selects the s
 name -> ``{"spec", "n_params", "structure"}``), ``tasks`` (``source``/``target`` split specs,
 see :class:`optuna_fms.bench._data.TaskSpec`) and ``build`` (timing, workers, versions).
 
-``curves.npz`` holds ``val_accuracy`` (the hub's score), ``val_loss`` and ``train_loss``, all
+``curves.npz`` holds ``val_accuracy``, ``val_loss`` and ``train_loss``, all
 ``[n_configs, n_epochs]`` float64, and ``seconds`` ``[n_configs]`` (fine-tuning wall time).
+``index.json``'s ``metric`` names the curve that is the hub's objective (``val_accuracy`` or
+``val_loss``) and ``direction`` whether it is maximised or minimised.
 
 A checkpoint file holds, for every state-dict key, one tensor of shape ``[n_epochs, *shape]``:
-row ``e`` is the weights after epoch ``e`` (0-based), the weights ``val_accuracy[c, e]`` was
+row ``e`` is the weights after epoch ``e`` (0-based), the weights the curves' ``[c, e]`` were
 measured with. Floating tensors are stored as float16 (the score is measured on the fp16
 weights, so a stored checkpoint reproduces its score exactly); integer buffers (BatchNorm's
 ``num_batches_tracked``) keep their dtype. Start files hold a plain state dict in the same
@@ -41,6 +43,7 @@ import warnings
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.study import StudyDirection
 import safetensors
 import safetensors.torch
 import torch
@@ -129,13 +132,20 @@ class Hub:
     epoch ``e``, and what would its weights be" without training. Use :meth:`load` to open one
     (built by :func:`optuna_fms.bench.build_hub` or ``optuna-fms build-hub``).
 
-    Epochs are 0-based throughout: ``scores[c, e]`` and ``checkpoint(c, e)`` are the validation
-    accuracy and the weights after ``e + 1`` passes over the training data.
+    Epochs are 0-based throughout: ``scores[c, e]`` and ``checkpoint(c, e)`` are the score and
+    the weights after ``e + 1`` epochs of training.
+
+    A hub's objective (``metric``) is maximised (validation accuracy) or minimised (validation
+    loss, ``direction == "minimize"``). A replayed trial reports the metric as it is
+    (:attr:`values`); everything that ranks configurations (regret, best observed, Kendall's
+    tau, reference predictors) reads :attr:`scores`, the metric times :attr:`sign`, which is
+    higher-is-better for every hub.
 
     Attributes
     ----------
     name:
-        ``"zoo"``, ``"zoo-mnist"``, ``"arch"`` or ``"tiny"``.
+        ``"zoo"``, ``"zoo-mnist"``, ``"zoo-noisy"``, ``"arch"``, ``"tabular"``,
+        ``"crossing"`` or ``"tiny"``.
     search_space:
         Parameter name -> :class:`optuna.distributions.BaseDistribution`: categorical choices
         for categories, ``IntDistribution(0, n - 1)`` (an index into ``grid[name]``) for
@@ -149,8 +159,17 @@ class Hub:
         The names of the ordered (integer-index) parameters.
     n_epochs:
         Length of every learning curve.
+    metric:
+        Name of the curve that is the objective: ``"val_accuracy"`` or ``"val_loss"``.
+    direction:
+        ``"maximize"`` or ``"minimize"``: how a study of this hub's metric is created.
+    sign:
+        ``1.0`` for a maximised metric, ``-1.0`` for a minimised one.
+    values:
+        The metric as measured (what a replayed trial reports), ``[n_configs, n_epochs]``.
     scores:
-        Validation accuracy (higher is better), ``numpy`` array ``[n_configs, n_epochs]``.
+        ``sign * values``: the metric in higher-is-better units (the validation accuracy, or
+        minus the validation loss), ``numpy`` array ``[n_configs, n_epochs]``.
     curves:
         All stored curves by name (``val_accuracy``, ``val_loss``, ``train_loss``).
     index:
@@ -190,7 +209,13 @@ class Hub:
         }
         self.configs: list[dict[str, Any]] = [dict(c) for c in index["configs"]]
         self.curves = curves
-        self.scores: np.ndarray = curves["val_accuracy"]
+        self.metric: str = index.get("metric", "val_accuracy")
+        self.direction: str = index.get("direction", "maximize")
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"{path}: unknown direction {self.direction!r}.")
+        self.sign: float = 1.0 if self.direction == "maximize" else -1.0
+        self.values: np.ndarray = curves[self.metric]
+        self.scores: np.ndarray = self.values if self.sign > 0 else -self.values
         self._config_start: list[int] = list(index["config_start"])
         self._starts: list[dict[str, Any]] = index["starts"]
         self._structures: dict[str, dict[str, Any] | None] = {
@@ -221,13 +246,20 @@ class Hub:
     def n_configs(self) -> int:
         return len(self.configs)
 
+    @property
+    def study_direction(self) -> StudyDirection:
+        """:attr:`direction` as Optuna's enum, for ``optuna.create_study``."""
+        return StudyDirection.MAXIMIZE if self.sign > 0 else StudyDirection.MINIMIZE
+
     def final_scores(self) -> np.ndarray:
-        """Score of every configuration after its last epoch, ``[n_configs]``."""
+        """Score (higher is better: ``sign`` x the metric) of every configuration after its
+        last epoch, ``[n_configs]``."""
         return self.scores[:, -1]
 
     @property
     def best_final_score(self) -> float:
-        """The best final score in the hub (the reference for regret)."""
+        """The best final score in the hub (the reference for regret), higher-is-better
+        units: the best final metric is ``sign * best_final_score``."""
         return float(self.final_scores().max())
 
     def _key(self, params: Mapping[str, Any]) -> tuple:
@@ -306,8 +338,8 @@ class Hub:
     def start_weights(self, config_id: int) -> dict[str, torch.Tensor]:
         """The pretrained state dict that configuration ``config_id`` starts fine-tuning from.
 
-        It is the zoo member (zoo hub) or the pretrained architecture (arch hub), exactly as
-        fine-tuning loaded it; float32.
+        It is the zoo member (zoo hubs), the pretrained architecture (arch hub) or the
+        initialisation (hubs trained from scratch), exactly as training loaded it; float32.
         """
         st = safetensors.torch.load_file(str(self.path / self._start(config_id)["file"]))
         return {k: _as_float32(v) for k, v in st.items()}
@@ -334,13 +366,16 @@ class Hub:
         return make_task(TaskSpec.from_json(self.index["tasks"]["target"]))
 
     def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images [n, 1, 8, 8], labels [n])`` of the target task's validation split."""
+        """``(inputs, labels [n])`` of the target task's validation split (images
+        ``[n, 1, 8, 8]`` or feature vectors ``[n, d]``)."""
         return self._target.x_val, self._target.y_val
 
     def evaluate(self, module: torch.nn.Module) -> float:
-        """Validation accuracy of ``module`` on the target task, as the hub's scores measure it.
+        """The hub's metric (validation accuracy or loss, see :attr:`metric`) of ``module`` on
+        the target task, as :attr:`values` measure it.
 
-        Run with one torch thread for bit-identical results to the stored scores.
+        Run with one torch thread for bit-identical results to the stored values.
         """
         x, y = self.validation_data()
-        return evaluate(module, x, y)[0]
+        acc, loss = evaluate(module, x, y)
+        return loss if self.metric == "val_loss" else acc

@@ -2,6 +2,10 @@
 
 Definitions (also in ``docs/benchmarks.md``):
 
+Scores are in the hub's higher-is-better units (:attr:`Hub.scores`: the validation accuracy,
+or minus the validation loss on a minimised hub), so every definition below reads the same for
+both directions.
+
 - *Best observed* after ``e`` epochs spent: the highest validation score reported by any trial
   in the first ``e`` replayed epochs (every reported epoch counts, not only final ones;
   epochs a continuation copies from its parent are not replayed again and not counted).
@@ -97,14 +101,19 @@ def reference_predictors(hub: Any) -> dict[str, float]:
     """Kendall's tau over all of ``hub``'s configurations of the simplest predictors of the
     final score, computed from the hub alone: what a forecaster must beat.
 
-    - ``"<param>"``: each ordered hyper-parameter's value (its grid index), alone;
+    - ``"<param>"``: each ordered hyper-parameter's value (its grid index), alone
+      (categorical ones have no order and are left out);
     - ``"start source accuracy"``: the source-task accuracy of the weights a configuration
-      starts from (the zoo member's or pretrained variant's quality, known before training);
-    - ``"score after 1 epoch"``, ``"score after 3 epochs"``: the configuration's own validation
-      score after that many epochs (what a model-free method sees after spending them).
+      starts from (the zoo member's or pretrained variant's quality, known before training;
+      left out on hubs trained from scratch);
+    - ``"score after 1 epoch"``, ``"score after 3 epochs"``, ``"score after 10% of epochs"``
+      (``ceil(0.1 * n_epochs)`` epochs): the configuration's own validation score after that
+      many epochs (what a model-free method sees after spending them).
 
-    A hyper-parameter can rank in either direction; the sign is kept (a forecaster must beat
-    the absolute value of the best one).
+    Scores are the hub's higher-is-better ones (:attr:`Hub.scores`), so a positive tau means
+    the predictor ranks like the final result on a minimised hub too. A hyper-parameter can
+    rank in either direction; the sign is kept (a forecaster must beat the absolute value of
+    the best one).
 
     Examples
     --------
@@ -113,8 +122,8 @@ def reference_predictors(hub: Any) -> dict[str, float]:
     >>> from optuna_fms.bench import Hub, build_hub
     >>> hub = Hub.load(build_hub("tiny", Path(tempfile.mkdtemp()), workers=1, progress=False))
     >>> sorted(reference_predictors(hub))  # doctest: +NORMALIZE_WHITESPACE
-    ['batch_size', 'lr', 'score after 1 epoch', 'score after 3 epochs',
-     'start source accuracy']
+    ['batch_size', 'lr', 'score after 1 epoch', 'score after 10% of epochs',
+     'score after 3 epochs', 'start source accuracy']
     """
     final = hub.final_scores()
     out: dict[str, float] = {}
@@ -122,12 +131,15 @@ def reference_predictors(hub: Any) -> dict[str, float]:
         out[name] = kendall_tau([c[name] for c in hub.configs], final)
     starts = hub.index["starts"]
     source = [starts[i]["info"]["source_val_accuracy"] for i in hub.index["config_start"]]
-    out["start source accuracy"] = kendall_tau(source, final)
+    if all(a is not None for a in source):
+        out["start source accuracy"] = kendall_tau(source, final)
     for e in (1, 3):
         if e <= hub.n_epochs:
             out[f"score after {e} epoch{'s' if e > 1 else ''}"] = kendall_tau(
                 hub.scores[:, e - 1], final
             )
+    e = math.ceil(0.1 * hub.n_epochs)
+    out["score after 10% of epochs"] = kendall_tau(hub.scores[:, e - 1], final)
     return out
 
 

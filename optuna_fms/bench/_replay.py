@@ -13,6 +13,13 @@ trial's (:meth:`Hub.find_config`), and there is no nearest-configuration matchin
 configuration is recorded in the trial's user attribute ``bench:config`` and its
 hyper-parameter values (indices resolved) in ``bench:hyperparameters``.
 
+The study has the hub's direction (:attr:`Hub.direction`) and a trial reports the hub's
+metric as measured (:attr:`Hub.values`: the validation loss on a minimised hub). Everything
+the harness ranks or subtracts (best observed, regret, Kendall's tau, the recommendation) is in
+the hub's higher-is-better units (:attr:`Hub.scores`, the metric times :attr:`Hub.sign`): the
+sign is applied where a value crosses from the study to the harness, in :func:`make_objective`
+(what the tracker records) and :func:`predict_final_scores` (the surrogate's forecasts).
+
 Epochs spent count the epochs replayed: a continuation counts only the epochs after its
 parent's pause (:func:`optuna_fms.epochs_spent`). A study stops at the budget
 (:class:`optuna_fms.EpochBudget`); a trial still running when the budget is reached is cut
@@ -126,6 +133,11 @@ def time_pruner(pruner: BasePruner) -> Stopwatch:
 class RunResult:
     """One method on one hub with one seed.
 
+    Every score here is in the hub's higher-is-better units (:attr:`Hub.scores`: the
+    validation accuracy, or minus the validation loss on a minimised hub), so that regret is
+    ``best_final_score - score`` and non-negative up to intermediate epochs beating every final
+    one, whatever the hub's direction. ``best_final_score`` is :attr:`Hub.best_final_score`.
+
     ``best_observed[e - 1]`` is the best score reported in the first ``e`` epochs spent,
     ``incumbent_final[e - 1]`` the true final score of the configuration that reported it, and
     ``recommended_final[e - 1]`` the true final score of the configuration a user of the
@@ -207,6 +219,8 @@ _BUDGET_MAPS = (
 
 
 class _Tracker:
+    """Scores reported so far (higher-is-better units), epoch by epoch spent."""
+
     def __init__(self, hub: Hub, budget: int) -> None:
         self.hub = hub
         self.budget = budget
@@ -262,7 +276,11 @@ def make_objective(
     tracker: _Tracker,
     on_epoch: Callable[[Trial], None] | None = None,
 ) -> Callable[[Trial], float]:
-    """The replay objective: a user's training loop with training replaced by the hub."""
+    """The replay objective: a user's training loop with training replaced by the hub.
+
+    A trial reports and returns the hub's metric as measured (:attr:`Hub.values`, for a study
+    created with :attr:`Hub.direction`); ``tracker`` records the higher-is-better score.
+    """
 
     def objective(trial: Trial) -> float:
         params = {name: suggest(trial, name, d) for name, d in hub.search_space.items()}
@@ -271,20 +289,20 @@ def make_objective(
         trial.set_user_attr(HPARAMS_ATTR, hub.hyperparameters(c))
         module = hub.module(c)
         start = optuna_fms.resume(trial, module, artifact_store=store)
-        score = math.nan
+        value = math.nan
         for epoch in range(start, hub.n_epochs):
             if tracker.spent >= tracker.budget:
                 raise optuna.TrialPruned("epoch budget spent")
             module.load_state_dict(hub.checkpoint(c, epoch))
             optuna_fms.save_checkpoint(trial, module, step=epoch, artifact_store=store)
-            score = float(hub.scores[c, epoch])
-            trial.report(score, epoch)
-            tracker.record(score, c, epoch)
+            value = float(hub.values[c, epoch])
+            trial.report(value, epoch)
+            tracker.record(float(hub.scores[c, epoch]), c, epoch)
             if on_epoch is not None:
                 on_epoch(trial)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        return score
+        return value
 
     return objective
 
@@ -299,12 +317,16 @@ def predict_final_scores(study: Study, hub: Hub) -> np.ndarray | None:
     features, that trial's newest checkpoint); one no trial has run from its parameters
     alone, with an empty curve and its starting weights (never weights of a run that has
     not happened). Returns ``None`` when the surrogate has no fit.
+
+    The forecasts are of the study's objective (a loss on a minimised hub); they are returned
+    times :attr:`Hub.sign`, in the units of :meth:`Hub.final_scores` (higher is better), so
+    that Kendall's tau against the true final scores has the right sign on every hub.
     """
     try:
         forecasts = optuna_fms.forecast(study, list(hub.configs))
     except optuna_fms.SurrogateFitError:
         return None
-    return np.array([f.mean for f in forecasts])
+    return hub.sign * np.array([f.mean for f in forecasts])
 
 
 # ------------------------------------------------------------------------------ one run
@@ -427,7 +449,7 @@ def _run(
         result.snapshot_seconds += time.perf_counter() - t0
 
     study = optuna.create_study(
-        direction="maximize", sampler=sampler, pruner=pruner, storage=storage
+        direction=hub.study_direction, sampler=sampler, pruner=pruner, storage=storage
     )
     objective = make_objective(hub, store, tracker, on_epoch)
     t0 = time.perf_counter()
