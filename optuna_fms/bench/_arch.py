@@ -1,10 +1,13 @@
 """The small networks trained in the benchmark hubs.
 
-All of them map a batch of 8x8 grey images ``[B, 1, 8, 8]`` to 10 logits, and are traceable by
-:mod:`torch.fx` (no data-dependent control flow) so that
-:func:`optuna_fms.metanet.describe_module` can describe them. A network is identified by an
-architecture name and a JSON-serialisable ``spec`` of constructor arguments, both stored in the
-hub index, so that :func:`build_module` can rebuild it when a hub is read.
+The image networks map a batch of 8x8 grey images ``[B, 1, 8, 8]`` to logits (10 by
+default); the :class:`MLP` also reads feature vectors ``[B, n_in]`` (the tabular and
+modular-arithmetic hubs). All are traceable by :mod:`torch.fx` (no data-dependent control
+flow) so that :func:`optuna_fms.metanet.describe_module` can describe them. A network is
+identified by an architecture name and a JSON-serialisable ``spec`` of constructor arguments,
+both stored in the hub index, so that :func:`build_module` can rebuild it when a hub is read.
+An architecture name is a class key (``"mlp"``), optionally followed by ``/`` and a label
+(``"mlp/d2-w64"``) where one hub holds several specs of one class.
 """
 
 from __future__ import annotations
@@ -45,17 +48,39 @@ class SimpleCNN(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
+class Square(nn.Module):
+    """Elementwise ``x * x`` (the quadratic activation under which modular addition groks)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "square": Square}
+
+
 class MLP(nn.Module):
-    """Flatten, then fully connected layers with ReLU."""
+    """Flatten, then fully connected layers with an activation (and dropout after each).
+
+    ``dropout`` layers are built with ``p=0``; training sets their rate (a training
+    hyper-parameter, inactive in evaluation), so networks that differ only in dropout share an
+    architecture.
+    """
 
     def __init__(
-        self, hidden: tuple[int, ...] | list[int] = (64, 64), n_classes: int = N_CLASSES
+        self,
+        hidden: tuple[int, ...] | list[int] = (64, 64),
+        n_classes: int = N_CLASSES,
+        n_in: int = 64,
+        activation: str = "relu",
+        dropout: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        width = 64
+        width = n_in
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
+            if dropout:
+                layers.append(nn.Dropout(0.0))
             width = h
         layers.append(nn.Linear(width, n_classes))
         self.net = nn.Sequential(*layers)
@@ -160,17 +185,25 @@ def build_module(arch: str, spec: dict[str, Any] | None = None) -> nn.Module:
     Parameters
     ----------
     arch:
-        ``"simple_cnn"``, ``"mlp"``, ``"resnet"`` or ``"transformer"``.
+        ``"simple_cnn"``, ``"mlp"``, ``"resnet"`` or ``"transformer"``, optionally followed by
+        ``/`` and a label (``"mlp/d2-w64"``) that tells specs of one class apart in a hub.
     spec:
         Keyword arguments of the constructor (widths, depth...).
     """
     try:
-        cls = _ARCHS[arch]
+        cls = _ARCHS[arch.split("/", 1)[0]]
     except KeyError:
         raise ValueError(
             f"Unknown architecture {arch!r}; expected one of {sorted(_ARCHS)}."
         ) from None
     return cls(**(spec or {}))
+
+
+def set_dropout(module: nn.Module, rate: float) -> None:
+    """Set the rate of every :class:`torch.nn.Dropout` in ``module`` (a training setting)."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = float(rate)
 
 
 def n_parameters(module: nn.Module) -> int:

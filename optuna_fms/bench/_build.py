@@ -1,6 +1,6 @@
 """Building the benchmark hubs by really training (``optuna-fms build-hub``).
 
-Three recipes (see ``docs/hubs.md``):
+The recipes (see ``docs/hubs.md``):
 
 - ``zoo``: a zoo of small CNNs pretrained on MNIST digits 0-4 with random seeds and settings,
   fine-tuned with SGD on scikit-learn digits 5-9; a configuration picks the zoo member and the
@@ -11,7 +11,14 @@ Three recipes (see ``docs/hubs.md``):
 - ``zoo-mnist``: the same zoo (the same members, bit for bit) fine-tuned on another target
   task, MNIST (8x8) digits 5-9: an earlier task for transfer ("earlier study -> new study")
   that shares no fine-tuning result with ``zoo``.
-- ``tiny``: a few-second miniature of ``zoo`` for the test suite.
+- ``zoo-noisy``: a zoo of 120 members (the first 60 are ``zoo``'s) fine-tuned on scikit-learn
+  digits 5-9 and scored on 80 validation images only: a large categorical and noisy curves.
+- ``tabular``: LCBench-style MLPs trained from scratch with AdamW on a synthetic tabular task
+  (six hyper-parameters); the metric is the validation loss, minimised.
+- ``crossing``: MLPs with a quadratic activation trained full-batch on modular addition, where
+  strong weight decay generalises late (grokking): learning curves cross late.
+- ``tiny``: a few-second miniature of ``zoo`` for the test suite (every recipe also has a
+  ``size="tiny"`` miniature).
 
 Every job runs with one torch thread and deterministic kernels, seeded from the hub seed and
 the job's id only, so a hub is the same whatever the number of worker processes.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from collections.abc import Iterable
+import dataclasses
 from dataclasses import dataclass
 import itertools
 import json
@@ -43,6 +51,9 @@ import torch
 
 from optuna_fms.bench._arch import build_module
 from optuna_fms.bench._arch import n_parameters
+from optuna_fms.bench._arch import set_dropout
+from optuna_fms.bench._data import TABULAR_CLASSES
+from optuna_fms.bench._data import TABULAR_FEATURES
 from optuna_fms.bench._data import TaskSpec
 from optuna_fms.bench._data import make_task
 from optuna_fms.bench._hub import CURVES_FILE
@@ -64,7 +75,7 @@ from optuna_fms.bench._zoo import pretrain
 from optuna_fms.bench._zoo import sample_zoo
 
 
-HUB_NAMES = ("zoo", "zoo-mnist", "arch", "tiny")
+HUB_NAMES = ("zoo", "zoo-mnist", "zoo-noisy", "arch", "tabular", "crossing", "tiny")
 SIZES = ("full", "tiny")
 DEFAULT_OUT = "~/.cache/optuna-fms/hubs"
 
@@ -94,6 +105,8 @@ class Recipe:
     target: TaskSpec
     optimizer: str  # "sgd" or "adamw"; hyper-parameters come from the configuration
     description: str
+    metric: str = "val_accuracy"  # the curve that is the objective ("val_accuracy", "val_loss")
+    direction: str = "maximize"  # of ``metric``: "maximize" or "minimize"
 
     @property
     def search_space(self) -> dict[str, BaseDistribution]:
@@ -115,21 +128,27 @@ def _log_grid(low: float, high: float, n: int) -> list[float]:
 
 
 # The zoo's target tasks: hub name -> (dataset, training images, validation images or None for
-# the rest); classes 5-9 in both, so the pretrained 5-way head is reused.
+# the rest); classes 5-9 in all, so the pretrained 5-way head is reused.
 _ZOO_TARGETS: dict[str, tuple[str, int, int | None]] = {
     "zoo": ("digits", 150, None),
     "zoo-mnist": ("mnist8", 150, 750),
+    "zoo-noisy": ("digits", 150, 80),
     "tiny": ("digits", 100, 200),
 }
 
 
 def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
     tiny = size == "tiny"
-    n_members = 3 if tiny else 60
+    noisy = name == "zoo-noisy"
+    n_members = (4 if noisy else 3) if tiny else (120 if noisy else 60)
     source = TaskSpec("mnist8", (0, 1, 2, 3, 4), 0, 200 if tiny else 400, seed)
-    dataset, n_train, n_val = _ZOO_TARGETS["tiny" if tiny else name]
+    dataset, n_train, n_val = _ZOO_TARGETS[name if noisy or not tiny else "tiny"]
+    if tiny and noisy:
+        n_train, n_val = 100, 60
     target = TaskSpec(dataset, (5, 6, 7, 8, 9), n_train, n_val, seed)
     target_name = "scikit-learn digits 5-9" if dataset == "digits" else "MNIST (8x8) digits 5-9"
+    if noisy:
+        target_name += f", scored on {n_val} validation images"
     spec = {"channels": [4, 8, 8] if tiny else [8, 16, 16], "n_classes": 5}
     starts = sample_zoo(
         n_members,
@@ -143,9 +162,15 @@ def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
         noise_choices=[0.0] if tiny else [0.0, 0.0, 0.2, 0.5],
     )
     grid: dict[str, list[Any]] = {"member": list(range(n_members))}
-    if tiny:
+    if tiny and noisy:
+        grid.update(lr=[0.01, 0.1])
+        fixed: dict[str, Any] = {"momentum": 0.9, "weight_decay": 1e-4, "batch_size": 32}
+    elif tiny:
         grid.update(lr=[0.01, 0.1], batch_size=[16, 32])
-        fixed: dict[str, Any] = {"momentum": 0.9, "weight_decay": 1e-4}
+        fixed = {"momentum": 0.9, "weight_decay": 1e-4}
+    elif noisy:
+        grid.update(lr=_log_grid(3e-3, 0.1, 3), momentum=[0.0, 0.9])
+        fixed = {"weight_decay": 1e-4, "batch_size": 32}
     else:
         grid.update(
             lr=_log_grid(1e-3, 0.1, 5),
@@ -163,7 +188,7 @@ def _zoo_recipe(size: str, seed: int, name: str) -> Recipe:
         grid=grid,
         ordered=tuple(k for k in grid if k != "member"),
         fixed=fixed,
-        n_epochs=6 if tiny else 30,
+        n_epochs=(5 if noisy else 6) if tiny else (25 if noisy else 30),
         source=source,
         target=target,
         optimizer="sgd",
@@ -262,6 +287,141 @@ def _arch_recipe(size: str, seed: int) -> Recipe:
     )
 
 
+def _scratch_starts(
+    seed: int,
+    grid: dict[str, list[Any]],
+    fixed: dict[str, Any],
+    shape: tuple[str, ...],
+    arch: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]],
+) -> tuple[list[StartRecipe], list[dict[str, Any]]]:
+    """Untrained starts, one per network shape, for hubs trained from scratch.
+
+    ``shape`` names the (ordered) hyper-parameters that set the network's shape (width,
+    depth), each in ``grid`` or ``fixed``; ``arch(values)`` gives the architecture name and
+    spec for one combination of their values. Returns the starts (each the initialisation drawn
+    from its own seed) and the search-space choice (grid indices) that selects each.
+    """
+    axes = [list(enumerate(grid[k])) if k in grid else [(None, fixed[k])] for k in shape]
+    starts, choices = [], []
+    for i, combo in enumerate(itertools.product(*axes)):
+        name, spec = arch(dict(zip(shape, (v for _, v in combo))))
+        init_seed = int(np.random.default_rng([seed, 17, i]).integers(2**31 - 1))
+        starts.append(
+            StartRecipe(
+                key=name.split("/", 1)[-1],
+                arch=name,
+                spec=spec,
+                pretrain={"epochs": 0, "seed": init_seed},
+            )
+        )
+        choices.append({k: j for k, (j, _) in zip(shape, combo) if j is not None})
+    return starts, choices
+
+
+def _tabular_recipe(size: str, seed: int) -> Recipe:
+    tiny = size == "tiny"
+    classes = tuple(range(TABULAR_CLASSES))
+    target = TaskSpec("tabular", classes, 300 if tiny else 2000, 200 if tiny else 1000, seed)
+    if tiny:
+        grid: dict[str, list[Any]] = {"lr": [1e-3, 1e-2], "dropout": [0.0, 0.5], "width": [8, 16]}
+        fixed: dict[str, Any] = {"weight_decay": 1e-4, "depth": 1, "batch_size": 64}
+    else:
+        grid = {
+            "lr": _log_grid(1e-4, 1e-1, 4),
+            "weight_decay": _log_grid(1e-4, 1.0, 3),
+            "dropout": [0.0, 0.5],
+            "width": [16, 32, 64],
+            "depth": [1, 3],
+            "batch_size": [32, 128, 512],
+        }
+        fixed = {}
+
+    def mlp(v: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        spec = {
+            "hidden": [v["width"]] * v["depth"],
+            "n_in": TABULAR_FEATURES,
+            "n_classes": TABULAR_CLASSES,
+            "dropout": True,
+        }
+        return f"mlp/d{v['depth']}-w{v['width']}", spec
+
+    starts, choices = _scratch_starts(seed, grid, fixed, ("width", "depth"), mlp)
+    return Recipe(
+        name="tabular",
+        size=size,
+        seed=seed,
+        starts=starts,
+        start_choices=choices,
+        grid=grid,
+        ordered=tuple(grid),
+        fixed=fixed,
+        n_epochs=5 if tiny else 50,
+        source=target,
+        target=target,
+        optimizer="adamw",
+        description=(
+            "LCBench-style MLPs (ReLU, dropout after each hidden layer) trained from scratch "
+            "with AdamW on a synthetic tabular task (scikit-learn make_classification: "
+            f"{TABULAR_FEATURES} features, {TABULAR_CLASSES} classes, 10 % label noise); the "
+            "objective is the validation cross-entropy, minimised."
+        ),
+        metric="val_loss",
+        direction="minimize",
+    )
+
+
+_CROSSING_P = 23  # modulus of the crossing hub's modular addition (11 in its miniature)
+
+
+def _crossing_recipe(size: str, seed: int) -> Recipe:
+    tiny = size == "tiny"
+    p = 11 if tiny else _CROSSING_P
+    if tiny:
+        grid: dict[str, list[Any]] = {"lr": [3e-3, 3e-2], "weight_decay": [0.1, 1.0]}
+        fixed: dict[str, Any] = {"width": 16, "train_fraction": 0.6}
+        passes = 10
+    else:
+        grid = {
+            "lr": _log_grid(1e-3, 3e-2, 4),
+            "weight_decay": _log_grid(0.1, 3.0, 4),
+            "width": [32, 64, 128],
+            "train_fraction": _log_grid(0.4, 0.6, 3),
+        }
+        fixed = {}
+        passes = 50
+    # The task's training split holds the largest fraction; a configuration trains on its
+    # first ``train_fraction`` x p^2 pairs; the validation pairs are the rest, for every one.
+    n_train = round(max(grid.get("train_fraction", [fixed.get("train_fraction", 0.0)])) * p * p)
+    target = TaskSpec(f"modadd{p}", tuple(range(p)), n_train, None, seed)
+    fixed.update(batch_size=n_train, passes=passes)
+
+    def mlp(v: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        spec = {"hidden": [v["width"]], "n_in": 2 * p, "n_classes": p, "activation": "square"}
+        return f"mlp/w{v['width']}", spec
+
+    starts, choices = _scratch_starts(seed, grid, fixed, ("width",), mlp)
+    return Recipe(
+        name="crossing",
+        size=size,
+        seed=seed,
+        starts=starts,
+        start_choices=choices,
+        grid=grid,
+        ordered=tuple(grid),
+        fixed=fixed,
+        n_epochs=4 if tiny else 40,
+        source=target,
+        target=target,
+        optimizer="adamw",
+        description=(
+            f"Modular addition (a + b mod {p}, one-hot a and b): one-hidden-layer MLPs with a "
+            f"quadratic activation trained full-batch with AdamW, {passes} steps per epoch, on "
+            "a fraction of all pairs and scored on a fixed set of the others. Strong weight "
+            "decay generalises late (grokking), so learning curves cross late."
+        ),
+    )
+
+
 def make_recipe(name: str, size: str = "full", seed: int = 0) -> Recipe:
     """The recipe of hub ``name`` (one of :data:`HUB_NAMES`) at ``size``."""
     if name not in HUB_NAMES:
@@ -270,8 +430,12 @@ def make_recipe(name: str, size: str = "full", seed: int = 0) -> Recipe:
         raise ValueError(f"Unknown size {size!r}; expected one of {SIZES}.")
     if name == "tiny":
         return _zoo_recipe("tiny", seed, "tiny")
-    if name in ("zoo", "zoo-mnist"):
+    if name in ("zoo", "zoo-mnist", "zoo-noisy"):
         return _zoo_recipe(size, seed, name)
+    if name == "tabular":
+        return _tabular_recipe(size, seed)
+    if name == "crossing":
+        return _crossing_recipe(size, seed)
     return _arch_recipe(size, seed)
 
 
@@ -315,7 +479,12 @@ def finetune(
 
     ``job`` holds ``config_id``, ``params``, ``seed``, ``n_epochs``, ``optimizer``, ``arch``,
     ``spec``, ``target`` (TaskSpec JSON) and ``start`` (path of the start's safetensors file).
-    With ``out``, the checkpoints are written under it.
+    ``params`` holds the hyper-parameters: ``lr``, ``weight_decay``, ``batch_size`` and,
+    optionally, ``momentum`` (SGD), ``dropout`` (the rate of the network's dropout layers),
+    ``passes`` (passes over the training data per epoch, default 1) and ``train_fraction``
+    (train on the first ``train_fraction`` x all examples of the training split, of a task
+    whose validation split is the rest). With ``out``, the
+    checkpoints are written under it.
     """
     import safetensors.torch
 
@@ -327,9 +496,14 @@ def finetune(
     model.load_state_dict(upcast(start))
     evaluator = build_module(job["arch"], job["spec"])
     task = make_task(TaskSpec.from_json(job["target"]))
+    if "train_fraction" in params:  # the first pairs of the training split
+        n_all = len(task.x_train) + len(task.x_val)
+        k = round(params["train_fraction"] * n_all)
+        task = dataclasses.replace(task, x_train=task.x_train[:k], y_train=task.y_train[:k])
     opt = {"name": job["optimizer"], "lr": params["lr"], "weight_decay": params["weight_decay"]}
     if "momentum" in params:
         opt["momentum"] = params["momentum"]
+    set_dropout(model, params.get("dropout", 0.0))
     n = job["n_epochs"]
     curves = {k: np.zeros(n) for k in ("val_accuracy", "val_loss", "train_loss")}
     states: list[dict[str, torch.Tensor]] = []
@@ -351,6 +525,7 @@ def finetune(
         batch_size=int(params["batch_size"]),
         seed=job["seed"] + 1,
         on_epoch=on_epoch,
+        passes=int(params.get("passes", 1)),
     )
     if out is not None:
         save_checkpoints(out / checkpoint_file(job["config_id"]), states)
@@ -433,7 +608,7 @@ def build_hub(
     Parameters
     ----------
     name:
-        ``"zoo"``, ``"zoo-mnist"``, ``"arch"`` or ``"tiny"`` (see ``docs/hubs.md``).
+        One of :data:`HUB_NAMES` (see ``docs/hubs.md``).
     out_dir:
         Cache directory; the hub goes to ``out_dir / name`` (with ``-tiny`` / ``-seed<k>``
         appended for a non-full size or a non-zero seed).
@@ -544,8 +719,8 @@ def build_hub(
         "size": recipe.size,
         "seed": recipe.seed,
         "description": recipe.description,
-        "metric": "val_accuracy",
-        "direction": "maximize",
+        "metric": recipe.metric,
+        "direction": recipe.direction,
         "n_epochs": recipe.n_epochs,
         "optimizer": recipe.optimizer,
         "search_space": {
@@ -589,14 +764,20 @@ def disk_size(path: Path) -> int:
 
 
 def summarize(path: Path) -> dict[str, Any]:
-    """Shape, build time, size on disk and spread of the final scores of a built hub."""
+    """Shape, build time, size on disk and spread of the final metric of a built hub (in the
+    metric's own units: ``final_*`` are quantiles of the last epoch's value, ``best_any_epoch``
+    the best value at any epoch, the highest or, for a minimised metric, the lowest)."""
     from optuna_fms.bench._hub import Hub
 
     hub = Hub.load(path)
-    final = hub.final_scores()
-    best_any = hub.scores.max(axis=1)
+    final = hub.values[:, -1]
+    best_any = hub.sign * hub.scores.max(axis=1)
+    source = [s["info"]["source_val_accuracy"] for s in hub.index["starts"]]
+    source = [a for a in source if a is not None]
     return {
         "name": hub.name,
+        "metric": hub.metric,
+        "direction": hub.direction,
         "path": str(hub.path),
         "n_configs": hub.n_configs,
         "n_epochs": hub.n_epochs,
@@ -609,11 +790,8 @@ def summarize(path: Path) -> dict[str, Any]:
         "final_median": float(np.median(final)),
         "final_q75": float(np.quantile(final, 0.75)),
         "final_max": float(final.max()),
-        "best_epoch_max": float(best_any.max()),
-        "start_accuracy_range": [
-            min(s["info"]["source_val_accuracy"] for s in hub.index["starts"]),
-            max(s["info"]["source_val_accuracy"] for s in hub.index["starts"]),
-        ],
+        "best_any_epoch": float(best_any.max() if hub.sign > 0 else best_any.min()),
+        "start_accuracy_range": [min(source), max(source)] if source else None,
     }
 
 

