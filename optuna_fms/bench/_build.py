@@ -332,7 +332,7 @@ def _tabular_recipe(size: str, seed: int) -> Recipe:
             "dropout": [0.0, 0.5],
             "width": [16, 32, 64],
             "depth": [1, 3],
-            "batch_size": [32, 128, 512],
+            "batch_size": [64, 256, 1024],
         }
         fixed = {}
 
