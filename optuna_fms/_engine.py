@@ -608,6 +608,11 @@ class Engine:
                 own_due = self._own_training_due(eager, own, fit, n_obs, fit.n_trained)
                 current = n_obs == fit.n_observations and not own_due
                 if current or (stale_ok and n_obs < 1.5 * fit.n_observations):
+                    # The same observations, but attributes may be newer (a pause recorded
+                    # after the report the fit read): decisions read the trials as they are.
+                    fit.trials.update(
+                        (t._trial_id, t) for t in trials if t._trial_id in fit.trials
+                    )
                     return fit
             encoder = SpaceEncoder(space)
             if self._warm is not None:
@@ -1012,6 +1017,29 @@ class Engine:
             if new:
                 return enc.decode(np.stack(new[:1]))[0]
         return enc.decode(x[:1])[0]
+
+    def exhausted(self, study: Study, finishing: int | None = None) -> bool:
+        """Whether nothing is left to run: a finite search space whose every configuration
+        some trial has run (unless ``rerun``), no paused trial open for continuation and no
+        trial running but ``finishing`` (a trial id)."""
+        if self._rerun:
+            return False
+        space = self.search_space(study)
+        encoder = SpaceEncoder(space)
+        size = encoder.size() if space else None
+        if size is None:
+            return False
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        if any(
+            t.state in (TrialState.RUNNING, TrialState.WAITING) and t._trial_id != finishing
+            for t in trials
+        ):
+            return False
+        seen = {tuple(sorted(t.params.items())) for t in trials if encoder.contains(t.params)}
+        if len(seen) < size:
+            return False
+        off = study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
+        return off or not _claims.open_claims(study._storage, self.claims_id(study))
 
     def _alternative(self, study: Study, fit: Fit, view: View) -> float:
         """The rule's value of the best other use of one step. A cacheable rule's value is

@@ -343,12 +343,15 @@ class FMSSampler(BaseSampler):
         with a checkpoint: this worker's ``optimize`` stops after ``trial`` (which runs a
         configuration again), and the user is told once."""
         self._stop_after.add(trial._trial_id)
+        self._warn_exhausted()
+
+    def _warn_exhausted(self) -> None:
         if not self._warned_exhausted:
             self._warned_exhausted = True
             _logger.warning(
                 "FMSSampler has run every configuration of the search space and none is "
-                "paused with a checkpoint: the search is exhausted, and study.optimize stops "
-                "after this trial. Widen the search space, or pass FMSSampler(rerun=True) if "
+                "paused with a checkpoint: the search is exhausted, and study.optimize stops. "
+                "Widen the search space, or pass FMSSampler(rerun=True) if "
                 "the objective is noisy and configurations should be trained again."
             )
 
@@ -471,8 +474,11 @@ class FMSSampler(BaseSampler):
     ) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
         storage = study._storage
-        if trial._trial_id in self._stop_after:
+        if trial._trial_id in self._stop_after or self._engine.exhausted(
+            study, finishing=trial._trial_id
+        ):
             self._stop_after.discard(trial._trial_id)
+            self._warn_exhausted()
             try:
                 study.stop()
             except RuntimeError:  # study.tell outside study.optimize: nothing to stop

@@ -135,18 +135,8 @@ class SpaceEncoder:
                 picks[flip, sl] = block
         return self.round(picks)
 
-    def grid(self, limit: int) -> list[dict[str, Any]] | None:
-        """Every configuration of a finite search space (categoricals, integers, stepped
-        floats), or ``None`` when the space is continuous or has more than ``limit`` points.
-
-        Examples
-        --------
-        >>> from optuna.distributions import CategoricalDistribution, IntDistribution
-        >>> enc = SpaceEncoder({"a": CategoricalDistribution(["x", "y"]),
-        ...                     "n": IntDistribution(1, 3)})
-        >>> len(enc.grid(100)), enc.grid(5)
-        (6, None)
-        """
+    def _values(self) -> list[list[Any]] | None:
+        """Each parameter's values in a finite search space; ``None`` if one is continuous."""
         values: list[list[Any]] = []
         for dist in self.search_space.values():
             if isinstance(dist, CategoricalDistribution):
@@ -158,8 +148,28 @@ class SpaceEncoder:
                 values.append([float(dist.low + i * dist.step) for i in range(n)])
             else:
                 return None
-            if math.prod(len(v) for v in values) > limit:
-                return None
+        return values
+
+    def size(self) -> int | None:
+        """The number of configurations of a finite search space, else ``None``."""
+        values = self._values()
+        return None if values is None else math.prod(len(v) for v in values)
+
+    def grid(self, limit: int) -> list[dict[str, Any]] | None:
+        """Every configuration of a finite search space (categoricals, integers, stepped
+        floats), or ``None`` when the space is continuous or has more than ``limit`` points.
+
+        Examples
+        --------
+        >>> from optuna.distributions import CategoricalDistribution, IntDistribution
+        >>> enc = SpaceEncoder({"a": CategoricalDistribution(["x", "y"]),
+        ...                     "n": IntDistribution(1, 3)})
+        >>> len(enc.grid(100)), enc.grid(5), enc.size()
+        (6, None, 6)
+        """
+        values = self._values()
+        if values is None or math.prod(len(v) for v in values) > limit:
+            return None
         return [dict(zip(self.search_space, combo)) for combo in itertools.product(*values)]
 
     def round(self, encoded: np.ndarray) -> np.ndarray:

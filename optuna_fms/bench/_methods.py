@@ -148,6 +148,7 @@ def _fms(
     gp: dict[str, Any] | None = None,
     pretrained_held_out: bool = False,
     replace_start_params: bool = False,
+    allocation: str | None = None,
 ) -> Factory:
     """FMSSampler + FMSPruner. The defaults are the settings the saved deep-kernel runs were
     measured with (random startup trials at the full budget); the ``fms-gp`` methods use the
@@ -178,6 +179,8 @@ def _fms(
             kwargs["metanetwork"] = held_out_metanetwork(hub) if pretrained_held_out else None
         if replace_start_params:
             kwargs["start_params"] = list(hub.index["start_params"])
+        if allocation is not None:
+            kwargs["allocation"] = allocation
         sampler = FMSSampler(**kwargs)
         # GP settings the sampler does not expose (a model kept for comparison).
         sampler.engine._surrogate_kwargs.update(gp or {})
@@ -198,9 +201,39 @@ def _fms_gp(weights: str | None = None, **kwargs: Any) -> Factory:
     return _fms(weights, 5, surrogate="gp", sampler_startup=5, pause_startup=True, **kwargs)
 
 
+def _fms_default(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+    """What a new user writes: ``FMSSampler()`` + ``FMSPruner(max_steps)``, nothing else."""
+    from optuna_fms import FMSPruner
+    from optuna_fms import FMSSampler
+
+    sampler = FMSSampler(seed=seed, artifact_store=store, warn_independent_sampling=False)
+    return sampler, FMSPruner(max_steps=hub.n_epochs, seed=seed)
+
+
+ALLOCATION_RULES = ("one-step", "final", "random-horizon", "rungs")
+"""The allocation rules benchmarked side by side (``fms-<rule>``)."""
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
+        Method(
+            "fms",
+            "FMSSampler() + FMSPruner(max_steps=n_epochs): the library's defaults, as a new "
+            "user writes them",
+            _fms_default,
+            surrogate=True,
+        ),
+        *(
+            Method(
+                f"fms-{rule}",
+                f"fms-gp with FMSSampler(allocation={rule!r})",
+                _fms_gp(allocation=rule),
+                surrogate=True,
+                requires=("allocation",),
+            )
+            for rule in ALLOCATION_RULES
+        ),
         Method("random", "RandomSampler, every trial at the full budget", _random),
         Method(
             "tpe-hyperband",
