@@ -1,0 +1,190 @@
+"""Allocation rules: what FMS starts, continues and pauses, on small real studies."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import optuna_fms
+from optuna_fms._surrogate import acquisition
+from optuna_fms._surrogate.allocation import RULES
+from optuna_fms._surrogate.allocation import OneStepEI
+from optuna_fms._surrogate.allocation import Options
+from optuna_fms._surrogate.allocation import make_rule
+
+
+STEPS = 8
+
+
+def _small_space_objective(store, checkpoints: bool = True):
+    """A space of 12 configurations (a 4-level categorical and an integer with 3 values)."""
+
+    def objective(trial: optuna.Trial) -> float:
+        c = trial.suggest_categorical("c", ["m0", "m1", "m2", "m3"])
+        k = trial.suggest_int("k", 0, 2)
+        model = torch.nn.Linear(2, 1)
+        start = optuna_fms.resume(trial, model, artifact_store=store) if checkpoints else 0
+        quality = 0.5 + 0.4 * ((int(c[1:]) * 7 % 4) / 3) - 0.1 * k
+        value = 0.0
+        for step in range(start, STEPS):
+            value = quality * (1 - math.exp(-(step + 1) / 3))
+            if checkpoints:
+                optuna_fms.save_checkpoint(trial, model, step=step, artifact_store=store)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    return objective
+
+
+def _study(tmp_path: Path, allocation: str | None = None, seed: int = 0):
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    kwargs = {} if allocation is None else {"allocation": allocation}
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna_fms.FMSSampler(seed=seed, artifact_store=store, **kwargs),
+        pruner=optuna_fms.FMSPruner(max_steps=STEPS, seed=seed),
+    )
+    return study, store
+
+
+@pytest.mark.parametrize("allocation", sorted(RULES))
+def test_small_space_continues_and_never_restarts(
+    tmp_path: Path, allocation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    study, store = _study(tmp_path, allocation)
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(_small_space_objective(store), n_trials=60)
+    paused_open: set[tuple] = set()
+    started = collections.Counter()
+    for t in study.trials:  # in creation order (one worker)
+        key = (t.params["c"], t.params["k"])
+        if t.user_attrs.get("fms:continues") is None:
+            assert key not in paused_open, f"trial {t.number} restarted a paused {key}"
+            started[key] += 1
+        else:
+            paused_open.discard(key)
+        if t.user_attrs.get("fms:paused") is not None:
+            paused_open.add(key)
+    assert max(started.values()) == 1
+    n_paused = sum(1 for t in study.trials if t.user_attrs.get("fms:paused") is not None)
+    n_continued = sum(1 for t in study.trials if t.user_attrs.get("fms:continues"))
+    exhausted = "search is exhausted" in caplog.text
+    assert n_continued >= n_paused / 2 or exhausted
+    # Every configuration trained to the full budget once, then the study stopped by itself.
+    assert exhausted and len(study.trials) < 60
+    full = {(t.params["c"], t.params["k"]) for t in study.trials if len(t.intermediate_values)}
+    assert len(full) == 12
+
+
+def test_without_checkpoints_pauses_are_final_and_nothing_repeats(tmp_path: Path) -> None:
+    study, store = _study(tmp_path)
+    study.optimize(_small_space_objective(store, checkpoints=False), n_trials=40)
+    keys = [(t.params["c"], t.params["k"]) for t in study.trials]
+    assert len(keys) == len(set(keys)) == 12  # each configuration once, then exhausted
+    assert not any(t.user_attrs.get("fms:continues") for t in study.trials)
+
+
+def _categorical_study(tmp_path: Path, n_levels: int) -> int:
+    """Continuations in a 50-trial study whose curves do not depend on how many levels the
+    categorical has (its effect repeats every 5 levels)."""
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / str(n_levels)))
+
+    def objective(trial: optuna.Trial) -> float:
+        c = trial.suggest_categorical("model", list(range(n_levels)))
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        model = torch.nn.Linear(2, 1)
+        start = optuna_fms.resume(trial, model, artifact_store=store)
+        quality = 0.9 - 0.1 * abs(math.log10(lr) + 2) - 0.05 * ((c * 37) % 5) / 4
+        value = 0.0
+        for step in range(start, 10):
+            value = quality * (1 - math.exp(-(step + 1) / 3))
+            optuna_fms.save_checkpoint(trial, model, step=step, artifact_store=store)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna_fms.FMSSampler(seed=0, artifact_store=store),
+        pruner=optuna_fms.FMSPruner(max_steps=10, seed=0),
+    )
+    study.optimize(objective, n_trials=50)
+    return sum(1 for t in study.trials if t.user_attrs.get("fms:continues"))
+
+
+def test_a_hundred_level_categorical_does_not_over_explore(tmp_path: Path) -> None:
+    few = _categorical_study(tmp_path, 5)
+    many = _categorical_study(tmp_path, 100)
+    assert few >= 5
+    assert many >= 0.7 * few, (many, few)
+
+
+def test_one_step_rule_is_dyhpos_argmax() -> None:
+    rng = np.random.RandomState(0)
+    fresh_ei, paused_ei = rng.rand(7), rng.rand(3)
+    from optuna_fms._surrogate.allocation._one_step import pick_best
+
+    pick, choice = pick_best(fresh_ei, paused_ei), acquisition.choose(fresh_ei, paused_ei)
+    assert (pick.fresh, pick.paused, pick.value) == (choice.fresh, choice.paused, choice.best_ei)
+
+
+def test_make_rule_names_and_objects() -> None:
+    assert isinstance(make_rule("one-step"), OneStepEI)
+    rule = OneStepEI()
+    assert make_rule(rule) is rule
+    with pytest.raises(ValueError, match="Unknown allocation rule"):
+        make_rule("hyperband")
+    assert len(Options.fresh(np.zeros((0, 3)))) == 0
+
+
+def _add(study, space, lr, curve, state=optuna.trial.TrialState.PRUNED):
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": lr},
+            distributions=space,
+            intermediate_values=dict(enumerate(curve)),
+            state=state,
+            value=curve[-1] if state == optuna.trial.TrialState.COMPLETE else None,
+        )
+    )
+
+
+def test_recommend_never_picks_a_diverged_configuration() -> None:
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    study = optuna.create_study(direction="maximize")
+    # The furthest-trained configuration diverged after a good start.
+    _add(study, space, 0.9, [0.6, 0.8, 0.9, 0.3, 0.12, 0.1, 0.1, 0.1])
+    for lr, curve in ((0.01, [0.5, 0.7, 0.8, 0.85]), (0.02, [0.55, 0.72, 0.82])):
+        _add(study, space, lr, curve)
+    _add(study, space, 0.001, [0.2, 0.25])
+    engine = optuna_fms._engine.Engine(max_steps=10)
+    best = optuna_fms.recommend(study, engine=engine)
+    assert best.params["lr"] in (0.01, 0.02)
+    assert 0.0 <= best.mean - best.std and best.mean + best.std <= 1.0
+
+
+def test_forecasts_stay_in_the_metric_range() -> None:
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    study = optuna.create_study(direction="maximize")
+    for i, lr in enumerate((0.002, 0.01, 0.05, 0.2, 0.6)):
+        # Steep curves that end near 1: a linear extrapolation would leave [0, 1].
+        _add(study, space, lr, [min(1.0, 0.2 + 0.18 * (s + 1) * (i + 1) / 3) for s in range(4)])
+    engine = optuna_fms._engine.Engine(max_steps=30)
+    forecasts = optuna_fms.forecast(study, engine=engine)
+    assert all(0.0 <= f.mean - f.std and f.mean + f.std <= 1.0 for f in forecasts)
+    # Declared otherwise, the range is the declared one.
+    wide = optuna_fms._engine.Engine(max_steps=30, metric_range=(-5.0, 5.0))
+    unbounded = optuna_fms.forecast(study, engine=wide)
+    assert any(f.mean + f.std > 1.0 for f in unbounded)
+    with pytest.raises(ValueError, match="metric_range"):
+        optuna_fms._engine.Engine(metric_range=(1.0, 0.0))
