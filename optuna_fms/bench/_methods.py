@@ -52,6 +52,9 @@ class Method:
     factory: Factory
     surrogate: bool = False
     requires: tuple[str, ...] = ()
+    checkpoints: bool = True
+    """Whether the replayed objective saves checkpoints and calls ``resume`` (a user who
+    does neither is the first thing to try)."""
 
     def unavailable(self) -> str | None:
         """Why the method cannot run with this version of the library, or ``None``."""
@@ -223,6 +226,14 @@ METHODS: dict[str, Method] = {
             "user writes them",
             _fms_default,
             surrogate=True,
+        ),
+        Method(
+            "fms-no-checkpoints",
+            "fms with an objective that never saves a checkpoint nor calls resume (pauses are "
+            "final prunes)",
+            _fms_default,
+            surrogate=True,
+            checkpoints=False,
         ),
         *(
             Method(

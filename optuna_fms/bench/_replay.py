@@ -59,14 +59,14 @@ from optuna.trial import Trial
 
 import optuna_fms
 from optuna_fms import _attrs
+from optuna_fms.bench._allocation import CONFIG_ATTR
+from optuna_fms.bench._allocation import allocation_stats
 from optuna_fms.bench._hub import Hub
 from optuna_fms.bench._methods import get_method
 from optuna_fms.bench._metrics import TAU_BUDGETS
 from optuna_fms.bench._metrics import kendall_tau
 
 
-CONFIG_ATTR = "bench:config"
-"""Trial user attribute: the hub configuration the trial replays."""
 HPARAMS_ATTR = "bench:hyperparameters"
 """Trial user attribute: the replayed configuration's hyper-parameter values."""
 
@@ -178,6 +178,8 @@ class RunResult:
     n_trials: int = 0
     n_continued: int = 0
     n_configs: int = 0
+    allocation: dict[str, float] = field(default_factory=dict)
+    """How the epochs were spent (:func:`optuna_fms.bench._allocation.allocation_stats`)."""
     epochs_spent: int = 0
     error: str | None = None
 
@@ -275,11 +277,14 @@ def make_objective(
     store: Any,
     tracker: _Tracker,
     on_epoch: Callable[[Trial], None] | None = None,
+    checkpoints: bool = True,
 ) -> Callable[[Trial], float]:
     """The replay objective: a user's training loop with training replaced by the hub.
 
     A trial reports and returns the hub's metric as measured (:attr:`Hub.values`, for a study
     created with :attr:`Hub.direction`); ``tracker`` records the higher-is-better score.
+    ``checkpoints=False`` is the loop of a user who never calls ``save_checkpoint`` nor
+    ``resume`` (FMS's pauses are then final).
     """
 
     def objective(trial: Trial) -> float:
@@ -287,14 +292,15 @@ def make_objective(
         c = hub.find_config(params)  # the search space is the grid: always exact
         trial.set_user_attr(CONFIG_ATTR, c)
         trial.set_user_attr(HPARAMS_ATTR, hub.hyperparameters(c))
-        module = hub.module(c)
-        start = optuna_fms.resume(trial, module, artifact_store=store)
+        module = hub.module(c) if checkpoints else None
+        start = optuna_fms.resume(trial, module, artifact_store=store) if module else 0
         value = math.nan
         for epoch in range(start, hub.n_epochs):
             if tracker.spent >= tracker.budget:
                 raise optuna.TrialPruned("epoch budget spent")
-            module.load_state_dict(hub.checkpoint(c, epoch))
-            optuna_fms.save_checkpoint(trial, module, step=epoch, artifact_store=store)
+            if module is not None:
+                module.load_state_dict(hub.checkpoint(c, epoch))
+                optuna_fms.save_checkpoint(trial, module, step=epoch, artifact_store=store)
             value = float(hub.values[c, epoch])
             trial.report(value, epoch)
             tracker.record(float(hub.scores[c, epoch]), c, epoch)
@@ -451,7 +457,8 @@ def _run(
     study = optuna.create_study(
         direction=hub.study_direction, sampler=sampler, pruner=pruner, storage=storage
     )
-    objective = make_objective(hub, store, tracker, on_epoch)
+    checkpoints = m.checkpoints if m is not None else True
+    objective = make_objective(hub, store, tracker, on_epoch, checkpoints=checkpoints)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -469,6 +476,7 @@ def _run(
     result.n_continued = sum(1 for t in trials if t.user_attrs.get(_attrs.RESUMED))
     result.n_configs = len(tracker.touched)
     result.epochs_spent = optuna_fms.epochs_spent(trials)
+    result.allocation = allocation_stats(trials, hub.final_scores(), hub.n_epochs)
     return result
 
 
