@@ -14,13 +14,15 @@ from optuna_fms._engine import engine_of
 
 
 class FMSPruner(BasePruner):
-    """Pause trials whose next step is not worth its compute, DyHPO-style.
+    """Pause trials whose next step is not worth its compute.
 
-    At each report (or every ``interval`` steps) the surrogate forecasts the running trial's
-    score at its next step and computes its expected improvement over the best value observed
-    at that step. The trial keeps running while that is at least ``tolerance`` times the best
-    alternative use of the same compute: a fresh configuration at the first step, or a paused
-    trial at its next step. Otherwise it is *paused*: Optuna records it as PRUNED, and when
+    At each report (or every ``interval`` steps) the allocation rule of the study's
+    :class:`~optuna_fms.FMSSampler` (``allocation``) decides from the surrogate's forecasts
+    whether the running trial keeps its next step. With ``"rungs"`` it is compared at 1, 3,
+    9, ... steps and goes on while its forecast final score is in the top third of the
+    configurations that reached that rung; with ``"one-step"`` (DyHPO) it goes on while the
+    expected improvement of its next step is at least ``tolerance`` times the best
+    alternative use of the same compute. Otherwise it is *paused*: Optuna records it as PRUNED, and when
     its checkpoint at the current step exists (see :func:`~optuna_fms.save_checkpoint`),
     :class:`~optuna_fms.FMSSampler` may later continue it from there (freeze-thaw).
 
@@ -46,8 +48,9 @@ class FMSPruner(BasePruner):
         the sampler continues later when they are worth it). ``False`` lets those trials run
         to the full budget.
     tolerance:
-        Keep running while the trial's expected improvement is at least this fraction of
-        the best alternative's. ``1.0`` is DyHPO's strict argmax; lower values pause less.
+        For rules that compare values (``"one-step"``, ``"final"``, ``"random-horizon"``):
+        keep running while the trial's value is at least this fraction of the best
+        alternative's. ``1.0`` is DyHPO's strict argmax; lower values pause less.
     seed:
         Seed of the pruner's own surrogate (used only without an FMSSampler).
 
