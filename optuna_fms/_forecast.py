@@ -113,19 +113,21 @@ def forecast(
 
 def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     """The configuration to use: the best lower confidence bound of the forecast final
-    score, among configurations whose forecast reaches the best score observed.
+    score, among configurations trained at least as far as the obvious choice and whose
+    forecast reaches its score.
 
     Use it instead of ``study.best_trial``, which picks the best *reported* value: under
     pruning that is often a lucky value of a short run, or an early epoch. Every configuration
     a trial has run is forecast at the full budget from its own learning curve. The obvious
-    choice without a model is the configuration with the best last observed score; a
-    configuration whose forecast (plus its own standard deviation) falls short of that score is
-    never recommended, and among the others the highest forecast minus one standard
-    deviation wins. A configuration seen for a few steps is forecast with a wide band, so it
-    wins only where its forecast is clearly better; a trial that diverged after a good start
-    is forecast low, so it loses to the one that kept improving. Where no forecast reaches the
-    best observed score, that score's configuration is recommended. The comparison uses the
-    model's normal forecast; the returned forecast is restricted to the metric's range.
+    choice without a model is the configuration with the best last observed score. Another
+    configuration replaces it only if it was trained at least as many steps and its forecast
+    plus its own standard deviation reaches that score; among those, the highest forecast
+    minus one standard deviation wins. So a trial that diverged after a good start (forecast
+    low) is never recommended, a lucky early score is weighed against the forecasts of
+    configurations trained as far, and a configuration seen for fewer steps than the obvious
+    choice never displaces it (extrapolated forecasts rank well but pick a single best
+    badly). The comparison uses the model's normal forecast; the returned forecast is
+    restricted to the metric's range.
 
     Parameters
     ----------
@@ -167,8 +169,10 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     curves = [c for c in final.curves if c is not None]
     mean = sign * final.mean  # higher is better
     last = np.array([c.values[-1] for c in curves])  # Curve values: higher is better
-    obvious = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
-    reaches = mean + final.std >= last[obvious]
+    steps = np.array([c.last_step for c in curves])
+    # The obvious choice: the best last observed score, the longer curve on ties.
+    obvious = int(np.lexsort((steps, np.where(np.isfinite(last), last, -np.inf)))[-1])
+    reaches = (mean + final.std >= last[obvious]) & (steps >= steps[obvious])
     lower = np.where(reaches, mean - final.std, -np.inf)
     best = int(np.argmax(lower)) if reaches.any() else obvious
     chosen = engine.forecast_final(study, fit, [final.params[best]])
