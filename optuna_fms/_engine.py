@@ -9,6 +9,7 @@ are made by :mod:`optuna_fms._surrogate.acquisition` on arrays.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
 import copy
@@ -239,6 +240,16 @@ _RANDOM_DRAWS = 64
 """Random draws among which a random configuration not tried yet is looked for."""
 _MAX_ENUMERATED = 20_000
 """A finite search space up to this size is enumerated once random candidates are all run."""
+
+
+def _closed(space: Mapping[str, BaseDistribution], trials: Iterable[FrozenTrial]) -> bool:
+    """Whether ``space`` holds every parameter the trials have (a parameter with a single
+    value aside): a conditional parameter, or one whose range changes between trials, lies
+    outside the space the GP models, and a configuration of the space is then not a whole
+    configuration; enumerating the space could not tell that the search is exhausted."""
+    return all(
+        name in space or dist.single() for t in trials for name, dist in t.distributions.items()
+    )
 
 
 def _longest(fit: Fit) -> list[Curve]:
@@ -917,7 +928,7 @@ class Engine:
             new = np.array([row.tobytes() not in seen for row in x], dtype=bool)
             if new.any():
                 x = x[new]
-            else:
+            elif _closed(fit.encoder.search_space, fit.trials.values()):
                 grid = fit.encoder.grid(_MAX_ENUMERATED)
                 if grid is not None:
                     x = fit.encoder.encode(grid) if grid else np.zeros((0, fit.encoder.dim))
@@ -1034,6 +1045,8 @@ class Engine:
             t.state in (TrialState.RUNNING, TrialState.WAITING) and t._trial_id != finishing
             for t in trials
         ):
+            return False
+        if not _closed(space, trials):
             return False
         seen = {tuple(sorted(t.params.items())) for t in trials if encoder.contains(t.params)}
         if len(seen) < size:

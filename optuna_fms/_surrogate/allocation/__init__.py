@@ -10,7 +10,7 @@ one module here and one entry in :data:`RULES`.
 Examples
 --------
 >>> sorted(RULES)
-['final', 'one-step', 'random-horizon', 'rungs']
+['final', 'one-step', 'one-step-promoting', 'random-horizon', 'rungs']
 >>> make_rule("rungs").name
 'rungs'
 """
@@ -25,6 +25,7 @@ from optuna_fms._surrogate.allocation._base import Pick
 from optuna_fms._surrogate.allocation._base import View
 from optuna_fms._surrogate.allocation._final import FinalEIPerStep
 from optuna_fms._surrogate.allocation._one_step import OneStepEI
+from optuna_fms._surrogate.allocation._promoting import PromotingOneStep
 from optuna_fms._surrogate.allocation._random_horizon import RandomHorizonPI
 from optuna_fms._surrogate.allocation._rungs import ModelBasedRungs
 
@@ -34,6 +35,7 @@ RULES: dict[str, Callable[[], AllocationRule]] = {
     "final": FinalEIPerStep,
     "random-horizon": RandomHorizonPI,
     "rungs": ModelBasedRungs,
+    "one-step-promoting": PromotingOneStep,
 }
 """Rule name -> factory (what ``FMSSampler(allocation=...)`` accepts by name)."""
 
@@ -57,6 +59,7 @@ __all__ = [
     "FinalEIPerStep",
     "ModelBasedRungs",
     "OneStepEI",
+    "PromotingOneStep",
     "Options",
     "Pick",
     "RandomHorizonPI",

@@ -94,27 +94,46 @@ class ModelBasedRungs:
         k = max(1, len(reached) // self.eta)
         return int(np.sum(reached > forecast)) < k
 
+    def promotion(self, view: View, paused: Options) -> Pick | None:
+        """The paused trial to promote: one at a rung whose forecast final score now ranks
+        in the top ``1 / eta`` there (the highest rung first, then the best forecast)."""
+        if not len(paused):
+            return None
+        final = view.observed.final(view.model)
+        mine = paused.final(view.model)
+        ladder = set(rungs(view.max_steps, self.first, self.eta))
+        promotable = [
+            i
+            for i in range(len(paused))
+            if int(paused.done[i]) in ladder
+            and self._in_top(view, int(paused.done[i]), mine[i], final)
+        ]
+        if not promotable:
+            return None
+        best = max(promotable, key=lambda i: (paused.done[i], mine[i]))
+        return Pick(None, best, float(mine[best]))
+
+    def ranks_at_rung(self, view: View, running: Options) -> bool:
+        """Whether a running trial is at one of its rungs and in the top ``1 / eta`` there."""
+        done = int(running.done[0])
+        ladder = rungs(view.max_steps, self.first, self.eta)
+        if done not in ladder or done < self._start_rung(running.x[0], ladder):
+            return False
+        final = view.observed.final(view.model)
+        return self._in_top(view, done, float(running.final(view.model)[0]), final)
+
     def choose(self, view: View, fresh: Options, paused: Options) -> Pick:
-        if len(paused):
-            final = view.observed.final(view.model)
-            mine = paused.final(view.model)
-            ladder = set(rungs(view.max_steps, self.first, self.eta))
-            promotable = [
-                i
-                for i in range(len(paused))
-                if int(paused.done[i]) in ladder
-                and self._in_top(view, int(paused.done[i]), mine[i], final)
-            ]
-            if not len(fresh) and not promotable:  # nothing fresh left: the best goes on
-                i = int(np.argmax(mine))
-                return Pick(None, i, float(mine[i]))
-            if promotable:
-                best = max(promotable, key=lambda i: (paused.done[i], mine[i]))
-                return Pick(None, best, float(mine[best]))
+        promoted = self.promotion(view, paused)
+        if promoted is not None:
+            return promoted
         if len(fresh):
             ei = next_step_ei(view, fresh)
             i = int(np.argmax(ei))
             return Pick(i, None, float(ei[i]))
+        if len(paused):  # nothing fresh is left: the best paused trial goes on
+            mine = paused.final(view.model)
+            i = int(np.argmax(mine))
+            return Pick(None, i, float(mine[i]))
         return Pick(None, None, 0.0)
 
     def alternative(self, view: View, fresh: Options, paused: Options) -> float:
@@ -127,5 +146,4 @@ class ModelBasedRungs:
         ladder = rungs(view.max_steps, self.first, self.eta)
         if done not in ladder or done < self._start_rung(running.x[0], ladder):
             return True
-        final = view.observed.final(view.model)
-        return self._in_top(view, done, float(running.final(view.model)[0]), final)
+        return self.ranks_at_rung(view, running)
