@@ -98,6 +98,37 @@ def _score(runs: list[RunResult], base: list[RunResult], marks: list[int]) -> fl
     return float(np.mean(logs))
 
 
+def _targets(
+    hub: str,
+    method: str,
+    runs: list[RunResult],
+    base: list[RunResult],
+    marks: list[int],
+    single: float | None,
+    base_name: str = BASELINE,
+) -> str:
+    """One row of the targets table: ``method`` against ``base`` on ``hub``."""
+    cells = [hub, method, base_name]
+    for b in MARKS:
+        if b not in marks:
+            cells.append("-")
+            continue
+        mine = max(float(np.nanmean([_regret(r, b) for r in runs])), FLOOR)
+        theirs = max(float(np.nanmean([_regret(r, b) for r in base])), FLOOR)
+        cells.append(f"{mine / theirs:.2f}")
+    tau = float(np.nanmean([r.tau.get(100, math.nan) for r in runs]))
+    cells.append(f"{tau - single:+.2f}" if single is not None and np.isfinite(tau) else "-")
+    ok = 0
+    for b in marks:
+        fc = np.nanmean(
+            [r.best_final_score - r.forecast_recommended_final.get(b, math.nan) for r in runs]
+        )
+        lo = np.nanmean([at_budget(r.recommendation_regret, b) for r in runs])
+        ok += bool(np.isfinite(fc) and fc <= lo + 1e-9)
+    cells.append(f"{ok}/{len(marks)}" if runs[0].forecast_recommended_final else "-")
+    return "| " + " | ".join(cells) + " |"
+
+
 def _alloc_cell(runs: list[RunResult], key: str, digits: int = 2) -> str:
     return fmt_mean_se([r.allocation.get(key, math.nan) for r in runs], digits=digits)
 
@@ -111,6 +142,8 @@ def _report(args: argparse.Namespace) -> None:
             results[runs[0].hub] = runs
     ratios: dict[str, dict[str, float]] = {}
     scores: dict[str, dict[str, float]] = {}
+    targets: list[str] = []
+    single: dict[str, float] = {}
     for hub_name, runs in results.items():
         budget = max(r.budget for r in runs)
         marks = [b for b in MARKS if b <= budget]
@@ -121,6 +154,7 @@ def _report(args: argparse.Namespace) -> None:
             ref_name, ref_tau = best_reference(
                 {k: v for k, v in taus.items() if "epoch" not in k and "after" not in k}
             )
+            single[hub_name] = abs(ref_tau)
             ref = f"best single hyperparameter: {ref_name} {ref_tau:.2f}; " + ", ".join(
                 f"{k} {v:.2f}" for k, v in taus.items()
             )
@@ -157,6 +191,21 @@ def _report(args: argparse.Namespace) -> None:
         if BASELINE in by:
             base = by[BASELINE]
             for m in methods:
+                if m in CANDIDATES or m == "fms":
+                    targets.append(_targets(hub_name, m, by[m], base, marks, single.get(hub_name)))
+            if "fms-no-checkpoints" in by and "tpe-median" in by:
+                targets.append(
+                    _targets(
+                        hub_name,
+                        "fms-no-checkpoints",
+                        by["fms-no-checkpoints"],
+                        by["tpe-median"],
+                        marks,
+                        None,
+                        "tpe-median",
+                    )
+                )
+            for m in methods:
                 if m in CANDIDATES:
                     scores.setdefault(m, {})[hub_name] = _score(by[m], base, marks)
                     r200 = mean_se([_regret(r, min(200, budget)) for r in by[m]])[0]
@@ -164,6 +213,19 @@ def _report(args: argparse.Namespace) -> None:
                     ratios.setdefault(m, {})[hub_name] = max(r200, FLOOR) / max(b200, FLOOR)
     if not scores:
         return
+    print(
+        "\n### Targets: regret ratio to the baseline at each mark (floored at 1e-3; target <= 1.5 "
+        "at 50, <= 1 after), tau @100 minus the best single hyperparameter's, marks where "
+        "recommend() is at or below the best last observed score's regret\n"
+    )
+    print(
+        "| hub | method | baseline | "
+        + " | ".join(f"ratio @{b}" for b in MARKS)
+        + " | tau @100 - single | recommend <= last observed |"
+    )
+    print("|" + "---|" * (len(MARKS) + 5))
+    for row in targets:
+        print(row)
     hubs = sorted(results)
     print("\n### Suite summary: regret ratio to TPE + Hyperband at 200 epochs (floored at 1e-3)\n")
     print("| method | " + " | ".join(hubs) + " | geometric mean | score (lower is better) |")

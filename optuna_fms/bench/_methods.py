@@ -245,6 +245,17 @@ METHODS: dict[str, Method] = {
             )
             for rule in ALLOCATION_RULES
         ),
+        *(
+            Method(
+                f"fms-{rule}-no-checkpoints",
+                f"fms-{rule} with an objective that never saves a checkpoint nor calls resume",
+                _fms_gp(allocation=rule),
+                surrogate=True,
+                requires=("allocation",),
+                checkpoints=False,
+            )
+            for rule in ALLOCATION_RULES
+        ),
         Method("random", "RandomSampler, every trial at the full budget", _random),
         Method(
             "tpe-hyperband",
