@@ -90,7 +90,7 @@ class FMSSampler(BaseSampler):
         next step is judged by what it has shown. ``"deep-kernel"``: DyHPO's
         deep-kernel GP (an MLP feature extractor over hyperparameters, budget, a Conv1d
         summary of the learning curve and the weight embedding, trained jointly by Adam),
-        kept for comparisons: with 5-50 curves it overfits (see docs/benchmarks.md).
+        kept for comparisons: with 5-50 curves it overfits (see docs/experiments.md).
     gp_trend:
         ``surrogate="gp"`` only: the prior mean's dependence on the hyperparameters.
         ``"linear-budget"`` (default): a linear trend in each numeric hyperparameter whose
@@ -110,7 +110,7 @@ class FMSSampler(BaseSampler):
         Cholesky factorisation). ``0`` trains whenever this process's trials brought new
         observations, as DyHPO does. ``None`` (default): ``0.2`` for the ``"gp"`` surrogate
         (on both benchmark hubs it ranked as well as ``0`` at a third of the sampler's time,
-        docs/benchmarks.md) and ``0`` for the deep kernel (on the synthetic benchmark ``0.1``
+        docs/experiments.md) and ``0`` for the deep kernel (on the synthetic benchmark ``0.1``
         halved its time but raised the regret from 0.017 to 0.043). With several workers, a
         worker trains for the new observations of its own trials; the others' observations
         it conditions on, and a newer training by another worker (its hyperparameters are
@@ -136,7 +136,7 @@ class FMSSampler(BaseSampler):
         their place, so that what it learns about one start carries to starts it has never
         tried (an opaque category is equally far from every other). On the zoo hub this
         ranked unseen configurations at Kendall's tau 0.63 against 0.61 with the member as a
-        category (docs/benchmarks.md). ``"gp"`` surrogate only.
+        category (docs/experiments.md). ``"gp"`` surrogate only.
     metanetwork:
         With ``weights="gmn"``, the graph metanetwork that reads the weights: ``"pretrained"``
         (default: the one shipped with the package, trained by ``optuna-fms pretrain-metanet``

@@ -1,6 +1,6 @@
 """The ``"gp"`` surrogate's prior mean: a trend in the hyperparameters that can change with
 the budget, so that a forecast far from every observation keeps the direction the data
-showed (docs/benchmarks.md, "The GP surrogate")."""
+showed (docs/experiments.md, "The GP surrogate")."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ class SpaceEncoder:
         """Draw ``n`` encoded points: scrambled Sobol for the numerical part.
 
         Torch's Sobol engine, not SciPy's: importing ``scipy.stats`` costs each worker process
-        2-3 s of CPU at its first proposal (docs/benchmarks.md, Workers)."""
+        2-3 s of CPU at its first proposal (docs/experiments.md, Workers)."""
         out = np.zeros((n, self.dim))
         numeric = ~self.is_categorical
         if numeric.any():

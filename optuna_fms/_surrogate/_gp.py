@@ -23,7 +23,7 @@ misfit ranks the final scores better than interpolating them. Decisions (expecte
 improvements) read one conditioned with :data:`DECISION_NOISE`, which pins a running
 trial's latent score to its own observations: with the nugget there, a trial's next step
 kept a high expected improvement however it had done, and the pruner ran a few trials to
-the full budget instead of looking at many configurations (docs/benchmarks.md, "fourth
+the full budget instead of looking at many configurations (docs/experiments.md, "fourth
 pass").
 """
 
@@ -311,7 +311,7 @@ class GPSurrogate:
     trend:
         The prior mean in the hyperparameters (:data:`Trend`). The default,
         ``"linear-budget"``, ranked configurations best over both benchmark hubs
-        (docs/benchmarks.md); ``"constant"`` is Optuna GPSampler's choice.
+        (docs/experiments.md); ``"constant"`` is Optuna GPSampler's choice.
     ignore:
         Parameter names the kernel does not read (they are still sampled), e.g. a model-zoo
         member that ``embed`` describes by its start weights instead of an opaque category.
