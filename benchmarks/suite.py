@@ -85,8 +85,14 @@ def _run(args: argparse.Namespace) -> None:
         )
 
 
+def _carry(curve: np.ndarray, b: int) -> float:
+    """``curve`` after ``b`` epochs; a run that stopped earlier (its search exhausted a finite
+    space) keeps its last value: the user has nothing more to spend."""
+    return at_budget(curve, min(b, len(curve))) if len(curve) else math.nan
+
+
 def _regret(r: RunResult, b: int) -> float:
-    return at_budget(r.regret, b)
+    return _carry(r.regret, b)
 
 
 def _score(runs: list[RunResult], base: list[RunResult], marks: list[int]) -> float:
@@ -123,7 +129,7 @@ def _targets(
         fc = np.nanmean(
             [r.best_final_score - r.forecast_recommended_final.get(b, math.nan) for r in runs]
         )
-        lo = np.nanmean([at_budget(r.recommendation_regret, b) for r in runs])
+        lo = np.nanmean([_carry(r.recommendation_regret, b) for r in runs])
         ok += bool(np.isfinite(fc) and fc <= lo + 1e-9)
     cells.append(f"{ok}/{len(marks)}" if runs[0].forecast_recommended_final else "-")
     return "| " + " | ".join(cells) + " |"
@@ -178,7 +184,7 @@ def _report(args: argparse.Namespace) -> None:
                         for r in rs
                     ]
                 )
-                lo = fmt_mean_se([at_budget(r.recommendation_regret, b) for r in rs])
+                lo = fmt_mean_se([_carry(r.recommendation_regret, b) for r in rs])
                 cells.append(f"{fc} / {lo}")
             cells += [
                 _alloc_cell(rs, "started", 0),

@@ -48,6 +48,11 @@ CHECKPOINTS_OWNER = "fms:checkpoints_owner"
 first checkpoint. A trial whose stamp names another trial carries a copy (a retry copies every
 attribute) and owns no checkpoint."""
 
+RESTART = "fms:restart"
+"""``{"trial": number, "step": int}`` on a trial that trains again from scratch a configuration
+whose furthest trial (``trial``) was pruned at ``step`` without a checkpoint to continue from:
+FMSPruner does not pause it before it has passed that step."""
+
 # Study system attributes.
 CONTINUATION_OFF = "fms:continuation_off"
 """Set once an objective finished a continued trial without calling :func:`optuna_fms.resume`
@@ -135,6 +140,20 @@ def read_pause(user_attrs: Mapping[str, Any]) -> Pause | None:
     if not isinstance(raw, Mapping) or _int(raw.get("step")) is None:
         return None
     return Pause(step=raw["step"], claim=_int(raw.get("claim")))
+
+
+def read_restart_step(system_attrs: Mapping[str, Any]) -> int | None:
+    """The step of :data:`RESTART` (``None`` for a trial that is no restart).
+
+    Examples
+    --------
+    >>> read_restart_step({RESTART: {"trial": 4, "step": 2}})
+    2
+    >>> read_restart_step({RESTART: {"step": None}}) is None
+    True
+    """
+    raw = system_attrs.get(RESTART)
+    return _int(raw.get("step")) if isinstance(raw, Mapping) else None
 
 
 def read_continuation(user_attrs: Mapping[str, Any]) -> Continuation | None:

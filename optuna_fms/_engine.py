@@ -108,6 +108,9 @@ class Decision:
     ei: float
     claim: FrozenTrial | None = None
     parent: FrozenTrial | None = None
+    restart: FrozenTrial | None = None
+    """Set when ``fresh`` trains again from scratch the configuration of this trial, pruned
+    without a checkpoint (see :meth:`Engine.propose`)."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,31 @@ def _longest(fit: Fit) -> list[Curve]:
         if key not in longest or len(c.steps) >= len(longest[key].steps):
             longest[key] = c
     return list(longest.values())
+
+
+def _unfinished(
+    trials: Iterable[FrozenTrial], max_steps: int, finishing: int | None = None
+) -> set[tuple[tuple[str, Any], ...]]:
+    """Configurations (sorted parameter items) that no trial has trained to the full budget
+    and none can continue: no trial of it saved a checkpoint and none is running (but
+    ``finishing``). Pruned without a checkpoint, they can go further only from scratch."""
+    furthest: dict[tuple[tuple[str, Any], ...], int] = {}
+    blocked = set()
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            continue
+        key = tuple(sorted(t.params.items()))
+        furthest[key] = max(furthest.get(key, -1), -1 if t.last_step is None else t.last_step)
+        running = t.state in (TrialState.RUNNING, TrialState.WAITING)
+        if (running and t._trial_id != finishing) or _attrs.read_checkpoints(t.user_attrs):
+            blocked.add(key)
+    return {k for k, last in furthest.items() if last + 1 < max_steps and k not in blocked}
+
+
+def _restartable(fit: Fit) -> list[Curve]:
+    """The longest curve of each configuration :func:`_unfinished` names."""
+    keys = _unfinished(fit.trials.values(), fit.max_steps)
+    return [c for c in _longest(fit) if tuple(sorted(fit.trials[c.key].params.items())) in keys]
 
 
 _WARM_MIN_GAP = 0.05
@@ -985,7 +1013,13 @@ class Engine:
             try:
                 fresh = self._fresh(fit)
                 paused = self._paused(study, fit)
-                pick = self.rule.choose(self._view(fit), fresh, self._paused_options(fit, paused))
+                # Every configuration run: those pruned without a checkpoint short of the
+                # full budget can only go on by training again from scratch. They are offered
+                # as paused trials are, by their curves (a restart is a continuation that
+                # recomputes its first steps), and only then: a new configuration costs less.
+                restarts = [] if self._rerun or len(fresh.x) else _restartable(fit)
+                curves = [c for _, c in paused] + restarts
+                pick = self.rule.choose(self._view(fit), fresh, self._curve_options(fit, curves))
             except SurrogateFitError as err:
                 self._fit_failed(self._state(study), err)
                 return None
@@ -993,9 +1027,12 @@ class Engine:
             if pick.fresh is not None:
                 params = fit.encoder.decode(fresh.x[pick.fresh : pick.fresh + 1])[0]
             decision = Decision(fresh=params, ei=pick.value)
-            if pick.paused is not None:
+            if pick.paused is not None and pick.paused < len(paused):
                 claim, curve = paused[pick.paused]
                 decision = Decision(params, pick.value, claim, fit.trials[curve.key])
+            elif pick.paused is not None:
+                trial = fit.trials[restarts[pick.paused - len(paused)].key]
+                decision = Decision(dict(trial.params), pick.value, restart=trial)
             return decision
 
     def propose_fresh_only(self, study: Study, fit: Fit) -> dict[str, Any] | None:
@@ -1047,6 +1084,8 @@ class Engine:
         ):
             return False
         if not _closed(space, trials):
+            return False
+        if _unfinished(trials, self.max_steps(study, trials), finishing):
             return False
         seen = {tuple(sorted(t.params.items())) for t in trials if encoder.contains(t.params)}
         if len(seen) < size:

@@ -120,6 +120,9 @@ class FMSPruner(BasePruner):
             return False
         if (budget - self._min_steps) % self._interval:
             return False
+        restart = _attrs.read_restart_step(trial.system_attrs)
+        if restart is not None and step <= restart:
+            return False  # trained again from scratch to go past where it was pruned
         value = trial.intermediate_values[step]
         finished = study._storage.get_all_trials(
             study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)

@@ -171,10 +171,13 @@ class FMSSampler(BaseSampler):
         benchmark hubs, chosen leave one hub out (docs/benchmarks.md).
     rerun:
         Let a fresh trial repeat a configuration some trial has already run (a noisy
-        objective). By default a configuration already run is only ever continued (a paused
-        trial with a checkpoint), never started again from scratch; once every configuration
-        of a finite search space has run and none is paused with a checkpoint, the sampler
-        says the search is exhausted and ``study.optimize`` stops.
+        objective). By default a configuration already run is continued (a paused trial with a
+        checkpoint), not started again from scratch. The exception is a finite search space
+        whose every configuration has run: one pruned short of the full budget without a
+        checkpoint (an objective that saves none) is then trained again from scratch, and
+        :class:`FMSPruner` lets it pass the step where it was pruned. Once every configuration
+        reached the full budget or waits for nothing, the sampler says the search is exhausted
+        and ``study.optimize`` stops.
     metric_range:
         ``(low, high)``, the values the objective can take (an accuracy: ``(0, 1)``):
         forecasts and their bands (:func:`~optuna_fms.forecast`, the dashboard) are the
@@ -337,6 +340,11 @@ class FMSSampler(BaseSampler):
         storage.set_trial_system_attr(
             trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(params))
         )
+        if decision.restart is not None and params == decision.fresh and not preset:
+            step = decision.restart.last_step
+            storage.set_trial_system_attr(
+                trial._trial_id, _attrs.RESTART, {"trial": decision.restart.number, "step": step}
+            )
 
     def _exhausted(self, trial: FrozenTrial) -> None:
         """Every configuration of the finite search space has been run and none is paused
@@ -349,8 +357,8 @@ class FMSSampler(BaseSampler):
         if not self._warned_exhausted:
             self._warned_exhausted = True
             _logger.warning(
-                "FMSSampler has run every configuration of the search space and none is "
-                "paused with a checkpoint: the search is exhausted, and study.optimize stops. "
+                "FMSSampler has run every configuration of the search space and none is left to "
+                "continue: the search is exhausted, and study.optimize stops. "
                 "Widen the search space, or pass FMSSampler(rerun=True) if "
                 "the objective is noisy and configurations should be trained again."
             )

@@ -85,12 +85,29 @@ def test_small_space_continues_and_never_restarts(
     assert len(full) == 12
 
 
-def test_without_checkpoints_pauses_are_final_and_nothing_repeats(tmp_path: Path) -> None:
+def test_without_checkpoints_restarts_only_to_go_further(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pauses are final prunes. Once every configuration has been started, one pruned short
+    # of the full budget can go on only from scratch: each such restart trains past the step
+    # where its configuration's furthest trial stopped, until every configuration reached the
+    # full budget and the search is exhausted.
     study, store = _study(tmp_path)
-    study.optimize(_small_space_objective(store, checkpoints=False), n_trials=40)
-    keys = [(t.params["c"], t.params["k"]) for t in study.trials]
-    assert len(keys) == len(set(keys)) == 12  # each configuration once, then exhausted
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study.optimize(_small_space_objective(store, checkpoints=False), n_trials=80)
     assert not any(t.user_attrs.get("fms:continues") for t in study.trials)
+    furthest: dict[tuple, int] = {}
+    for t in study.trials:  # in creation order (one worker)
+        key = (t.params["c"], t.params["k"])
+        if key in furthest:
+            assert len(furthest) == 12, f"trial {t.number} repeated {key} with others unseen"
+            assert furthest[key] + 1 < STEPS, f"trial {t.number} retrained a finished {key}"
+            assert t.system_attrs["fms:restart"]["step"] == furthest[key]
+            assert t.last_step > furthest[key]
+        furthest[key] = max(furthest.get(key, -1), t.last_step)
+    assert sum("fms:restart" in t.system_attrs for t in study.trials) >= 1
+    if "search is exhausted" in caplog.text:
+        assert all(last == STEPS - 1 for last in furthest.values())
 
 
 def _categorical_study(tmp_path: Path, n_levels: int) -> int:
