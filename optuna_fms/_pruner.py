@@ -22,7 +22,8 @@ class FMSPruner(BasePruner):
     9, ... steps and goes on while its forecast final score is in the top third of the
     configurations that reached that rung; with ``"one-step"`` (DyHPO) it goes on while the
     expected improvement of its next step is at least ``tolerance`` times the best
-    alternative use of the same compute. Otherwise it is *paused*: Optuna records it as
+    alternative use of the same compute; with ``"one-step-promoting"`` it goes on when either
+    holds. Otherwise it is *paused*: Optuna records it as
     PRUNED, and when its checkpoint at the current step exists (see
     :func:`~optuna_fms.save_checkpoint`), :class:`~optuna_fms.FMSSampler` may later continue
     it from there (freeze-thaw).

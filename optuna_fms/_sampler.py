@@ -166,9 +166,12 @@ class FMSSampler(BaseSampler):
         and a paused trial that later ranks there is continued before anything new starts),
         ``"one-step"`` (DyHPO: expected improvement of one more step against the best at
         that step), ``"final"`` (freeze-thaw: expected improvement of the forecast final
-        score per step still needed) or ``"random-horizon"`` (ifBO: probability of
-        improvement at a random horizon). The default is the rule that did best across the
-        benchmark hubs, chosen leave one hub out (docs/benchmarks.md).
+        score per step still needed), ``"random-horizon"`` (ifBO: probability of
+        improvement at a random horizon) or ``"one-step-promoting"`` (DyHPO's choice, but a
+        paused trial whose forecast now ranks in the top third of its rung is continued
+        first, and a running trial at a rung goes on while it ranks there). The default is
+        the rule that did best across the benchmark hubs, chosen leave one hub out
+        (docs/benchmarks.md).
     rerun:
         Let a fresh trial repeat a configuration some trial has already run (a noisy
         objective). By default a configuration already run is continued (a paused trial with a
