@@ -143,7 +143,7 @@ def _report(args: argparse.Namespace) -> None:
     results: dict[str, list[RunResult]] = {}
     for file in sorted(Path(args.save_dir).glob("*.json")):
         runs = [RunResult.from_dict(d) for d in json.loads(file.read_text())]
-        runs = [r for r in runs if r.error is None]
+        runs = [r for r in runs if r.error is None and r.seed < args.seeds]
         if runs:
             results[runs[0].hub] = runs
     ratios: dict[str, dict[str, float]] = {}
@@ -272,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--save-dir", default="benchmarks/results/suite")
     report = sub.add_parser("report")
     report.add_argument("--save-dir", default="benchmarks/results/suite")
+    report.add_argument(
+        "--seeds",
+        type=int,
+        default=10**9,
+        help="report only seeds below this (the leave-one-hub-out choice needs the same seeds "
+        "for every candidate)",
+    )
     args = parser.parse_args(argv)
     (_run if args.command == "run" else _report)(args)
     return 0
