@@ -394,7 +394,7 @@ class Engine:
         fine_tune_metanetwork: bool = False,
         warm_start: Sequence[Study] | None = None,
         artifact_store: Callable[[], Any] | None = None,
-        allocation: str | AllocationRule = "one-step",
+        allocation: str | AllocationRule = "one-step-promoting",
         rerun: bool = False,
         metric_range: tuple[float, float] | Literal["auto"] | None = "auto",
     ) -> None:

@@ -31,7 +31,7 @@ from optuna_fms._surrogate.allocation import AllocationRule
 
 
 _logger = logging.getLogger("optuna_fms")
-_DEFAULT_ALLOCATION = "one-step"
+_DEFAULT_ALLOCATION = "one-step-promoting"
 """The default ``allocation``."""
 _GP_RETRAIN_GROWTH = 0.2
 """The default ``retrain_growth`` of the ``"gp"`` surrogate."""
