@@ -13,7 +13,9 @@ WAITING -> RUNNING transition of that claim trial first. The companion study kee
 trials out of the user's study, where ``ask`` would pop them as ordinary trials.
 
 A claim's life: WAITING (open), RUNNING once a continuation took it (``continued_by_id`` names
-that trial, its *holder*), then COMPLETE when the holder finished, or FAIL when it was withdrawn
+that trial, its *holder*), then PRUNED when the holder finished (not COMPLETE: a complete
+trial without a value breaks ``optuna.get_all_study_summaries``; claims of older versions
+are COMPLETE and read the same), or FAIL when it was withdrawn
 (the paused trial went on) or its holder failed. A claim has at most one holder: when the holder
 fails (an exception, or a killed worker whose trial Optuna's heartbeat marked FAIL), whoever
 first moves the claim from RUNNING to FAIL (an atomic compare-and-set, like taking it) opens a
@@ -231,7 +233,7 @@ def is_held_by(storage: BaseStorage, claim_id: int, child_id: int) -> bool:
         claim = storage.get_trial(claim_id)
     except KeyError:
         return False
-    held = claim.state in (TrialState.RUNNING, TrialState.COMPLETE)
+    held = claim.state in (TrialState.RUNNING, TrialState.PRUNED, TrialState.COMPLETE)
     return held and claim.user_attrs.get("continued_by_id") == child_id
 
 
@@ -240,7 +242,7 @@ def finish_claim(storage: BaseStorage, claim_id: int) -> bool:
 
     ``False`` when the claim was closed already (its holder had been marked failed).
     """
-    return _compare_and_set(storage, claim_id, TrialState.RUNNING, TrialState.COMPLETE)
+    return _compare_and_set(storage, claim_id, TrialState.RUNNING, TrialState.PRUNED)
 
 
 def release_claim(storage: BaseStorage, claims_id: int, claim: FrozenTrial) -> bool:

@@ -180,6 +180,13 @@ def test_parallel_workers_never_continue_a_trial_twice(tmp_path: Path) -> None:
         if _attrs.CONTINUES in t.user_attrs
     ]
     assert len(parents) == len(set(parents))
+    assert parents
+    # A finished claim is PRUNED, not a COMPLETE trial without a value: Optuna's own listing
+    # of the storage's studies (what the dashboard and `optuna studies` call) still works.
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}
+    claims = summaries["par:fms-claims"]
+    assert claims.best_trial is None and claims.n_trials >= len(parents)
+    assert summaries["par"].best_trial is not None
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

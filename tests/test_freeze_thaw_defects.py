@@ -303,7 +303,7 @@ def test_a_retried_continuation_continues_the_same_paused_trial(tmp_path: Path) 
     taken = retry.user_attrs[_attrs.CONTINUES]["claim"]
     assert taken != failed.user_attrs[_attrs.CONTINUES]["claim"]
     assert retry.state == TrialState.COMPLETE
-    assert _claim_states(study) == [TrialState.FAIL, TrialState.COMPLETE]
+    assert _claim_states(study) == [TrialState.FAIL, TrialState.PRUNED]
     assert [t for t in study.trials if t.user_attrs.get(_attrs.RESUMED)] == [retry]
 
 
@@ -419,7 +419,7 @@ def test_a_killed_continuation_releases_its_claim(tmp_path: Path, retry: bool) -
     assert child.state == TrialState.COMPLETE
     assert ("failed_trial" in child.system_attrs) == retry
     _assert_continues_from_checkpoint(child, paused)
-    assert _claim_states(study) == [TrialState.FAIL, TrialState.COMPLETE]
+    assert _claim_states(study) == [TrialState.FAIL, TrialState.PRUNED]
     # The killed trial's own checkpoints are kept (a retry copied their records).
     assert _attrs.read_checkpoints(killed.user_attrs)
     _assert_every_recorded_checkpoint_exists(study, store_dir)
