@@ -119,8 +119,9 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     pruning that is often a lucky value of a short run, or an early epoch. Every configuration
     a trial has run is forecast at the full budget from its own learning curve. The obvious
     choice without a model is the configuration with the best last observed score (the
-    longer curve on ties). Another configuration replaces it only if it was trained at least
-    as many steps and its forecast minus its own standard deviation is above that score;
+    longer curve on ties); trained to the full budget, it is the recommendation. Otherwise
+    another configuration replaces it only if it was trained at least as many steps and its
+    forecast minus its own standard deviation is above that score;
     among those, the highest forecast minus one standard deviation wins. So a trial that
     diverged after a good start (forecast low) is never recommended, a configuration seen for
     fewer steps than the obvious choice never displaces it (extrapolated forecasts rank well
@@ -173,7 +174,10 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     # The obvious choice: the best last observed score, the longer curve on ties.
     obvious = int(np.lexsort((steps, np.where(np.isfinite(last), last, -np.inf)))[-1])
     lower = mean - final.std
+    # A configuration trained to the full budget has its final score observed: no forecast
+    # of another one trained as far knows it better.
     reaches = (lower > last[obvious]) & (steps >= steps[obvious])
+    reaches &= steps[obvious] < fit.max_steps - 1
     lower = np.where(reaches, lower, -np.inf)
     best = int(np.argmax(lower)) if reaches.any() else obvious
     chosen = engine.forecast_final(study, fit, [final.params[best]])
