@@ -266,11 +266,16 @@ def _longest(fit: Fit) -> list[Curve]:
 
 
 def _unfinished(
-    trials: Iterable[FrozenTrial], max_steps: int, finishing: int | None = None
+    trials: Iterable[FrozenTrial],
+    max_steps: int,
+    finishing: int | None = None,
+    finishing_state: TrialState | None = None,
 ) -> set[tuple[tuple[str, Any], ...]]:
     """Configurations (sorted parameter items) that no trial has trained to the full budget
-    and none can continue: no trial of it saved a checkpoint and none is running (but
-    ``finishing``). Pruned without a checkpoint, they can go further only from scratch."""
+    and none can continue: pruned short of ``max_steps``, none complete, none with a saved
+    checkpoint, none running (but ``finishing``, which ends in ``finishing_state``: Optuna
+    tells the sampler before it records the state). They can go further only from
+    scratch."""
     furthest: dict[tuple[tuple[str, Any], ...], int] = {}
     blocked = set()
     for t in trials:
@@ -278,8 +283,13 @@ def _unfinished(
             continue
         key = tuple(sorted(t.params.items()))
         furthest[key] = max(furthest.get(key, -1), -1 if t.last_step is None else t.last_step)
-        running = t.state in (TrialState.RUNNING, TrialState.WAITING)
-        if (running and t._trial_id != finishing) or _attrs.read_checkpoints(t.user_attrs):
+        state = finishing_state if t._trial_id == finishing else t.state
+        running = state in (TrialState.RUNNING, TrialState.WAITING)
+        if (
+            (running and t._trial_id != finishing)
+            or state == TrialState.COMPLETE  # ran to its end (a report or not)
+            or _attrs.read_checkpoints(t.user_attrs)
+        ):
             blocked.add(key)
     return {k for k, last in furthest.items() if last + 1 < max_steps and k not in blocked}
 
@@ -1066,10 +1076,12 @@ class Engine:
                 return enc.decode(np.stack(new[:1]))[0]
         return enc.decode(x[:1])[0]
 
-    def exhausted(self, study: Study, finishing: int | None = None) -> bool:
+    def exhausted(
+        self, study: Study, finishing: int | None = None, state: TrialState | None = None
+    ) -> bool:
         """Whether nothing is left to run: a finite search space whose every configuration
-        some trial has run (unless ``rerun``), no paused trial open for continuation and no
-        trial running but ``finishing`` (a trial id)."""
+        some trial has run (unless ``rerun``), no paused trial open for continuation, none
+        to restart and no trial running but ``finishing`` (a trial id, ending in ``state``)."""
         if self._rerun:
             return False
         space = self.search_space(study)
@@ -1085,7 +1097,7 @@ class Engine:
             return False
         if not _closed(space, trials):
             return False
-        if _unfinished(trials, self.max_steps(study, trials), finishing):
+        if _unfinished(trials, self.max_steps(study, trials), finishing, state):
             return False
         seen = {tuple(sorted(t.params.items())) for t in trials if encoder.contains(t.params)}
         if len(seen) < size:

@@ -486,7 +486,7 @@ class FMSSampler(BaseSampler):
         self._independent_sampler.after_trial(study, trial, state, values)
         storage = study._storage
         if trial._trial_id in self._stop_after or self._engine.exhausted(
-            study, finishing=trial._trial_id
+            study, finishing=trial._trial_id, state=state
         ):
             self._stop_after.discard(trial._trial_id)
             self._warn_exhausted()

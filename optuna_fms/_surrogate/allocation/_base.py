@@ -87,7 +87,10 @@ class View:
 @dataclass(frozen=True)
 class Pick:
     """A rule's choice for the next trial: ``paused`` indexes the paused trial to continue,
-    else ``fresh`` the fresh configuration to start (``None`` when there is none left);
+    else ``fresh`` the fresh configuration to start (``None`` when there is none left).
+    With ``paused`` set, ``fresh`` is still the configuration to start if another worker
+    takes the paused trial first (``None`` only when no fresh option exists: a sampler
+    that finds ``fresh`` ``None`` after a lost race says the search is exhausted).
     ``value`` is what the rule's score of the chosen option was (for logs)."""
 
     fresh: int | None

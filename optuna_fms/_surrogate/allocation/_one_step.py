@@ -18,6 +18,13 @@ def next_step_ei(view: View, options: Options) -> np.ndarray:
     return acquisition.expected_improvement(mean, std, acquisition.incumbent(view.model, budgets))
 
 
+def best_fresh(view: View, fresh: Options) -> int | None:
+    """The fresh option with the highest one-step expected improvement (``None`` if none):
+    what a rule that picked a paused trial starts instead when another worker takes it
+    first."""
+    return int(np.argmax(next_step_ei(view, fresh))) if len(fresh) else None
+
+
 def pick_best(fresh_value: np.ndarray, paused_value: np.ndarray) -> Pick:
     """The option with the highest value; a paused trial wins ties with nothing fresh left.
 

@@ -6,6 +6,7 @@ from optuna_fms._surrogate.allocation._base import Options
 from optuna_fms._surrogate.allocation._base import Pick
 from optuna_fms._surrogate.allocation._base import View
 from optuna_fms._surrogate.allocation._one_step import OneStepEI
+from optuna_fms._surrogate.allocation._one_step import best_fresh
 from optuna_fms._surrogate.allocation._rungs import ModelBasedRungs
 
 
@@ -31,7 +32,7 @@ class PromotingOneStep:
     def choose(self, view: View, fresh: Options, paused: Options) -> Pick:
         promoted = self._rungs.promotion(view, paused)
         if promoted is not None:
-            return promoted
+            return Pick(best_fresh(view, fresh), promoted.paused, promoted.value)
         return self._one_step.choose(view, fresh, paused)
 
     def alternative(self, view: View, fresh: Options, paused: Options) -> float:

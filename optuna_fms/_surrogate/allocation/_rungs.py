@@ -10,6 +10,7 @@ import numpy as np
 from optuna_fms._surrogate.allocation._base import Options
 from optuna_fms._surrogate.allocation._base import Pick
 from optuna_fms._surrogate.allocation._base import View
+from optuna_fms._surrogate.allocation._one_step import best_fresh
 from optuna_fms._surrogate.allocation._one_step import next_step_ei
 
 
@@ -125,7 +126,7 @@ class ModelBasedRungs:
     def choose(self, view: View, fresh: Options, paused: Options) -> Pick:
         promoted = self.promotion(view, paused)
         if promoted is not None:
-            return promoted
+            return Pick(best_fresh(view, fresh), promoted.paused, promoted.value)
         if len(fresh):
             ei = next_step_ei(view, fresh)
             i = int(np.argmax(ei))
