@@ -166,16 +166,16 @@ def _report(args: argparse.Namespace) -> None:
             )
         except (SystemExit, FileNotFoundError, ValueError):
             ref = "hub not built here: reference predictors not computed"
-        print(f"\n### {hub_name} (budget {budget} epochs, seeds {len(by[methods[0]])})\n")
+        print(f"\n### {hub_name} (budget {budget} epochs)\n")
         print(f"Reference predictors (Kendall's tau with the final score): {ref}\n")
-        head = ["method"] + [f"regret @{b}" for b in marks] + ["tau @100 (all)"]
+        head = ["method", "seeds"] + [f"regret @{b}" for b in marks] + ["tau @100 (all)"]
         head += [f"rec. regret @{b} (forecast / last observed)" for b in (100, budget)]
         head += ["started", "one-epoch trials", "epochs on top 10 %", "epochs to first full"]
         head += ["sampler + pruner s"]
         print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
         for m in methods:
             rs = by[m]
-            cells = [m] + [fmt_mean_se([_regret(r, b) for r in rs]) for b in marks]
+            cells = [m, str(len(rs))] + [fmt_mean_se([_regret(r, b) for r in rs]) for b in marks]
             cells.append(fmt_mean_se([r.tau.get(100, math.nan) for r in rs], digits=2))
             for b in (100, budget):
                 fc = fmt_mean_se(
