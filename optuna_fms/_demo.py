@@ -190,7 +190,7 @@ def summarize(study: optuna.Study, storage: str, artifact_dir: str) -> str:
     try:
         rec = optuna_fms.recommend(study)
         lines.append(
-            "Recommended by forecast (best forecast final accuracy of the furthest trained): "
+            "Recommended (optuna_fms.recommend, forecast final accuracy): "
             f"{rec.mean:.4f} ± {rec.std:.4f}, trial {rec.trial}, {rec.params}"
         )
     except (optuna_fms.SurrogateFitError, ValueError):
