@@ -127,14 +127,50 @@ class PretrainedMetanetwork(torch.nn.Module):
                 f"{file} is not a pretrained metanetwork of format {FORMAT_VERSION} "
                 f"(metadata {sorted(meta)}); write one with `optuna-fms pretrain-metanet`."
             )
-        if json.loads(meta.get("targets", "[]")) != list(TARGETS):
+        try:
+            targets = json.loads(meta.get("targets", "[]"))
+            settings = json.loads(meta["settings"])
+            info = json.loads(meta.get("info", "{}"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} has malformed metadata ({err}).") from err
+        if targets != list(TARGETS):
             raise ValueError(f"{file} predicts {meta.get('targets')}, expected {list(TARGETS)}.")
-        net = cls(**json.loads(meta["settings"]), info=json.loads(meta.get("info", "{}")))
+        _check_settings(file, settings, tensors)
+        net = cls(**settings, info=info if isinstance(info, dict) else {})
         try:
             net.load_state_dict(tensors)
         except RuntimeError as err:
             raise ValueError(f"{file} does not match its own settings: {err}") from err
         return net.eval()
+
+
+_MAX_LAYERS = 64
+"""More message-passing layers than any metanetwork here has (4): a file that asks for more is
+refused before anything is built."""
+
+
+def _check_settings(file: Path, settings: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse settings that are not the constructor's positive integers, or whose network
+    would not have exactly the file's tensor shapes, before the network is built: a small
+    file must not make the loader allocate what its metadata claims (``hidden=200000``)."""
+    keys = {"out_dim", "hidden", "num_layers"}
+    if (
+        not isinstance(settings, dict)
+        or not set(settings) <= keys
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in settings.values())
+        or not all(v >= 1 for v in settings.values())
+        or settings.get("num_layers", 4) > _MAX_LAYERS
+    ):
+        raise ValueError(
+            f"{file} has invalid settings {settings!r}: expected positive integers "
+            f"{sorted(keys)}, at most {_MAX_LAYERS} layers."
+        )
+    with torch.device("meta"):
+        shapes = {
+            k: tuple(v.shape) for k, v in PretrainedMetanetwork(**settings).state_dict().items()
+        }
+    if shapes != {k: tuple(v.shape) for k, v in tensors.items()}:
+        raise ValueError(f"{file} does not match its own settings {settings!r}.")
 
 
 def reference_network() -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

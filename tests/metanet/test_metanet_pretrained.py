@@ -69,3 +69,32 @@ def test_bad_files_say_what_to_do(tmp_path: Path) -> None:
     truncated.write_bytes(SHIPPED_FILE.read_bytes()[:5000])
     with pytest.raises(ValueError, match="pretrain-metanet"):
         PretrainedMetanetwork.load(truncated)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        '{"out_dim": 16, "hidden": 200000, "num_layers": 4}',  # would allocate ~160 GB
+        '{"out_dim": 16, "hidden": 32, "num_layers": 100000}',  # would build for minutes
+        '{"out_dim": 16, "hidden": -3, "num_layers": 4}',
+        '{"out_dim": 16, "hidden": 32, "num_layers": 4, "depth": 2}',
+        "[16, 32, 4]",
+        '{"out_dim": 16, "hidden": 32.5, "num_layers": 4}',
+        '{"out_dim": 16, "hidden": 64, "num_layers": 4}',  # valid, but not the file's shapes
+        "{not json",
+    ],
+)
+def test_a_small_file_with_nonsensical_settings_is_refused_before_building(
+    tmp_path: Path, settings: str
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(SHIPPED_FILE), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["settings"] = settings
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=str(path.name)):
+        PretrainedMetanetwork.load(path)
