@@ -155,6 +155,26 @@ def test_prediction_failures_fall_back_too(
     assert len([r for r in caplog.records if "surrogate failed" in r.message]) == 1
 
 
+def test_a_linear_algebra_error_in_prediction_falls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from optuna_fms._surrogate import _gp
+
+    class SingularPosterior:
+        def __init__(self, model, noise) -> None:
+            raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be done")
+
+    monkeypatch.setattr(_gp, "_Posterior", SingularPosterior)
+    pruner = FMSPruner(max_steps=20, n_startup_trials=2)
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study = _run(_sampler(n_startup_trials=2), n_trials=8, pruner=pruner)
+    assert len(study.trials) == 8
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert len([r for r in caplog.records if "surrogate failed" in r.message]) == 1
+
+
 def test_cholesky_trouble_recovers_with_jitter_or_restart() -> None:
     import numpy as np
 

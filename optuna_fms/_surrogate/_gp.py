@@ -578,12 +578,19 @@ class GPSurrogate:
         if model is None:
             raise RuntimeError("The GP has not been fitted.")
         noise = self._decision_noise if decide else None
-        post = self._posteriors.get(noise is not None)
-        if post is None or post.model is not model or post.x is not model.train_inputs[0]:
+        try:
+            post = self._posteriors.get(noise is not None)
+            if post is None or post.model is not model or post.x is not model.train_inputs[0]:
+                with _single_thread():
+                    post = self._posteriors[noise is not None] = _Posterior(model, noise)
             with _single_thread():
-                post = self._posteriors[noise is not None] = _Posterior(model, noise)
-        with _single_thread():
-            return post(torch.as_tensor(self._features(rows), dtype=torch.float64))
+                return post(torch.as_tensor(self._features(rows), dtype=torch.float64))
+        except (
+            torch.linalg.LinAlgError,
+            np.linalg.LinAlgError,
+            gpytorch.utils.errors.NotPSDError,
+        ) as err:  # a factorisation failed: the caller falls back as for a failed fit
+            raise SurrogateFitError(f"The GP posterior cannot be computed: {err}") from err
 
     def held_out_error(
         self, rows: np.ndarray, y: np.ndarray, groups: np.ndarray
