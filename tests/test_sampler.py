@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 import pickle
 
@@ -12,6 +13,7 @@ import pytest
 from synthetic import make_objective
 import workers
 
+import optuna_fms
 from optuna_fms import FMSPruner
 from optuna_fms import FMSSampler
 from optuna_fms._surrogate import GPSurrogate
@@ -239,3 +241,24 @@ def test_retrain_growth_conditions_between_trainings() -> None:
     assert 0 < sparse_surrogate._n_fits < every_surrogate._n_fits
     fit = sparse.engine.current_fit(study)
     assert fit is not None and fit.n_trained <= fit.n_observations
+
+
+def test_forecasts_stay_finite_for_huge_reported_values() -> None:
+    # Squares of values near 1e200 overflow: the standardisation must not turn them into inf.
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        for step in range(6):
+            trial.report(1e200 * (x + 0.1) * (1 - math.exp(-(step + 1) / 3)), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 1e200 * (x + 0.1)
+
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=FMSSampler(seed=0, n_startup_trials=3),
+        pruner=FMSPruner(max_steps=6, n_startup_trials=3),
+    )
+    study.optimize(objective, n_trials=10)
+    low, high = optuna_fms.forecast(study, [{"x": 0.05}, {"x": 0.95}])
+    assert all(math.isfinite(v) for v in (low.mean, low.std, high.mean, high.std))
+    assert 1e199 < low.mean < high.mean < 1e201

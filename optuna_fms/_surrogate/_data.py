@@ -65,8 +65,11 @@ class Standardizer:
         finite = values[np.isfinite(values)]
         if len(finite) == 0:
             return cls(0.0, 1.0, -1.0, 1.0)
-        std = float(finite.std())
-        return cls(float(finite.mean()), std if std > 1e-12 else 1.0, finite.min(), finite.max())
+        # In units of the largest magnitude: squares of values near 1e200 overflow to inf.
+        unit = float(np.abs(finite).max()) or 1.0
+        mean, std = float((finite / unit).mean()) * unit, float((finite / unit).std()) * unit
+        floor = max(unit, 1.0)  # 1.0 for the usual scores, as before
+        return cls(mean, std if std > 1e-12 * floor else floor, finite.min(), finite.max())
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         clipped = np.clip(values, self.low, self.high)
