@@ -39,6 +39,7 @@ import warnings
 
 import gpytorch
 from linear_operator import to_linear_operator
+from linear_operator.utils.errors import NotPSDError
 import numpy as np
 import torch
 
@@ -501,7 +502,7 @@ class GPSurrogate:
                     self._model = self._train(x, yt, start)
                     self._n_fits += 1
                     return
-                except (RuntimeError, ValueError, gpytorch.utils.errors.NotPSDError) as err:
+                except (RuntimeError, ValueError, NotPSDError) as err:
                     last = err
         self._model = None
         raise SurrogateFitError(f"GP fit failed: {last}") from last
@@ -588,7 +589,7 @@ class GPSurrogate:
         except (
             torch.linalg.LinAlgError,
             np.linalg.LinAlgError,
-            gpytorch.utils.errors.NotPSDError,
+            NotPSDError,
         ) as err:  # a factorisation failed: the caller falls back as for a failed fit
             raise SurrogateFitError(f"The GP posterior cannot be computed: {err}") from err
 
