@@ -265,6 +265,11 @@ def _longest(fit: Fit) -> list[Curve]:
     return list(longest.values())
 
 
+def _config_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A configuration as a hashable key (its sorted parameter items)."""
+    return tuple(sorted(params.items()))
+
+
 def _unfinished(
     trials: Iterable[FrozenTrial],
     max_steps: int,
@@ -281,7 +286,7 @@ def _unfinished(
     for t in trials:
         if t.state == TrialState.FAIL:
             continue
-        key = tuple(sorted(t.params.items()))
+        key = _config_key(t.params)
         furthest[key] = max(furthest.get(key, -1), -1 if t.last_step is None else t.last_step)
         state = finishing_state if t._trial_id == finishing else t.state
         running = state in (TrialState.RUNNING, TrialState.WAITING)
@@ -297,7 +302,7 @@ def _unfinished(
 def _restartable(fit: Fit) -> list[Curve]:
     """The longest curve of each configuration :func:`_unfinished` names."""
     keys = _unfinished(fit.trials.values(), fit.max_steps)
-    return [c for c in _longest(fit) if tuple(sorted(fit.trials[c.key].params.items())) in keys]
+    return [c for c in _longest(fit) if _config_key(fit.trials[c.key].params) in keys]
 
 
 _WARM_MIN_GAP = 0.05
@@ -1097,10 +1102,10 @@ class Engine:
             return False
         if not _closed(space, trials):
             return False
-        if _unfinished(trials, self.max_steps(study, trials), finishing, state):
-            return False
-        seen = {tuple(sorted(t.params.items())) for t in trials if encoder.contains(t.params)}
+        seen = {_config_key(t.params) for t in trials if encoder.contains(t.params)}
         if len(seen) < size:
+            return False
+        if _unfinished(trials, self.max_steps(study, trials), finishing, state):
             return False
         off = study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
         return off or not _claims.open_claims(study._storage, self.claims_id(study))

@@ -142,6 +142,16 @@ def test_fit_failures_fall_back_to_random_with_one_warning(
     assert len(failures) == 1
 
 
+def _assert_falls_back_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A study whose surrogate prediction fails runs all its trials, warning once."""
+    pruner = FMSPruner(max_steps=20, n_startup_trials=2)
+    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
+        study = _run(_sampler(n_startup_trials=2), n_trials=8, pruner=pruner)
+    assert len(study.trials) == 8
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert len([r for r in caplog.records if "surrogate failed" in r.message]) == 1
+
+
 def test_prediction_failures_fall_back_too(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,12 +159,7 @@ def test_prediction_failures_fall_back_too(
         raise SurrogateFitError("prediction is not finite")
 
     monkeypatch.setattr(GPSurrogate, "predict", broken_predict)
-    pruner = FMSPruner(max_steps=20, n_startup_trials=2)
-    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
-        study = _run(_sampler(n_startup_trials=2), n_trials=8, pruner=pruner)
-    assert len(study.trials) == 8
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-    assert len([r for r in caplog.records if "surrogate failed" in r.message]) == 1
+    _assert_falls_back_once(caplog)
 
 
 def test_a_linear_algebra_error_in_prediction_falls_back(
@@ -169,12 +174,7 @@ def test_a_linear_algebra_error_in_prediction_falls_back(
             raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be done")
 
     monkeypatch.setattr(_gp, "_Posterior", SingularPosterior)
-    pruner = FMSPruner(max_steps=20, n_startup_trials=2)
-    with caplog.at_level(logging.WARNING, logger="optuna_fms"):
-        study = _run(_sampler(n_startup_trials=2), n_trials=8, pruner=pruner)
-    assert len(study.trials) == 8
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-    assert len([r for r in caplog.records if "surrogate failed" in r.message]) == 1
+    _assert_falls_back_once(caplog)
 
 
 def test_cholesky_trouble_recovers_with_jitter_or_restart() -> None:

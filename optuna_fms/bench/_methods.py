@@ -237,23 +237,15 @@ METHODS: dict[str, Method] = {
         ),
         *(
             Method(
-                f"fms-{rule}",
-                f"fms-gp with FMSSampler(allocation={rule!r})",
+                f"fms-{rule}{suffix}",
+                f"fms-gp with FMSSampler(allocation={rule!r})"
+                + ("" if checkpoints else ", an objective that never saves a checkpoint"),
                 _fms_gp(allocation=rule),
                 surrogate=True,
                 requires=("allocation",),
+                checkpoints=checkpoints,
             )
-            for rule in ALLOCATION_RULES
-        ),
-        *(
-            Method(
-                f"fms-{rule}-no-checkpoints",
-                f"fms-{rule} with an objective that never saves a checkpoint nor calls resume",
-                _fms_gp(allocation=rule),
-                surrogate=True,
-                requires=("allocation",),
-                checkpoints=False,
-            )
+            for checkpoints, suffix in ((True, ""), (False, "-no-checkpoints"))
             for rule in ALLOCATION_RULES
         ),
         Method("random", "RandomSampler, every trial at the full budget", _random),

@@ -114,11 +114,19 @@ class ModelBasedRungs:
         best = max(promotable, key=lambda i: (paused.done[i], mine[i]))
         return Pick(None, best, float(mine[best]))
 
-    def ranks_at_rung(self, view: View, running: Options) -> bool:
-        """Whether a running trial is at one of its rungs and in the top ``1 / eta`` there."""
+    def _at_rung(self, view: View, running: Options) -> int | None:
+        """The steps of a running trial at one of its rungs (from its start rung on), else
+        ``None``."""
         done = int(running.done[0])
         ladder = rungs(view.max_steps, self.first, self.eta)
         if done not in ladder or done < self._start_rung(running.x[0], ladder):
+            return None
+        return done
+
+    def ranks_at_rung(self, view: View, running: Options) -> bool:
+        """Whether a running trial is at one of its rungs and in the top ``1 / eta`` there."""
+        done = self._at_rung(view, running)
+        if done is None:
             return False
         final = view.observed.final(view.model)
         return self._in_top(view, done, float(running.final(view.model)[0]), final)
@@ -143,8 +151,4 @@ class ModelBasedRungs:
     def keeps_running(
         self, view: View, running: Options, alternative: float, tolerance: float
     ) -> bool:
-        done = int(running.done[0])
-        ladder = rungs(view.max_steps, self.first, self.eta)
-        if done not in ladder or done < self._start_rung(running.x[0], ladder):
-            return True
-        return self.ranks_at_rung(view, running)
+        return self._at_rung(view, running) is None or self.ranks_at_rung(view, running)
