@@ -58,6 +58,7 @@ from optuna_fms._surrogate._weights import CheckpointEncoder
 from optuna_fms._surrogate._weights import WeightsKind
 from optuna_fms._surrogate._weights import fingerprint
 from optuna_fms._surrogate.allocation import AllocationRule
+from optuna_fms._surrogate.allocation import ModelBasedRungs
 from optuna_fms._surrogate.allocation import Options
 from optuna_fms._surrogate.allocation import View
 from optuna_fms._surrogate.allocation import make_rule
@@ -424,6 +425,8 @@ class Engine:
         self._max_steps = max_steps
         self.rule = make_rule(allocation)
         """The allocation rule the sampler and the pruner decide with."""
+        self._final_pauses = ModelBasedRungs()
+        """How a pause that cannot be undone is decided (see :meth:`step_forecast`)."""
         self._rerun = rerun
         self._weights = weights
         self._start_weights = start_weights
@@ -1128,20 +1131,36 @@ class Engine:
         return best
 
     def step_forecast(
-        self, study: Study, fit: Fit, trial: FrozenTrial, tolerance: float = 1.0
+        self,
+        study: Study,
+        fit: Fit,
+        trial: FrozenTrial,
+        tolerance: float = 1.0,
+        *,
+        final: bool = False,
     ) -> StepForecast | None:
         """For a running trial: whether the allocation rule lets it keep its next step (with
         the pruner's ``tolerance``), and its forecast score at the full budget (objective
         units); ``None`` if the surrogate's prediction fails (the pruner then does not
-        pause)."""
+        pause).
+
+        ``final``: a pause would be final (no checkpoint to continue from, or continuation
+        off). The trial then also keeps its step while successive halving would keep it
+        (:class:`~optuna_fms._surrogate.allocation.ModelBasedRungs` with Hyperband's
+        brackets: stopped only at a geometric rung, outside the top third of the forecasts
+        there). A rule's pause weighs a step against starting something new, which is right
+        when the paused trial can be taken up again; a stop cannot, and without checkpoints
+        the one-step rules stopped nearly every configuration after one step and reached
+        the full budget after about 300 epochs (docs/benchmarks.md).
+        """
         try:
-            return self._step_forecast(study, fit, trial, tolerance)
+            return self._step_forecast(study, fit, trial, tolerance, final)
         except SurrogateFitError as err:
             self._fit_failed(self._state(study), err)
             return None
 
     def _step_forecast(
-        self, study: Study, fit: Fit, trial: FrozenTrial, tolerance: float
+        self, study: Study, fit: Fit, trial: FrozenTrial, tolerance: float, final: bool
     ) -> StepForecast:
         with self._lock:
             view = self._view(fit)
@@ -1163,8 +1182,10 @@ class Engine:
             ckpts = np.array([ckpt])
             running = Options(x, np.array([steps[-1] + 1]), [hist], ckpts)
             keeps = self.rule.keeps_running(view, running, alternative, tolerance)
-            final = fit.model.predict(x, np.array([fit.max_steps]), [hist], ckpts)
-            mean, std = self._objective_units(study, fit, *final)
+            if final and not keeps:
+                keeps = self._final_pauses.keeps_running(view, running, 0.0, tolerance)
+            at_end = fit.model.predict(x, np.array([fit.max_steps]), [hist], ckpts)
+            mean, std = self._objective_units(study, fit, *at_end)
             return StepForecast(keeps=keeps, mean=float(mean[0]), std=float(std[0]))
 
     # ---------------------------------------------------------------- forecasting

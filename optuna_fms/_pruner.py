@@ -135,7 +135,9 @@ class FMSPruner(BasePruner):
         fit = engine.refresh(study, eager=False)
         if fit is None or not fit.encoder.contains(trial.params):
             return False
-        forecast = engine.step_forecast(study, fit, trial, self._tolerance)
+        forecast = engine.step_forecast(
+            study, fit, trial, self._tolerance, final=not self._continuable(study, trial, step)
+        )
         if forecast is None:
             return False
         study._storage.set_trial_user_attr(
@@ -147,6 +149,15 @@ class FMSPruner(BasePruner):
         if math.isnan(value):
             return False
         return not forecast.keeps
+
+    @staticmethod
+    def _continuable(study: Study, trial: FrozenTrial, step: int) -> bool:
+        """Whether a pause of ``trial`` at ``step`` could be continued: its checkpoint at
+        ``step`` is saved and the study's continuations are on."""
+        if step not in _attrs.read_checkpoints(trial.user_attrs):
+            return False
+        system_attrs = study._storage.get_study_system_attrs(study._study_id)
+        return not system_attrs.get(_attrs.CONTINUATION_OFF)
 
     def _pause(self, study: Study, trial: FrozenTrial) -> None:
         """Record ``trial`` as paused at its last step, continuable if checkpointed there.

@@ -110,6 +110,47 @@ def test_without_checkpoints_restarts_only_to_go_further(
         assert all(last == STEPS - 1 for last in furthest.values())
 
 
+def _large_space_pruned_steps(tmp_path: Path, checkpoints: bool) -> list[int]:
+    """Budgets (steps trained) at which trials of a 40-trial study over a continuous space
+    were pruned, with or without checkpoints."""
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / str(checkpoints)))
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        width = trial.suggest_int("width", 8, 64)
+        model = torch.nn.Linear(2, 1)
+        start = optuna_fms.resume(trial, model, artifact_store=store) if checkpoints else 0
+        quality = 0.9 - 0.1 * abs(math.log10(lr) + 2) - 0.001 * abs(width - 40)
+        value = 0.0
+        for step in range(start, 9):
+            value = quality * (1 - math.exp(-(step + 1) / 3))
+            if checkpoints:
+                optuna_fms.save_checkpoint(trial, model, step=step, artifact_store=store)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna_fms.FMSSampler(seed=0, artifact_store=store),
+        pruner=optuna_fms.FMSPruner(max_steps=9, seed=0),
+    )
+    study.optimize(objective, n_trials=40)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    return [t.last_step + 1 for t in pruned]
+
+
+def test_without_checkpoints_stops_only_at_rungs(tmp_path: Path) -> None:
+    # A stop without a checkpoint cannot be undone: it happens only at successive halving's
+    # rungs (budgets 1 and 3 of 9), not wherever one more step looks worth less than a new
+    # configuration (as a pause with a checkpoint may).
+    without = _large_space_pruned_steps(tmp_path, checkpoints=False)
+    assert without and set(without) <= {1, 3}, collections.Counter(without)
+    with_ckpt = _large_space_pruned_steps(tmp_path, checkpoints=True)
+    assert set(with_ckpt) - {1, 3}, collections.Counter(with_ckpt)
+
+
 def _categorical_study(tmp_path: Path, n_levels: int) -> int:
     """Continuations in a 50-trial study whose curves do not depend on how many levels the
     categorical has (its effect repeats every 5 levels)."""
