@@ -210,7 +210,8 @@ def _adopt(
         return False, False
     try:
         surrogate.load_hyperparameters(layout, rows, y, shared.gp)
-    except SurrogateFitError:
+    except SurrogateFitError as err:
+        _logger.warning("Not adopting the GP training stored in the study: %s", err)
         return False, True
     return True, False
 

@@ -161,6 +161,16 @@ def _malformed(record: dict[str, Any], n_observations: int) -> list[Any]:
         # Valid hyperparameters that claim more observations than the study has.
         {**record, "n_trained": 10 * n_observations},
     ]
+    # Well-formed, finite, and nonsensical: values no fit on this data reaches (issue 22,
+    # item 5: such a record, adopted, turned tau from 0.93 into -0.25 with std 0).
+    for nonsense in (
+        lambda name, v: 8.0,
+        lambda name, v: -8.0,
+        lambda name, v: -8.0 if "lengthscale" in name else v,
+        lambda name, v: 30.0 if "trend" in name else v,
+    ):
+        values = {k: [nonsense(k, v) for v in vs] for k, vs in gp["values"].items()}
+        variants.append({**record, "gp": {**gp, "values": values}})
     return variants
 
 

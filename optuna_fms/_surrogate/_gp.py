@@ -267,6 +267,13 @@ def _cholesky(k: torch.Tensor) -> torch.Tensor:
     raise SurrogateFitError("The GP covariance is not positive definite.")
 
 
+def _map_loss(model: _ExactGP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """What the MAP fit minimises: the negative log marginal likelihood of ``y`` plus the
+    negative log prior (``model`` in training mode)."""
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+    return -mll(model(x), y) * len(y) - _log_prior(model)
+
+
 def _log_prior(model: _ExactGP) -> torch.Tensor:
     """Optuna GPSampler's priors: inverse squared lengthscales near 1, Gamma(2, 1) scales
     and a Gamma(1.1, 30) noise variance (small noise unless the data says otherwise); and a
@@ -516,27 +523,29 @@ class GPSurrogate:
         x = torch.as_tensor(feats[keep], dtype=torch.float64)
         return x, torch.as_tensor(y[keep], dtype=torch.float64)
 
+    def _initialise(self, model: _ExactGP) -> None:
+        """The hyperparameters a cold fit starts from."""
+        model.x_kernel.lengthscale = torch.ones(max(self._groups, default=0) + 1)
+        model.budget_kernel.base_kernel.lengthscale = 1.0
+        model.persistent.constant = torch.tensor(1.0)
+        model.budget_kernel.outputscale = 0.5
+        model.likelihood.noise = max(1e-2, 2.0 * self._min_noise)
+
     def _train(self, x: torch.Tensor, y: torch.Tensor, warm: _ExactGP | None) -> _ExactGP:
         model = self._new_model(x, y)
         if warm is not None:
             model.load_state_dict(warm.state_dict(), strict=False)
             model.set_train_data(x, y, strict=False)
         else:
-            model.x_kernel.lengthscale = torch.ones(max(self._groups, default=0) + 1)
-            model.budget_kernel.base_kernel.lengthscale = 1.0
-            model.persistent.constant = torch.tensor(1.0)
-            model.budget_kernel.outputscale = 0.5
-            model.likelihood.noise = max(1e-2, 2.0 * self._min_noise)
+            self._initialise(model)
         model.train()
-        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
         optimizer = torch.optim.LBFGS(
             model.parameters(), lr=1.0, max_iter=self._max_iter, line_search_fn="strong_wolfe"
         )
-        n = len(y)
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = -mll(model(x), y) * n - _log_prior(model)
+            loss = _map_loss(model, x, y)
             if not torch.isfinite(loss):
                 raise ValueError("non-finite marginal likelihood")
             loss.backward()
@@ -721,11 +730,36 @@ class GPSurrogate:
                 if not bool(torch.isfinite(tensor).all()):
                     raise SurrogateFitError(f"Hyperparameter {name!r} is not finite.")
                 param.copy_(tensor)
+        self._check_plausible(model, x, yt)
         model.eval()
         model.likelihood.eval()
         self._model = model
         self._posteriors = {}
         self.predict(rows[:1])
+
+
+    def _check_plausible(self, model: _ExactGP, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Refuse hyperparameters that explain ``y`` worse than the start of a cold fit.
+
+        Another worker's training, fitted on a part of these observations, explains them
+        far better than where a fit starts from; finite values that no fit on this data
+        would reach (a planted record: tau 0.93 -> -0.25, with std 0) explain them worse.
+        """
+        cold = self._new_model(x, y)
+        self._initialise(cold)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
+            model.train()
+            cold.train()
+            try:
+                mine, start = float(_map_loss(model, x, y)), float(_map_loss(cold, x, y))
+            except (RuntimeError, ValueError, NotPSDError) as err:
+                raise SurrogateFitError(f"The hyperparameters do not fit the data: {err}") from err
+        if not math.isfinite(mine) or mine > start:
+            raise SurrogateFitError(
+                "The hyperparameters explain the observations worse than an untrained GP "
+                f"(negative log posterior {mine:.4g} > {start:.4g})."
+            )
 
 
 def _same(a: RowLayout, b: RowLayout) -> bool:
