@@ -8,12 +8,19 @@ from optuna.trial import FrozenTrial
 from optuna_fms._lineage import Lineage
 
 
+MAX_BUDGET = 2**53
+"""The largest full budget in steps: budgets up to it are exact as floats and as int64.
+Optuna accepts a report at any int step; one beyond this budget is not read by the
+surrogate (a report at step 2**63 - 1 overflowed the surrogate's budgets)."""
+
+
 def resolve_max_steps(
     study: Study, explicit: int | None = None, trials: Sequence[FrozenTrial] | None = None
 ) -> int:
     """The full budget in steps: ``explicit`` when given, else the study pruner's
     ``max_steps`` (an :class:`~optuna_fms.FMSPruner`), else the largest step reported so far
-    plus one. The sampler, the pruner's surrogate and the dashboard all read it here.
+    plus one; at most :data:`MAX_BUDGET`. The sampler, the pruner's surrogate and the
+    dashboard all read it here.
 
     Examples
     --------
@@ -23,14 +30,14 @@ def resolve_max_steps(
     (30, 10)
     """
     if explicit is not None:
-        return explicit
+        return min(explicit, MAX_BUDGET)
     pruner_steps = getattr(study.pruner, "max_steps", None)
     if isinstance(pruner_steps, int):
-        return pruner_steps
+        return min(pruner_steps, MAX_BUDGET)
     if trials is None:
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
     last = [max(t.intermediate_values) for t in trials if t.intermediate_values]
-    return max(last) + 1 if last else 1
+    return min(max(last) + 1, MAX_BUDGET) if last else 1
 
 
 def epochs_spent(trials: Sequence[FrozenTrial]) -> int:

@@ -596,8 +596,10 @@ class Engine:
             if not encoder.contains(t.params):
                 continue
             if t.intermediate_values:
-                steps = np.array(sorted(t.intermediate_values), dtype=int)
-                values = np.array([t.intermediate_values[s] for s in steps], dtype=float)
+                # Filtered as Python ints: Optuna accepts steps that int64 does not hold.
+                within = sorted(s for s in t.intermediate_values if s < max_steps)
+                steps = np.array(within, dtype=np.int64)
+                values = np.array([t.intermediate_values[s] for s in within], dtype=float)
             elif t.state == TrialState.COMPLETE and t.value is not None:
                 steps = np.array([max_steps - 1])
                 values = np.array([t.value], dtype=float)

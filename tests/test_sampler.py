@@ -6,6 +6,7 @@ import logging
 import math
 from pathlib import Path
 import pickle
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -18,6 +19,7 @@ from optuna_fms import FMSPruner
 from optuna_fms import FMSSampler
 from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import SurrogateFitError
+from optuna_fms._surrogate._model import MAX_CURVE_COLUMNS
 from optuna_fms._surrogate._surrogate import Surrogate
 
 
@@ -262,3 +264,69 @@ def test_forecasts_stay_finite_for_huge_reported_values() -> None:
     low, high = optuna_fms.forecast(study, [{"x": 0.05}, {"x": 0.95}])
     assert all(math.isfinite(v) for v in (low.mean, low.std, high.mean, high.std))
     assert 1e199 < low.mean < high.mean < 1e201
+
+
+@pytest.mark.parametrize("surrogate", ["gp", "deep-kernel"])
+@pytest.mark.parametrize("step", [10**9, 2**53, 2**63 - 1])
+def test_a_report_at_a_huge_step_under_another_pruner(
+    tmp_path: Path, surrogate: str, step: int
+) -> None:
+    # Optuna (and SQLite) accept any step up to 2**63 - 1; MedianPruner sets no max_steps, so
+    # the budget is the largest step reported. The deep kernel's rows were that wide
+    # (MemoryError at 10**9), and a budget of 2**53 + 1 did not survive float (KeyError).
+    study = optuna.create_study(
+        direction="maximize",
+        storage=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        sampler=_sampler(n_startup_trials=2, surrogate=surrogate),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=100),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        for s in range(3):
+            trial.report(x * (s + 1), s)
+        if trial.number == 2:
+            trial.report(x, step)
+        return x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no int64 overflow either
+        study.optimize(objective, n_trials=6)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
+    assert study.trials[2].intermediate_values[step] == study.trials[2].value
+    assert study.sampler.engine.current_fit(study) is not None  # the surrogate was used
+
+
+def test_the_deep_kernels_rows_do_not_grow_with_max_steps() -> None:
+    # The same 12 curves of 20 steps; only the full budget differs.
+    shapes = {}
+    for max_steps in (20, 200, 20_000, 2 * 10**9):
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=_sampler(surrogate="deep-kernel", n_scratch_epochs=5),
+            pruner=FMSPruner(max_steps=max_steps),
+        )
+        for i in range(12):
+            x = (i + 0.5) / 12
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"x": x},
+                    distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                    value=x,
+                    intermediate_values={s: x * (s + 1) / 20 for s in range(20)},
+                )
+            )
+        fit = study.sampler.engine.refresh(study, eager=True)
+        assert fit is not None
+        surrogate = fit.model.surrogate
+        assert isinstance(surrogate, Surrogate) and surrogate._model is not None
+        (train_x,) = surrogate._model.train_inputs
+        assert train_x.shape == fit.model.data.rows.shape
+        shapes[max_steps] = (fit.model.data.rows.shape, fit.model.layout.curve_len)
+    n_rows = {rows for (rows, _), _ in shapes.values()}
+    assert len(n_rows) == 1  # as many rows whatever the budget
+    # Up to MAX_CURVE_COLUMNS curve columns (the latest values): as wide for every budget
+    # beyond it.
+    assert shapes[20][1] == 19
+    assert shapes[200] == shapes[20_000] == shapes[2 * 10**9]
+    assert shapes[200][1] == MAX_CURVE_COLUMNS

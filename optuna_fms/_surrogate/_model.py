@@ -9,11 +9,32 @@ import torch
 from torch import nn
 
 
+MAX_CURVE_COLUMNS = 64
+"""Most curve values a packed row holds: a row carries the latest ``MAX_CURVE_COLUMNS``
+values of the curve observed before its budget. The rows, and the cost of a deep-kernel fit
+or query, do not grow with ``max_steps`` (DyHPO read the whole curve, with budgets of at
+most about 50 epochs; a report at step ``10**9`` under another pruner made the rows that
+wide)."""
+
+
 class RowLayout:
     """Column layout of the packed input rows ``[x | budget | curve | mask | ckpt]``.
 
     GPyTorch's ExactGP takes one tensor per row, so every input of the feature extractor is
     packed side by side; the layout says where each part lives.
+
+    Parameters
+    ----------
+    x_dim:
+        Encoded hyperparameter columns.
+    curve_len:
+        The longest curve a row may be asked about (``max_steps - 1`` for a model that reads
+        curves, ``0`` for one that does not). Rows hold the latest
+        ``min(curve_len, MAX_CURVE_COLUMNS)`` values of it (:attr:`curve_len`).
+    x_groups, x_names:
+        The parameter each encoded column belongs to, and the parameters' names.
+    max_steps:
+        The full budget (default ``curve_len + 1``).
     """
 
     def __init__(
@@ -25,17 +46,18 @@ class RowLayout:
         max_steps: int | None = None,
     ) -> None:
         self.x_dim = x_dim
-        self.curve_len = curve_len
         # The full budget; the curve columns hold at most max_steps - 1 values (fewer, or
-        # none, for a model that reads no curve: rows then stay narrow whatever the budget).
+        # none, for a model that reads no curve), and never more than MAX_CURVE_COLUMNS:
+        # the rows' width does not depend on the budget.
         self.max_steps = max_steps if max_steps is not None else curve_len + 1
+        self.curve_len = min(curve_len, MAX_CURVE_COLUMNS)
         # Which parameter each encoded column belongs to (the one-hot columns of a
         # categorical share one), and the parameters' names; one per column by default.
         self.x_groups = list(x_groups) if x_groups is not None else list(range(x_dim))
         self.x_names = list(x_names) if x_names is not None else [f"x{i}" for i in range(x_dim)]
         self.budget = x_dim
-        self.curve = slice(x_dim + 1, x_dim + 1 + curve_len)
-        self.mask = slice(self.curve.stop, self.curve.stop + curve_len)
+        self.curve = slice(x_dim + 1, x_dim + 1 + self.curve_len)
+        self.mask = slice(self.curve.stop, self.curve.stop + self.curve_len)
         self.ckpt = self.mask.stop
         self.width = self.ckpt + 1
 

@@ -78,8 +78,11 @@ def incumbent(model: FittedModel, budgets: np.ndarray) -> np.ndarray:
     """
     data = model.data
     overall = float(np.max(data.y)) if len(data.y) else 0.0
-    known = np.array(sorted(data.best_at_budget), dtype=float)
-    best = np.array([data.best_at_budget[int(b)] for b in known] + [overall])
+    # Keyed by the int budgets themselves: a budget above 2**53 does not survive a round
+    # trip through float (a report at step 2**53 made this a KeyError).
+    budgets_known = sorted(data.best_at_budget)
+    known = np.array(budgets_known, dtype=float)
+    best = np.array([data.best_at_budget[b] for b in budgets_known] + [overall])
     # The largest known budget <= b (index -1, the overall best, where there is none).
     below = np.searchsorted(known, np.asarray(budgets, dtype=float), side="right") - 1
     return best[below]
