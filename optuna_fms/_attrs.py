@@ -44,9 +44,10 @@ PROPOSAL = "fms:proposal"
 """JSON of the parameters chosen for a fresh trial in ``before_trial``."""
 
 CHECKPOINTS_OWNER = "fms:checkpoints_owner"
-"""Storage id of the trial that saved the checkpoints in :data:`CHECKPOINTS`, written with its
-first checkpoint. A trial whose stamp names another trial carries a copy (a retry copies every
-attribute) and owns no checkpoint."""
+"""``{"trial": number}`` of the trial that saved the checkpoints in :data:`CHECKPOINTS`,
+written with its first checkpoint. A trial whose stamp names another trial carries a copy (a
+retry copies every attribute) and owns no checkpoint; ``optuna.copy_study`` keeps numbers, so
+the trials of a copy read their checkpoints. (Stamps written before held the storage id.)"""
 
 RESTART = "fms:restart"
 """``{"trial": number, "step": int}`` on a trial that trains again from scratch a configuration

@@ -97,6 +97,8 @@ class FMSPruner(BasePruner):
         self._pause_startup = pause_startup
         self._tolerance = tolerance
         self._own = Engine(seed=seed, max_steps=max_steps)
+        self._unsaved: dict[int, int] = {}
+        """Trial id -> step of the pauses decided here before their checkpoint was saved."""
 
     def engine(self, study: Study) -> Engine:
         """The engine this pruner decides with on ``study``: the FMSSampler's, else its own."""
@@ -106,6 +108,7 @@ class FMSPruner(BasePruner):
         step = trial.last_step
         if step is None:
             return False
+        self._unsaved.pop(trial._trial_id, None)
         if self._should_pause(study, trial, step):
             self._pause(study, trial)
             return True
@@ -186,8 +189,25 @@ class FMSPruner(BasePruner):
         if step in _attrs.read_checkpoints(user_attrs) and not off:
             claims_id = self.engine(study).claims_id(study)
             claim = _claims.open_claim(storage, claims_id, trial, step)
+        elif not off:
+            self._unsaved[trial._trial_id] = step  # see _checkpoint_saved
         pause = _attrs.Pause(step=step, claim=claim)
         storage.set_trial_user_attr(trial._trial_id, _attrs.PAUSED, pause.to_json())
+
+    def _checkpoint_saved(self, study: Study, trial_id: int, step: int) -> None:
+        """Make a pause decided here at ``step`` continuable now that its checkpoint exists.
+
+        Called by :func:`~optuna_fms.save_checkpoint` (an objective that saves after
+        ``should_prune()`` returned ``True``). Only a pause this pruner decided for this very
+        trial counts (an attribute copied by a retry does not), and only while the trial is
+        running and has reported nothing after the pause.
+        """
+        if self._unsaved.get(trial_id) != step:
+            return
+        self._unsaved.pop(trial_id, None)
+        trial = study._storage.get_trial(trial_id)
+        if trial.state == TrialState.RUNNING and trial.last_step == step:
+            self._pause(study, trial)
 
     @staticmethod
     def _withdraw(study: Study, trial: FrozenTrial, paused: _attrs.Pause) -> bool:

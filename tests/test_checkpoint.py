@@ -10,6 +10,7 @@ import pickle
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.samplers import RandomSampler
+from optuna.trial import TrialState
 import pytest
 from safetensors import safe_open
 import torch
@@ -533,3 +534,106 @@ def test_unstorable_tensors_are_refused_by_name(
         model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match=r"'weight' is on the meta device"):
         save_checkpoint(trial, model, 0, artifact_store=store)
+
+
+def _weights(number: int, step: int) -> dict[str, torch.Tensor]:
+    """Distinct weights for each (trial, step), of several dtypes."""
+    g = torch.Generator().manual_seed(1000 * number + step)
+    return {
+        "w": torch.randn(3, 4, generator=g),
+        "b": torch.randn(4, generator=g).to(torch.float64),
+        "n": torch.randint(0, 100, (2,), generator=g),
+    }
+
+
+def test_the_trials_of_a_copied_study_read_their_checkpoints(
+    tmp_path: Path, store: FileSystemArtifactStore
+) -> None:
+    # Issue 22, item 4: the owner stamp named storage ids, which optuna.copy_study does not
+    # keep; 19 of 20 copied trials raised CheckpointError although their files exist.
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    # Another study first, so that no trial keeps its storage id in either copy.
+    other = optuna.create_study(storage=source, study_name="other")
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    study = optuna.create_study(
+        storage=source, study_name="original", sampler=RandomSampler(seed=0)
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        for step in range(4):
+            save_checkpoint(
+                trial, _weights(trial.number, step), step, artifact_store=store, keep_last=None
+            )
+            trial.report(x * (step + 1), step)
+            if trial.number % 3 == 1 and step == 2:
+                raise optuna.TrialPruned()
+        return x
+
+    study.optimize(objective, n_trials=20)
+    states = {t.state for t in study.trials}
+    assert states == {TrialState.COMPLETE, TrialState.PRUNED}
+    optuna.copy_study(from_study_name="original", from_storage=source, to_storage=target)
+    optuna.copy_study(
+        from_study_name="original",
+        from_storage=source,
+        to_storage=source,
+        to_study_name="copy-in-place",
+    )
+    originals = study.trials
+    for storage, name in [(target, "original"), (source, "copy-in-place")]:
+        copied = optuna.load_study(study_name=name, storage=storage).trials
+        assert len(copied) == 20
+        read = 0
+        for original, copy in zip(originals, copied):
+            assert copy._trial_id != original._trial_id and copy.number == original.number
+            recorded = _attrs.read_checkpoints(copy.user_attrs)
+            assert recorded == _attrs.read_checkpoints(original.user_attrs) != {}
+            for step in recorded:
+                ckpt = read_checkpoint(copy, step, artifact_store=store)
+                expected = _weights(copy.number, step)
+                assert ckpt.tensors.keys() == expected.keys()
+                for name_, tensor in expected.items():
+                    assert ckpt.tensors[name_].dtype == tensor.dtype
+                    assert torch.equal(ckpt.tensors[name_], tensor)
+            assert torch.equal(load_checkpoint(copy, artifact_store=store)["w"], ckpt.tensors["w"])
+            read += 1
+        assert read == 20
+
+
+def test_a_record_copied_from_another_trial_is_not_read_as_this_trials(
+    study: optuna.Study, store: FileSystemArtifactStore
+) -> None:
+    # A trial whose fms:checkpoints names another trial's files (enqueue_trial and add_trial
+    # take user attributes) neither reads them as its own nor deletes them.
+    first = study.ask()
+    artifact_id = save_checkpoint(first, _weights(0, 0), 0, artifact_store=store)
+    study.tell(first, 0.0)
+    study.enqueue_trial({}, user_attrs={_attrs.CHECKPOINTS: {"0": artifact_id}})
+    second = study.ask()
+    assert second.number == 1
+    with pytest.raises(CheckpointError, match="saved by trial 0"):
+        read_checkpoint(second, 0, artifact_store=store)
+    save_checkpoint(second, _weights(1, 5), 5, artifact_store=store, keep_last=1)
+    assert _artifact_path(store, artifact_id).is_file()
+    assert set(_attrs.read_checkpoints(second.user_attrs)) == {5}
+    assert torch.equal(
+        read_checkpoint(first.study.trials[0], 0, artifact_store=store).tensors["w"],
+        _weights(0, 0)["w"],
+    )
+
+
+@pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
+def test_saving_after_tell_uploads_nothing(
+    study: optuna.Study, store: FileSystemArtifactStore, state: TrialState
+) -> None:
+    # Issue 22, item 8: the call raised, but only after the file was in the store.
+    trial = study.ask()
+    save_checkpoint(trial, _weights(0, 0), 0, artifact_store=store)
+    files = sorted(p.name for p in Path(store._base_path).iterdir())
+    study.tell(trial, 1.0 if state == TrialState.COMPLETE else None, state=state)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="already finished"):
+        save_checkpoint(trial, _weights(0, 1), 1, artifact_store=store)
+    assert sorted(p.name for p in Path(store._base_path).iterdir()) == files
+    assert set(_attrs.read_checkpoints(study.trials[0].user_attrs)) == {0}

@@ -258,3 +258,98 @@ def test_copy_study_keeps_the_lineage(tmp_path: Path) -> None:
     assert [[t.number for t in chain] for chain in lineage.chains()] == [[0, 1]]
     assert lineage.superseded() == {copy.trials[0]._trial_id}
     assert optuna_fms.epochs_spent(copy.trials) == optuna_fms.epochs_spent(study.trials)
+
+
+def _save_after_should_prune(trial: optuna.Trial) -> float:
+    """:func:`workers.train_objective` with the checkpoint saved after ``should_prune``."""
+    lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    start = optuna_fms.resume(trial, model, opt)
+    x, y = workers._data()
+    loss = float("nan")
+    for epoch in range(start, workers.STEPS):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
+        for batch in order.split(16):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x[batch]), y[batch]).backward()
+            opt.step()
+        with torch.no_grad():
+            loss = torch.nn.functional.mse_loss(model(x), y).item()
+        trial.report(loss, epoch)
+        paused = trial.should_prune()
+        optuna_fms.save_checkpoint(trial, model, step=epoch, optimizer=opt)
+        if paused:
+            raise optuna.TrialPruned()
+    return loss
+
+
+def test_a_checkpoint_saved_after_should_prune_makes_the_pause_continuable(
+    tmp_path: Path,
+) -> None:
+    # Issue 22, item 8: the pause found no checkpoint at its step and opened no claim; the
+    # checkpoint saved right after was never continued from (9 of 9 pauses).
+    study = _study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(_save_after_should_prune, n_trials=2)
+    paused, continued = study.trials
+    assert paused.state == TrialState.PRUNED
+    pause = paused.user_attrs[_attrs.PAUSED]
+    assert pause["step"] == 3 and pause["claim"] is not None
+    assert continued.user_attrs[_attrs.CONTINUES]["trial"] == 0
+    assert continued.user_attrs[_attrs.RESUMED]
+    assert _claims.open_claims(study._storage, study.sampler.engine.claims_id(study)) == []
+
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(_save_after_should_prune, n_trials=1)
+    straight = study.trials[-1]
+    assert _attrs.CONTINUES not in straight.user_attrs
+    assert continued.intermediate_values == straight.intermediate_values
+    store = study.sampler.artifact_store
+    a = optuna_fms.load_checkpoint(continued, workers.STEPS - 1, artifact_store=store)
+    b = optuna_fms.load_checkpoint(straight, workers.STEPS - 1, artifact_store=store)
+    for key in a:
+        assert torch.equal(a[key], b[key])
+
+
+def test_a_checkpoint_at_another_step_opens_no_claim(tmp_path: Path) -> None:
+    # Only the step the pause was decided at makes it continuable.
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-3, 0.5, log=True)
+        for epoch in range(workers.STEPS):
+            trial.report(0.5, epoch)
+            paused = trial.should_prune()
+            optuna_fms.save_checkpoint(trial, {"w": torch.zeros(2)}, step=max(epoch - 1, 0))
+            if paused:
+                raise optuna.TrialPruned()
+        return 0.5
+
+    study = _study(tmp_path)
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].user_attrs[_attrs.PAUSED] == {"step": 3}  # no claim
+
+
+def test_the_claims_study_says_what_it_is_and_gc_claims_removes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optuna_fms._cli import main
+
+    url = f"sqlite:///{tmp_path / 'fms.db'}"
+    study = _study(tmp_path)
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=1)
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}
+    companion = summaries[f"{study.study_name}:fms-claims"]
+    assert companion.user_attrs[_claims.CLAIMS_OF] == study.study_name
+    assert "gc-claims" in companion.user_attrs["fms:description"]
+    gc = ["gc-claims", "--storage", url, "--study", study.study_name]
+    # Trial 0 is paused with a checkpoint: its claim is open, and nothing is deleted.
+    assert main(gc) == 1
+    assert "1 paused trial(s)" in capsys.readouterr().err
+    study.optimize(workers.train_objective, n_trials=1)
+    assert _attrs.read_continuation(study.trials[1].user_attrs) is not None
+    assert main(gc) == 0
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == [study.study_name]
+    assert len(optuna.load_study(study_name=study.study_name, storage=url).trials) == 2
+    assert main(gc) == 0  # Nothing left to remove.

@@ -26,7 +26,9 @@ from optuna_fms._checkpoint._format import write_file
 from optuna_fms._checkpoint._retention import DEFAULT_KEEP_LAST
 from optuna_fms._checkpoint._retention import _after_save
 from optuna_fms._checkpoint._retention import _check_retention
+from optuna_fms._checkpoint._store import _check_running
 from optuna_fms._checkpoint._store import _checkpoint_map
+from optuna_fms._checkpoint._store import _copied_from
 from optuna_fms._checkpoint._store import _open_local_copy
 from optuna_fms._checkpoint._store import _record_checkpoint_map
 from optuna_fms._checkpoint._store import _remove_artifact
@@ -196,9 +198,16 @@ def save_checkpoint(
         ``step`` is out of range, ``keep_last``/``keep_every`` is below 1, no artifact store
         is available, or a tensor cannot be stored (sparse, nested, quantized, meta; the
         message names it). Nothing is uploaded or recorded then.
+    optuna.exceptions.UpdateFinishedTrialError
+        The trial has already finished (``study.tell`` was called, or the objective
+        returned). Nothing is uploaded or recorded then.
 
     Notes
     -----
+    When :class:`~optuna_fms.FMSPruner` paused the trial at ``step`` before this checkpoint
+    was saved (``save_checkpoint`` called after ``should_prune()`` returned ``True``), saving
+    it makes the pause continuable, as if it had been saved before the report.
+
     Retention never deletes the newest checkpoint (largest step) nor the one just saved.
     Superseded files are removed with the store's ``remove``, dropped from
     ``fms:checkpoints`` first, and their ``artifacts:<id>`` record is set to JSON null the way
@@ -226,6 +235,7 @@ def save_checkpoint(
     step = _check_step(step)
     _check_retention(keep_last, keep_every)
     store = _resolve_artifact_store(getattr(trial, "study", None), artifact_store)
+    _check_running(trial)
 
     structure = None
     if isinstance(model_or_state_dict, torch.nn.Module):
@@ -263,13 +273,25 @@ def save_checkpoint(
     artifact_id = _upload(trial, store, file_name, write)
 
     # Record first, delete afterwards: a crash in between leaves an orphan file, never a
-    # recorded id without a file.
-    recorded = _checkpoint_map(trial)
+    # recorded id without a file. Retention deletes only the trial's own files.
+    recorded = _checkpoint_map(trial, owned=True)
     kept, removed = _after_save(recorded, step, artifact_id, keep_last, keep_every)
     _record_checkpoint_map(trial, kept, first=not recorded)
     for aid in removed:
         _remove_artifact(trial, store, aid)
+    _pause_checkpointed(trial, step)
     return artifact_id
+
+
+def _pause_checkpointed(trial: Trial, step: int) -> None:
+    """Tell the study's :class:`~optuna_fms.FMSPruner` that ``trial`` has a checkpoint at
+    ``step``: a pause it decided there before the checkpoint existed becomes continuable."""
+    from optuna_fms._pruner import FMSPruner  # The pruner imports this package.
+
+    study = getattr(trial, "study", None)
+    pruner = getattr(study, "pruner", None)
+    if study is not None and isinstance(pruner, FMSPruner):
+        pruner._checkpoint_saved(study, trial._trial_id, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,10 +331,18 @@ def read_checkpoint(
     ------
     CheckpointError
         No checkpoint at ``step``, or the artifact is missing, truncated, corrupt or not a
-        safetensors checkpoint of this library. The message names the trial number, the step
-        and the artifact id. Nothing is ever unpickled.
+        safetensors checkpoint of this library, or it was saved by another trial (a record
+        copied from that trial). The message names the trial number, the step and the
+        artifact id. Nothing is ever unpickled.
     ValueError
         No artifact store (see ``artifact_store``).
+
+    Notes
+    -----
+    A checkpoint belongs to the trial *number* that saved it (the file's header and the
+    trial's owner stamp say so): the trials of an ``optuna.copy_study`` copy read the
+    checkpoints of the trials they copy (with the same artifact store), a retry that copied
+    another trial's attributes does not.
 
     Examples
     --------
@@ -337,6 +367,13 @@ def read_checkpoint(
     recorded = _checkpoint_map(trial)
     number = trial.number
     if not recorded:
+        source = _copied_from(trial)
+        if source is not None:
+            raise CheckpointError(
+                f"trial {number}, step {step}, artifact None: the trial has no checkpoint of "
+                f"its own; its {_attrs.CHECKPOINTS!r} was copied from trial {source} (a retry "
+                f"copies every attribute): read the checkpoints of trial {source} instead."
+            )
         raise CheckpointError(
             f"trial {number}, step {step}, artifact None: the trial has no checkpoint "
             f"(user attribute {_attrs.CHECKPOINTS!r} is empty)."
@@ -365,6 +402,14 @@ def read_checkpoint(
             tensors, optimizer_state, info = read_file(path, map_location)
         except CheckpointError as e:  # The reason only: add trial, step and artifact id.
             raise error(str(e)) from e.__cause__
+        saved_by = info["trial_number"]
+        if saved_by is not None and saved_by != number:
+            # The record was copied from another trial (by hand, or by a tool that copies
+            # attributes): the file is that trial's, whatever this trial's attributes say.
+            raise error(
+                f"the file was saved by trial {saved_by}, not by this trial (its record was "
+                f"copied from trial {saved_by}): read the checkpoints of trial {saved_by}."
+            )
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return Checkpoint(

@@ -21,6 +21,7 @@ import warnings
 
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.exceptions import UpdateFinishedTrialError
 
 from optuna_fms import _attrs
 
@@ -69,32 +70,84 @@ def _resolve_artifact_store(
 # ---------------------------------------------------------------------------------------------
 
 
-def _checkpoint_map(trial: Trial | FrozenTrial) -> dict[int, str]:
+def _fresh(trial: Trial | FrozenTrial) -> Any:
+    """The trial as stored now (a Trial's attributes may have changed since it was made), or
+    the FrozenTrial snapshot itself."""
+    storage = getattr(trial, "storage", None)
+    if storage is not None and hasattr(trial, "_trial_id"):
+        return storage.get_trial(trial._trial_id)
+    return trial
+
+
+def _stamp_number(frozen: Any) -> int | None:
+    """The trial number the owner stamp names; ``None`` for no stamp or a stamp of the
+    earlier form (the owner's storage id, which ``optuna.copy_study`` does not keep)."""
+    stamp = frozen.system_attrs.get(_attrs.CHECKPOINTS_OWNER)
+    number = stamp.get("trial") if isinstance(stamp, dict) else None
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def _owns_records(frozen: Any, *, strict: bool) -> bool:
+    """Whether ``frozen`` saved the checkpoints its ``fms:checkpoints`` records.
+
+    The owner stamp (:data:`~optuna_fms._attrs.CHECKPOINTS_OWNER`) names the trial that saved
+    them by number: ``optuna.copy_study`` keeps trial numbers (not storage ids), and a retry
+    made by :class:`~optuna.storages.RetryFailedTrialCallback`, which copies every attribute,
+    has a number of its own. ``strict`` (before retention deletes files): only a stamp that
+    names this trial counts, or one of the earlier form that names its storage id. Otherwise
+    (reading, where the file's own header must name the trial too) only a stamp naming
+    another trial disowns the records.
+    """
+    number = _stamp_number(frozen)
+    if number is not None:
+        return number == frozen.number
+    if not strict:
+        return True
+    stamp = frozen.system_attrs.get(_attrs.CHECKPOINTS_OWNER)
+    return isinstance(stamp, int) and stamp == getattr(frozen, "_trial_id", None)
+
+
+def _checkpoint_map(trial: Trial | FrozenTrial, *, owned: bool = False) -> dict[int, str]:
     """``{step: artifact_id}`` recorded on the trial, read fresh from storage for a Trial.
 
-    Empty when the map was copied from another trial (its owner stamp,
-    :data:`~optuna_fms._attrs.CHECKPOINTS_OWNER`, names that trial): a retry made by
-    :class:`~optuna.storages.RetryFailedTrialCallback` copies every attribute, and must neither
-    read nor delete the failed trial's checkpoints.
+    Empty when the map was copied from another trial (see :func:`_owns_records`): a retry
+    must neither read nor delete the failed trial's checkpoints. With ``owned`` (saving,
+    whose retention deletes files) a map is the trial's only if its stamp says so.
     """
-    storage = getattr(trial, "storage", None)
-    frozen: Any = trial
-    if storage is not None and hasattr(trial, "_trial_id"):
-        frozen = storage.get_trial(trial._trial_id)
-    owner = frozen.system_attrs.get(_attrs.CHECKPOINTS_OWNER)
-    if owner is not None and owner != getattr(trial, "_trial_id", None):
+    frozen = _fresh(trial)
+    if not _owns_records(frozen, strict=owned):
         return {}
     return _attrs.read_checkpoints(frozen.user_attrs)
 
 
+def _copied_from(trial: Trial | FrozenTrial) -> int | None:
+    """The number of the trial whose checkpoint records ``trial`` carries, if another's."""
+    number = _stamp_number(_fresh(trial))
+    return number if number is not None and number != trial.number else None
+
+
 def _record_checkpoint_map(trial: Trial, recorded: Mapping[int, str], *, first: bool) -> None:
     """Store ``{str(step): artifact_id}`` (in step order) as the trial's ``fms:checkpoints``;
-    with ``first`` (the trial had no checkpoint of its own yet) stamp the trial as its owner."""
+    with ``first`` (the trial had no checkpoint of its own yet) stamp the trial, by number,
+    as their owner."""
     if first:
         trial.storage.set_trial_system_attr(
-            trial._trial_id, _attrs.CHECKPOINTS_OWNER, trial._trial_id
+            trial._trial_id, _attrs.CHECKPOINTS_OWNER, {"trial": trial.number}
         )
     trial.set_user_attr(_attrs.CHECKPOINTS, {str(s): recorded[s] for s in sorted(recorded)})
+
+
+def _check_running(trial: Trial) -> None:
+    """:class:`~optuna.exceptions.UpdateFinishedTrialError` if ``trial`` has finished: checked
+    before anything is uploaded, so that a late call leaves no file behind."""
+    state = trial.storage.get_trial(trial._trial_id).state
+    if state.is_finished():
+        raise UpdateFinishedTrialError(
+            f"Cannot save a checkpoint of trial {trial.number}: it has already finished "
+            f"({state.name}). Call save_checkpoint inside the objective, before it returns or "
+            "raises optuna.TrialPruned (before study.tell in an ask-and-tell loop); nothing "
+            "was uploaded."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
