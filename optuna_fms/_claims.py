@@ -24,11 +24,18 @@ new WAITING claim for the same pause, so the paused trial stays continuable, up 
 (``pause_claim``, the id in the paused trial's ``fms:paused``), which is how a reopened claim
 is recognised as the pause's own. A claim is never moved back to WAITING: that would let a
 worker with a stale view release a claim that another continuation has taken since.
+
+A claim is taken only once its paused trial has stopped (:func:`can_continue`): a trial whose
+objective ignored ``should_prune`` is never forked. A worker killed after taking a claim, even
+inside ``study.ask`` (before Optuna's heartbeat thread starts), leaves a holder that Optuna's
+heartbeat fails: FMSSampler records the holder's first heartbeat before it takes the claim, so
+``fail_stale_trials`` sees it, and :func:`recover_claims` then releases the claim.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from datetime import timedelta
 import json
 from typing import Any
 
@@ -36,6 +43,7 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages import RDBStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -46,15 +54,65 @@ from optuna_fms import _attrs
 
 
 _SUFFIX = ":fms-claims"
+CLAIMS_OF = "fms:claims_of"
+"""Study user attribute of a companion claims study: the name of the study it serves."""
+_DESCRIPTION = "fms:description"
+
+
+def claims_study_name(study_name: str) -> str:
+    """Name of the companion claims study of the study ``study_name`` (it sorts beside it)."""
+    return study_name + _SUFFIX
 
 
 def claims_study_id(storage: BaseStorage, study_id: int) -> int:
-    """Id of the companion study holding claim trials; created on first use."""
-    name = storage.get_study_name_from_id(study_id) + _SUFFIX
+    """Id of the companion study holding claim trials; created on first use.
+
+    The companion study says what it is wherever studies are listed (``optuna studies``,
+    optuna-dashboard): its user attribute :data:`CLAIMS_OF` names the study it serves.
+    """
+    study_name = storage.get_study_name_from_id(study_id)
+    name = claims_study_name(study_name)
     try:
-        return storage.create_new_study([StudyDirection.MINIMIZE], study_name=name)
+        claims_id = storage.create_new_study([StudyDirection.MINIMIZE], study_name=name)
     except DuplicatedStudyError:
         return storage.get_study_id_from_name(name)
+    storage.set_study_user_attr(claims_id, CLAIMS_OF, study_name)
+    storage.set_study_user_attr(
+        claims_id,
+        _DESCRIPTION,
+        f"optuna-fms bookkeeping of study {study_name!r}: one trial per pause (which paused "
+        "trial may be continued, and by which trial). Remove it once the study is done with "
+        f"`optuna-fms gc-claims --storage URL --study {study_name}`.",
+    )
+    return claims_id
+
+
+def delete_claims_study(storage: BaseStorage, study_name: str) -> str | None:
+    """Delete the companion claims study of the study ``study_name`` if it holds no open pause.
+
+    Returns ``None`` when it was deleted (or there was none), else why it was kept: a claim
+    still stands for a pause (open, or taken by a running continuation), or a trial of the
+    study is running or waiting (it may pause and open a claim in the deleted study). Run it
+    once no worker runs the study; a later pause creates a new companion study.
+    """
+    try:
+        claims_id = storage.get_study_id_from_name(claims_study_name(study_name))
+    except KeyError:
+        return None
+    unfinished = (TrialState.WAITING, TrialState.RUNNING)
+    standing = storage.get_all_trials(claims_id, deepcopy=False, states=unfinished)
+    if standing:
+        return f"{len(standing)} paused trial(s) of study {study_name!r} can still be continued"
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        study_id = None
+    if study_id is not None and storage.get_all_trials(
+        study_id, deepcopy=False, states=unfinished
+    ):
+        return f"study {study_name!r} has running or waiting trials"
+    storage.delete_study(claims_id)
+    return None
 
 
 def open_claim(
@@ -208,6 +266,31 @@ def withdraw_claim(storage: BaseStorage, claim_id: int) -> bool:
     return True
 
 
+def can_continue(storage: BaseStorage, claim: FrozenTrial) -> bool:
+    """Whether the paused trial of the open ``claim`` has stopped at the claim's step, so that
+    a continuation may start from its checkpoint there.
+
+    ``False`` while the paused trial is still RUNNING: between ``should_prune`` returning
+    ``True`` and the trial becoming PRUNED, and for as long as an objective that ignored the
+    pause goes on. The claim then stays open: the trial's next ``should_prune`` or its end
+    withdraws it (an ignored pause), or it becomes PRUNED and the claim can be taken later.
+    (A report cannot be hooked: ``Trial.report`` calls nothing but the storage.) A claim whose
+    paused trial finished otherwise (COMPLETE, or it reported past the claim's step) is
+    withdrawn here, since no continuation may fork a trial that went on.
+    """
+    try:
+        paused = storage.get_trial(claim.user_attrs["trial_id"])
+    except KeyError:
+        return False
+    if paused.state == TrialState.RUNNING:
+        return False
+    stopped = paused.state in (TrialState.PRUNED, TrialState.FAIL)
+    if stopped and paused.last_step == claim.user_attrs.get("step"):
+        return True
+    withdraw_claim(storage, claim._trial_id)
+    return False
+
+
 MAX_ATTEMPTS = 2
 """Continuations of one pause that may fail before the paused trial is given up."""
 
@@ -278,14 +361,22 @@ def recover_claims(storage: BaseStorage, claims_id: int) -> int:
     A worker killed during a continuation never runs the sampler's ``after_trial``: its trial
     stays RUNNING until Optuna's heartbeat (``fail_stale_trials``) or a person marks it FAIL,
     and its claim stays RUNNING. Each such claim is released (:func:`release_claim`) when the
-    holder failed, and completed when it finished otherwise. Safe to run in every worker at
-    once: each claim is closed by one of them.
+    holder failed, and completed when it finished otherwise. A claim that a killed worker had
+    moved to RUNNING without recording its holder (killed between the two writes of
+    :func:`take_claim` or :func:`withdraw_claim`) is released once it has been so for longer
+    than the storage's heartbeat grace period (never without a heartbeat, as Optuna never
+    fails a dead worker's trial then); a withdrawn pause it reopens is withdrawn again when a
+    sampler would take it (:func:`can_continue`). Safe to run in every worker at once: each
+    claim is closed by one of them.
     """
     closed = 0
     for claim in _claims_in(storage, claims_id, TrialState.RUNNING):
         holder = claim.user_attrs.get("continued_by_id")
         if not isinstance(holder, int):
-            continue  # Being taken or withdrawn right now.
+            # Being taken or withdrawn right now, or the worker doing it was killed in between.
+            if _orphaned(storage, claim):
+                closed += release_claim(storage, claims_id, claim)
+            continue
         try:
             state = storage.get_trial(holder).state
         except KeyError:
@@ -297,3 +388,25 @@ def recover_claims(storage: BaseStorage, claims_id: int) -> int:
         else:
             closed += finish_claim(storage, claim._trial_id)
     return closed
+
+
+def _orphaned(storage: BaseStorage, claim: FrozenTrial) -> bool:
+    """Whether the RUNNING ``claim`` without a holder has been so for longer than the
+    storage's heartbeat grace period: the worker that moved it was killed."""
+    grace = _grace_period_s(storage)
+    if grace is None:
+        return False
+    try:
+        started = storage.get_trial(claim._trial_id).datetime_start
+    except KeyError:
+        return False
+    return started is not None and datetime.now() - started > timedelta(seconds=grace)
+
+
+def _grace_period_s(storage: BaseStorage) -> float | None:
+    """Optuna's heartbeat grace period of ``storage`` in seconds; ``None`` without heartbeat."""
+    if not is_heartbeat_enabled(storage):
+        return None
+    interval = storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+    grace = getattr(getattr(storage, "_backend", storage), "grace_period", None)
+    return float(grace if grace is not None else 2 * interval)

@@ -49,11 +49,38 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def _gc_claims(argv: list[str]) -> int:
+    import optuna
+
+    from optuna_fms._claims import claims_study_name
+    from optuna_fms._claims import delete_claims_study
+
+    parser = argparse.ArgumentParser(
+        prog="optuna-fms gc-claims",
+        description=(
+            "Delete the companion study '<study>:fms-claims' that FMS keeps its pauses in, once "
+            "the study has no open pause (run it when no worker runs the study)."
+        ),
+    )
+    parser.add_argument("--storage", required=True, help="the study's storage URL")
+    parser.add_argument("--study", required=True, help="the study's name")
+    args = parser.parse_args(argv)
+    storage = optuna.storages.get_storage(args.storage)
+    name = claims_study_name(args.study)
+    kept = delete_claims_study(storage, args.study)
+    if kept is not None:
+        print(f"kept {name!r}: {kept}", file=sys.stderr)
+        return 1
+    print(f"{name!r} removed (or there was none)")
+    return 0
+
+
 _COMMANDS = {
     "demo": (_demo, "run an FMS study on real training (digits)"),
     "build-hub": (_build_hub, "train a benchmark hub (learning curves + checkpoints)"),
     "pretrain-metanet": (_pretrain, "pretrain the graph metanetwork on hubs' checkpoints"),
     "bench": (_bench, "replay a hub with several methods; regret and Kendall's tau"),
+    "gc-claims": (_gc_claims, "delete a study's companion claims study once no pause is open"),
 }
 
 

@@ -83,13 +83,24 @@ class Lineage:
 
     def superseded(self) -> set[int]:
         """Ids of paused trials whose curve a resumed continuation carries on (unless that
-        continuation failed: its parent is then continued again)."""
+        continuation failed: its parent is then continued again).
+
+        A parent that did not stop at its pause (COMPLETE, or still RUNNING: its objective
+        ignored ``should_prune``) is never superseded: its own curve goes further than the
+        continuation's copy of it (continuations of such trials are no longer started; this
+        keeps the curves of studies that have one).
+        """
         return {
             link.trial_id
             for tid, link in self._link.items()
             if _attrs.read_resumed(self._by_id[tid].user_attrs)
             and self._by_id[tid].state != TrialState.FAIL
+            and self._parent_state(link) not in (TrialState.COMPLETE, TrialState.RUNNING)
         }
+
+    def _parent_state(self, link: _attrs.Continuation) -> TrialState | None:
+        parent = self._by_id.get(link.trial_id)
+        return None if parent is None else parent.state
 
     def chains(self) -> list[list[FrozenTrial]]:
         """Each configuration's trials: a fresh trial, then the continuations that followed."""

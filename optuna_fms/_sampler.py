@@ -15,6 +15,8 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.samplers import RandomSampler
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
@@ -334,9 +336,13 @@ class FMSSampler(BaseSampler):
         # another trial's weights.
         preset = bool(trial.params) or "fixed_params" in trial.system_attrs
         if decision.claim is not None and decision.parent is not None and not preset:
-            # A lost race (another worker took the claim first) falls back to the fresh pick.
-            if self._take(storage, trial, decision.claim, decision.parent):
+            # A lost race (another worker took the claim first) or a paused trial that still
+            # runs falls back to the fresh pick; without one, the search is not exhausted yet
+            # (the claim may be taken later), and this trial is sampled as a fresh one.
+            if self._take(study, trial, decision.claim, decision.parent):
                 params = dict(decision.parent.params)
+            elif params is None:
+                return
         if params is None:
             self._exhausted(trial)
             return
@@ -367,10 +373,20 @@ class FMSSampler(BaseSampler):
             )
 
     @staticmethod
-    def _take(
-        storage: BaseStorage, trial: FrozenTrial, claim: FrozenTrial, parent: FrozenTrial
-    ) -> bool:
-        """Take ``claim`` for ``trial`` and record that it continues ``parent``."""
+    def _take(study: Study, trial: FrozenTrial, claim: FrozenTrial, parent: FrozenTrial) -> bool:
+        """Take ``claim`` for ``trial`` and record that it continues ``parent``.
+
+        ``False`` when another worker took it first, or while ``parent`` has not stopped at the
+        claim's step (see :func:`~optuna_fms._claims.can_continue`). Inside
+        ``study.optimize`` with Optuna's heartbeat, ``trial``'s first heartbeat is recorded
+        before the claim is taken: Optuna's heartbeat thread starts only once ``ask`` has
+        returned, and ``fail_stale_trials`` skips a trial without one, so a worker killed in
+        between would otherwise hold the claim for good.
+        """
+        storage = study._storage
+        if not _claims.can_continue(storage, claim):
+            return False
+        _record_heartbeat(study, trial)
         if not _claims.take_claim(storage, claim._trial_id, trial):
             return False
         link = _attrs.Continuation(
@@ -403,7 +419,7 @@ class FMSSampler(BaseSampler):
         claim = _claims.open_claim_of(storage, self._engine.claims_id(study), parent)
         if claim is None or claim.user_attrs.get("step") != copied.step:
             return False
-        if not self._take(storage, trial, claim, parent):
+        if not self._take(study, trial, claim, parent):
             return False
         storage.set_trial_system_attr(
             trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(dict(parent.params)))
@@ -485,6 +501,8 @@ class FMSSampler(BaseSampler):
     ) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
         storage = study._storage
+        attrs = storage.get_trial(trial._trial_id).user_attrs
+        _withdraw_ignored_pause(storage, trial, state, attrs)
         if trial._trial_id in self._stop_after or self._engine.exhausted(
             study, finishing=trial._trial_id, state=state
         ):
@@ -494,7 +512,6 @@ class FMSSampler(BaseSampler):
                 study.stop()
             except RuntimeError:  # study.tell outside study.optimize: nothing to stop
                 pass
-        attrs = storage.get_trial(trial._trial_id).user_attrs
         ref = _attrs.read_continuation(attrs)
         if ref is None:
             return
@@ -530,6 +547,39 @@ class FMSSampler(BaseSampler):
     def _stored_proposal(study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
         raw = study._storage.get_trial_system_attrs(trial._trial_id).get(_attrs.PROPOSAL)
         return json.loads(raw) if isinstance(raw, str) else None
+
+
+def _withdraw_ignored_pause(
+    storage: BaseStorage, trial: FrozenTrial, state: TrialState, user_attrs: dict[str, Any]
+) -> None:
+    """Withdraw the open claim of a pause that ``trial`` did not stop at.
+
+    A trial whose objective went on after ``should_prune`` returned ``True`` (it logged
+    instead of raising) keeps its claim open until its next ``should_prune``; when it ends
+    without one (COMPLETE, FAIL, or PRUNED at a later step), its end withdraws the claim, so
+    that no continuation forks it.
+    """
+    pause = _attrs.read_pause(user_attrs)
+    if pause is None or pause.claim is None:
+        return
+    if state == TrialState.PRUNED and trial.last_step == pause.step:
+        return  # Paused: the claim stands for the trial's continuation.
+    if not _claims.is_claim_of(storage, pause.claim, trial):
+        return  # Copied from another trial (a retry).
+    if _claims.withdraw_claim(storage, pause.claim):
+        storage.set_trial_user_attr(
+            trial._trial_id, _attrs.PAUSED, _attrs.Pause(step=pause.step).to_json()
+        )
+
+
+def _record_heartbeat(study: Study, trial: FrozenTrial) -> None:
+    """Record ``trial``'s heartbeat now, when ``study.optimize`` runs it with Optuna's heartbeat
+    (whose thread records the next ones once ``ask`` has returned)."""
+    storage = study._storage
+    in_optimize = getattr(study._thread_local, "in_optimize_loop", False)
+    if in_optimize and is_heartbeat_enabled(storage):
+        assert isinstance(storage, BaseHeartbeat)
+        storage.record_heartbeat(trial._trial_id)
 
 
 def _disown_copied_records(storage: BaseStorage, trial: FrozenTrial) -> _attrs.Continuation | None:

@@ -508,3 +508,147 @@ def test_a_retry_keeps_the_failed_trials_checkpoints(tmp_path: Path) -> None:
     # The retry reads its own checkpoints, never the failed trial's.
     ckpt = optuna_fms.read_checkpoint(retry, 2, artifact_store=store)
     assert ckpt.metadata["trial_number"] == retry.number
+
+
+# ------------------- 7: an ignored pause is withdrawn, never continued while it runs
+def _assert_ignored_pause_not_forked(study: optuna.Study, other: optuna.trial.FrozenTrial):
+    """Trial 0 ignored its pause at step 3 and ran to the end while ``other`` was asked."""
+    from optuna_fms._lineage import Lineage
+
+    ignored = study.trials[0]
+    assert ignored.state == TrialState.COMPLETE
+    assert sorted(ignored.intermediate_values) == list(range(workers.STEPS))
+    # No continuation started from the still-running trial: its curve stays in the data.
+    assert _attrs.read_continuation(other.user_attrs) is None
+    assert sorted(other.intermediate_values) == list(range(workers.STEPS))
+    assert Lineage(study.trials).superseded() == set()
+    # Its claim was withdrawn (by its next should_prune, or at its end), none is left open.
+    assert _claim_states(study) == [TrialState.FAIL]
+    assert "claim" not in ignored.user_attrs[_attrs.PAUSED]
+
+
+@pytest.mark.parametrize("ask_again", [True, False], ids=["asks-again", "never-asks-again"])
+def test_an_ignored_pause_is_not_continued_in_threads(tmp_path: Path, ask_again: bool) -> None:
+    study = test_freeze_thaw._study(
+        tmp_path, pruner=workers.PauseTrialZeroAtThree(max_steps=workers.STEPS)
+    )
+    paused, go = threading.Event(), threading.Event()
+
+    def on_pause() -> bool:
+        paused.set()
+        assert go.wait(timeout=120)
+        return ask_again
+
+    study.enqueue_trial({"lr": 0.05})
+    objective = functools.partial(workers.train_objective, ignore=on_pause)
+    ignoring = threading.Thread(target=study.optimize, kwargs={"func": objective, "n_trials": 1})
+    ignoring.start()
+    try:
+        assert paused.wait(timeout=120)
+        # The claim is open while trial 0 runs on: another worker asks now.
+        assert _claim_states(study) == [TrialState.WAITING]
+        study.optimize(workers.train_objective, n_trials=1)
+    finally:
+        go.set()
+        ignoring.join()
+    _assert_ignored_pause_not_forked(study, study.trials[1])
+    # The withdrawn pause is not continued later either.
+    study.optimize(workers.train_objective, n_trials=1)
+    assert _attrs.read_continuation(study.trials[2].user_attrs) is None
+
+
+def test_an_ignored_pause_is_not_continued_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fms.db'}"
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    optuna.create_study(study_name="ignored", storage=url)
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    ctx = multiprocessing.get_context("spawn")
+    args = (url, "ignored", str(store_dir), str(paused), str(go), False)
+    worker = ctx.Process(target=workers.ignore_pause, args=args)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not paused.exists():
+            assert worker.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        study = optuna.load_study(
+            study_name="ignored",
+            storage=url,
+            sampler=test_freeze_thaw._ContinueWhenPossible(
+                seed=0,
+                artifact_store=optuna.artifacts.FileSystemArtifactStore(str(store_dir)),
+                n_startup_trials=0,
+            ),
+            pruner=workers.PauseTrialZeroAtThree(max_steps=workers.STEPS),
+        )
+        study.optimize(workers.train_objective, n_trials=1)
+    finally:
+        go.write_text("go")
+        worker.join(timeout=120)
+    assert worker.exitcode == 0
+    _assert_ignored_pause_not_forked(study, study.trials[1])
+
+
+# ------------------------- 8: a worker killed inside ask after taking a claim
+@pytest.mark.parametrize("point", ["cas", "take", "ask"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_worker_killed_inside_ask_loses_no_pause(tmp_path: Path, kind: str, point: str) -> None:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fms.db'}"
+    else:
+        pg = workers.postgres_url(required=True)
+        assert pg is not None
+        url = pg
+    name = f"killed-in-ask-{time.time_ns()}"
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    study = optuna.create_study(
+        study_name=name,
+        storage=workers.heartbeat_storage(url, grace_period=2),
+        sampler=test_freeze_thaw._ContinueWhenPossible(
+            seed=0,
+            artifact_store=optuna.artifacts.FileSystemArtifactStore(str(store_dir)),
+            n_startup_trials=0,
+        ),
+        pruner=test_freeze_thaw._PauseTrialZero(max_steps=workers.STEPS),
+    )
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(workers.train_objective, n_trials=1)
+    ctx = multiprocessing.get_context("spawn")
+    worker = ctx.Process(target=workers.continue_and_die, args=(url, name, str(store_dir), point))
+    worker.start()
+    worker.join(timeout=120)
+    assert worker.exitcode == -signal.SIGKILL
+    killed = study.trials[1]
+    assert killed.state == TrialState.RUNNING
+    claims_id = _claims.claims_study_id(study._storage, study._study_id)
+    (claim,) = study._storage.get_all_trials(claims_id)
+    assert claim.state == TrialState.RUNNING
+    holder = claim.user_attrs.get("continued_by_id")
+    assert holder == (None if point == "cas" else killed._trial_id)
+    time.sleep(3)  # Past the grace period: the next worker's optimize fails the killed trial.
+    study.optimize(workers.train_objective, n_trials=1)
+    paused, killed, child = study.trials
+    assert killed.state == TrialState.FAIL
+    assert child.state == TrialState.COMPLETE
+    _assert_continues_from_checkpoint(child, paused)
+    assert _claim_states(study) == [TrialState.FAIL, TrialState.PRUNED]
+
+
+def test_a_trial_that_did_not_stop_at_its_pause_is_never_superseded() -> None:
+    # A study forked before continuations waited for the paused trial to stop: its curve,
+    # longer than the continuation's copy of it, stays in the surrogate's data.
+    from optuna_fms._lineage import Lineage
+
+    study = optuna.create_study()
+    parent = study.ask()
+    for step in range(4):
+        parent.report(1.0 / (step + 1), step)
+    child = study.ask()
+    child.set_user_attr(_attrs.CONTINUES, {"trial": 0, "trial_id": parent._trial_id, "step": 1})
+    child.set_user_attr(_attrs.RESUMED, True)
+    assert Lineage(study.trials).superseded() == set()  # The parent still runs.
+    study.tell(parent, 0.25)
+    study.tell(child, 0.3)
+    assert Lineage(study.trials).superseded() == set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
 import hashlib
 import json
@@ -27,13 +28,20 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train_objective(trial: optuna.Trial, checks: int = 1, stall: str | None = None) -> float:
+def train_objective(
+    trial: optuna.Trial,
+    checks: int = 1,
+    stall: str | None = None,
+    ignore: Callable[[], bool] | None = None,
+) -> float:
     """Deterministic CPU training with momentum SGD, checkpointing every epoch.
 
     ``checks`` is how often ``should_prune`` is asked per step (a logging callback or a
     user's extra check ask more than once); the last answer decides. With ``stall`` (a file
     path) a continuation writes its trial number there after its first new epoch and then
-    hangs, for a test to kill its process.
+    hangs, for a test to kill its process. With ``ignore``, a pause is ignored (as by a user
+    who logs instead of raising): ``ignore()`` is called instead, and says whether to go on
+    asking ``should_prune``.
     """
     lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
     torch.manual_seed(0)
@@ -42,6 +50,7 @@ def train_objective(trial: optuna.Trial, checks: int = 1, stall: str | None = No
     start = optuna_fms.resume(trial, model, opt)
     x, y = _data()
     loss = math.nan
+    asking = True
     for epoch in range(start, STEPS):
         order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
         for batch in order.split(16):
@@ -55,8 +64,10 @@ def train_objective(trial: optuna.Trial, checks: int = 1, stall: str | None = No
         if stall is not None and start > 0:
             Path(stall).write_text(str(trial.number))
             time.sleep(600)
-        if [trial.should_prune() for _ in range(checks)][-1]:
-            raise optuna.TrialPruned()
+        if asking and [trial.should_prune() for _ in range(checks)][-1]:
+            if ignore is None:
+                raise optuna.TrialPruned()
+            asking = ignore()
     return loss
 
 
@@ -185,6 +196,103 @@ def continue_and_stall(url: str, study_name: str, artifact_dir: str, marker: str
         pruner=test_freeze_thaw._PauseTrialZero(max_steps=STEPS),
     )
     study.optimize(functools.partial(train_objective, stall=marker), n_trials=1)
+
+
+class PauseTrialZeroAtThree(optuna_fms.FMSPruner):
+    """Decides to pause trial 0 at step 3 and nothing else, through the pruner's whole path
+    (a later ``should_prune`` of a trial that went on withdraws its claim)."""
+
+    def _should_pause(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, step: int):
+        return trial.number == 0 and step == 3
+
+
+def ignore_pause(
+    url: str, study_name: str, artifact_dir: str, paused: str, go: str, ask_again: bool
+) -> None:
+    """Run trial 0 of a test study, which ignores its pause at step 3: write the file
+    ``paused``, wait for the file ``go``, then train to the end (asking ``should_prune`` again
+    at each step if ``ask_again``)."""
+    import test_freeze_thaw
+
+    def on_pause() -> bool:
+        Path(paused).write_text("paused")
+        deadline = time.monotonic() + 120
+        while not Path(go).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return ask_again
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=url,
+        sampler=test_freeze_thaw._ContinueWhenPossible(
+            seed=0,
+            artifact_store=optuna.artifacts.FileSystemArtifactStore(artifact_dir),
+            n_startup_trials=0,
+        ),
+        pruner=PauseTrialZeroAtThree(max_steps=STEPS),
+    )
+    study.enqueue_trial({"lr": 0.05})
+    study.optimize(functools.partial(train_objective, ignore=on_pause), n_trials=1)
+
+
+def continue_and_die(url: str, study_name: str, artifact_dir: str, point: str) -> None:
+    """Continue the paused trial of a test study and SIGKILL this process at ``point``:
+    ``"cas"`` right after the claim moved to RUNNING (before its holder is recorded),
+    ``"take"`` right after ``before_trial`` took the claim, ``"ask"`` when ``study.ask``
+    returns the continuation (before Optuna's heartbeat thread starts). The patches are made
+    in this (child) process only."""
+    import signal
+
+    import test_freeze_thaw
+
+    from optuna_fms import _attrs
+    from optuna_fms import _claims
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "cas":
+        cas = _claims._compare_and_set_running
+
+        def cas_and_die(*args: Any) -> bool:
+            if cas(*args):
+                die()
+            return False
+
+        _claims._compare_and_set_running = cas_and_die  # type: ignore[assignment]
+    elif point == "take":
+        take = _claims.take_claim
+
+        def take_and_die(*args: Any) -> bool:
+            if take(*args):
+                die()
+            return False
+
+        _claims.take_claim = take_and_die  # type: ignore[assignment]
+    else:
+        ask = optuna.Study.ask
+
+        def ask_and_die(self: optuna.Study, *args: Any) -> optuna.Trial:
+            trial = ask(self, *args)
+            if _attrs.CONTINUES in self._storage.get_trial_user_attrs(trial._trial_id):
+                die()
+            return trial
+
+        optuna.Study.ask = ask_and_die  # type: ignore[method-assign,assignment]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=heartbeat_storage(url),
+        sampler=test_freeze_thaw._ContinueWhenPossible(
+            seed=0,
+            artifact_store=optuna.artifacts.FileSystemArtifactStore(artifact_dir),
+            n_startup_trials=0,
+        ),
+        pruner=test_freeze_thaw._PauseTrialZero(max_steps=STEPS),
+    )
+    study.optimize(train_objective, n_trials=1)
 
 
 def recover_claims(todo: list[tuple[str, int]], out: str) -> None:
