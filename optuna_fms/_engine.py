@@ -58,7 +58,6 @@ from optuna_fms._surrogate._weights import CheckpointEncoder
 from optuna_fms._surrogate._weights import WeightsKind
 from optuna_fms._surrogate._weights import fingerprint
 from optuna_fms._surrogate.allocation import AllocationRule
-from optuna_fms._surrogate.allocation import ModelBasedRungs
 from optuna_fms._surrogate.allocation import Options
 from optuna_fms._surrogate.allocation import View
 from optuna_fms._surrogate.allocation import make_rule
@@ -426,8 +425,6 @@ class Engine:
         self._max_steps = max_steps
         self.rule = make_rule(allocation)
         """The allocation rule the sampler and the pruner decide with."""
-        self._final_pauses = ModelBasedRungs()
-        """How a pause that cannot be undone is decided (see :meth:`step_forecast`)."""
         self._rerun = rerun
         self._weights = weights
         self._start_weights = start_weights
@@ -1140,30 +1137,31 @@ class Engine:
         trial: FrozenTrial,
         tolerance: float = 1.0,
         *,
-        final: bool = False,
+        stops: AllocationRule | None = None,
     ) -> StepForecast | None:
         """For a running trial: whether the allocation rule lets it keep its next step (with
         the pruner's ``tolerance``), and its forecast score at the full budget (objective
         units); ``None`` if the surrogate's prediction fails (the pruner then does not
         pause).
 
-        ``final``: a pause would be final (no checkpoint to continue from, or continuation
-        off). The trial then also keeps its step while successive halving would keep it
-        (:class:`~optuna_fms._surrogate.allocation.ModelBasedRungs` with Hyperband's
-        brackets: stopped only at a geometric rung, outside the top third of the forecasts
-        there). A rule's pause weighs a step against starting something new, which is right
-        when the paused trial can be taken up again; a stop cannot, and without checkpoints
-        the one-step rules stopped nearly every configuration after one step and reached
-        the full budget after about 300 epochs (docs/benchmarks.md).
+        ``stops``: the rule for a pause that would be final (the trial has no checkpoint to
+        continue from, or continuations are off). The trial then also keeps its step while
+        ``stops`` keeps it. A rule's pause weighs one more step against starting something
+        new, which is right when the paused trial can be taken up again; a stop cannot be.
         """
         try:
-            return self._step_forecast(study, fit, trial, tolerance, final)
+            return self._step_forecast(study, fit, trial, tolerance, stops)
         except SurrogateFitError as err:
             self._fit_failed(self._state(study), err)
             return None
 
     def _step_forecast(
-        self, study: Study, fit: Fit, trial: FrozenTrial, tolerance: float, final: bool
+        self,
+        study: Study,
+        fit: Fit,
+        trial: FrozenTrial,
+        tolerance: float,
+        stops: AllocationRule | None,
     ) -> StepForecast:
         with self._lock:
             view = self._view(fit)
@@ -1185,8 +1183,8 @@ class Engine:
             ckpts = np.array([ckpt])
             running = Options(x, np.array([steps[-1] + 1]), [hist], ckpts)
             keeps = self.rule.keeps_running(view, running, alternative, tolerance)
-            if final and not keeps:
-                keeps = self._final_pauses.keeps_running(view, running, 0.0, tolerance)
+            if stops is not None and not keeps:
+                keeps = stops.keeps_running(view, running, 0.0, tolerance)
             at_end = fit.model.predict(x, np.array([fit.max_steps]), [hist], ckpts)
             mean, std = self._objective_units(study, fit, *at_end)
             return StepForecast(keeps=keeps, mean=float(mean[0]), std=float(std[0]))

@@ -11,6 +11,7 @@ from optuna_fms import _attrs
 from optuna_fms import _claims
 from optuna_fms._engine import Engine
 from optuna_fms._engine import engine_of
+from optuna_fms._surrogate.allocation import ModelBasedRungs
 
 
 class FMSPruner(BasePruner):
@@ -27,6 +28,13 @@ class FMSPruner(BasePruner):
     PRUNED, and when its checkpoint at the current step exists (see
     :func:`~optuna_fms.save_checkpoint`), :class:`~optuna_fms.FMSSampler` may later continue
     it from there (freeze-thaw).
+
+    A pause without a checkpoint at its step (or with continuations off) is a final stop:
+    such a trial also goes on while successive halving would keep it
+    (:class:`~optuna_fms._surrogate.allocation.ModelBasedRungs` with Hyperband's brackets, on
+    rungs ``min_steps * 3**k`` raised to the steps it decides at): it stops only at a rung,
+    outside the top third of the forecasts there. Without checkpoints the one-step rules
+    stopped nearly every configuration after one step (docs/benchmarks.md).
 
     The pruner uses the engine (and surrogate) of the study's
     :class:`~optuna_fms.FMSSampler` when there is one (one fit per process), and its own
@@ -97,6 +105,7 @@ class FMSPruner(BasePruner):
         self._pause_startup = pause_startup
         self._tolerance = tolerance
         self._own = Engine(seed=seed, max_steps=max_steps)
+        self._stops = ModelBasedRungs(first=min_steps, interval=interval)
         self._unsaved: dict[int, int] = {}
         """Trial id -> step of the pauses decided here before their checkpoint was saved."""
 
@@ -138,9 +147,8 @@ class FMSPruner(BasePruner):
         fit = engine.refresh(study, eager=False)
         if fit is None or not fit.encoder.contains(trial.params):
             return False
-        forecast = engine.step_forecast(
-            study, fit, trial, self._tolerance, final=not self._continuable(study, trial, step)
-        )
+        stops = None if self._continuable(study, trial, step) else self._stops
+        forecast = engine.step_forecast(study, fit, trial, self._tolerance, stops=stops)
         if forecast is None:
             return False
         study._storage.set_trial_user_attr(

@@ -286,12 +286,11 @@ def save_checkpoint(
 def _pause_checkpointed(trial: Trial, step: int) -> None:
     """Tell the study's :class:`~optuna_fms.FMSPruner` that ``trial`` has a checkpoint at
     ``step``: a pause it decided there before the checkpoint existed becomes continuable."""
-    from optuna_fms._pruner import FMSPruner  # The pruner imports this package.
-
     study = getattr(trial, "study", None)
-    pruner = getattr(study, "pruner", None)
-    if study is not None and isinstance(pruner, FMSPruner):
-        pruner._checkpoint_saved(study, trial._trial_id, step)
+    # Looked up, not imported: the pruner imports this package (and any pruner may listen).
+    listener = getattr(getattr(study, "pruner", None), "_checkpoint_saved", None)
+    if study is not None and callable(listener):
+        listener(study, trial._trial_id, step)
 
 
 # ---------------------------------------------------------------------------------------------

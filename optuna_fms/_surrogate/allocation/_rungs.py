@@ -14,18 +14,24 @@ from optuna_fms._surrogate.allocation._one_step import best_fresh
 from optuna_fms._surrogate.allocation._one_step import next_step_ei
 
 
-def rungs(max_steps: int, first: int, eta: int) -> list[int]:
-    """The budgets at which trials are compared: ``first * eta**k`` below ``max_steps``.
+def rungs(max_steps: int, first: int, eta: int, interval: int = 1) -> list[int]:
+    """The budgets at which trials are compared: ``first * eta**k`` below ``max_steps``,
+    each raised to the next budget ``first + j * interval`` (the budgets a pruner that
+    decides every ``interval`` steps from ``first`` on can stop at).
 
     Examples
     --------
     >>> rungs(30, 1, 3), rungs(50, 2, 3), rungs(4, 1, 3)
     ([1, 3, 9, 27], [2, 6, 18], [1, 3])
+    >>> rungs(30, 3, 3, interval=4)
+    [3, 11, 27]
     """
-    out = []
+    out: list[int] = []
     r = max(1, first)
     while r < max_steps:
-        out.append(r)
+        snapped = first + -(-(r - first) // interval) * interval
+        if snapped < max_steps and (not out or snapped > out[-1]):
+            out.append(snapped)
         r *= eta
     return out
 
@@ -56,6 +62,9 @@ class ModelBasedRungs:
         1, 24 % from 3, 12 % from 9, 8 % from 27), so that some configurations are committed
         whatever the first steps show (early scores can mislead). ``False``: every
         configuration is compared from the first rung (ASHA).
+    interval:
+        Rungs only at budgets ``first + j * interval`` (see :func:`rungs`): those a pruner
+        deciding every ``interval`` steps reaches.
 
     Examples
     --------
@@ -66,12 +75,21 @@ class ModelBasedRungs:
     name = "rungs"
     cacheable = True
 
-    def __init__(self, eta: int = 3, first: int = 1, brackets: bool = True) -> None:
-        if eta < 2 or first < 1:
-            raise ValueError(f"rungs need eta >= 2 and first >= 1, got {eta} and {first}.")
+    def __init__(
+        self, eta: int = 3, first: int = 1, brackets: bool = True, interval: int = 1
+    ) -> None:
+        if eta < 2 or first < 1 or interval < 1:
+            raise ValueError(
+                f"rungs need eta >= 2, first >= 1 and interval >= 1, got {eta}, {first} and "
+                f"{interval}."
+            )
         self.eta = eta
         self.first = first
         self.brackets = brackets
+        self.interval = interval
+
+    def _ladder(self, max_steps: int) -> list[int]:
+        return rungs(max_steps, self.first, self.eta, self.interval)
 
     def _start_rung(self, x: np.ndarray, ladder: list[int]) -> int:
         """The first rung at which a configuration can be paused: with ``brackets``, one of
@@ -102,7 +120,7 @@ class ModelBasedRungs:
             return None
         final = view.observed.final(view.model)
         mine = paused.final(view.model)
-        ladder = set(rungs(view.max_steps, self.first, self.eta))
+        ladder = set(self._ladder(view.max_steps))
         promotable = [
             i
             for i in range(len(paused))
@@ -118,7 +136,7 @@ class ModelBasedRungs:
         """The steps of a running trial at one of its rungs (from its start rung on), else
         ``None``."""
         done = int(running.done[0])
-        ladder = rungs(view.max_steps, self.first, self.eta)
+        ladder = self._ladder(view.max_steps)
         if done not in ladder or done < self._start_rung(running.x[0], ladder):
             return None
         return done
@@ -128,7 +146,7 @@ class ModelBasedRungs:
         the last rung it passed (by today's forecasts): a trial promoted there is trained
         up to the next rung, as ASHA does."""
         done = int(running.done[0])
-        ladder = rungs(view.max_steps, self.first, self.eta)
+        ladder = self._ladder(view.max_steps)
         start = self._start_rung(running.x[0], ladder)
         passed = [r for r in ladder if start <= r < done]
         if not passed or done in ladder:
