@@ -19,8 +19,6 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
-from optuna_fms._surrogate.allocation import PromotingOneStep
-
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
@@ -153,7 +151,7 @@ def _fms(
     gp: dict[str, Any] | None = None,
     pretrained_held_out: bool = False,
     replace_start_params: bool = False,
-    allocation: str | PromotingOneStep | None = None,
+    allocation: str | None = None,
 ) -> Factory:
     """FMSSampler + FMSPruner. The defaults are the settings the saved deep-kernel runs were
     measured with (random startup trials at the full budget); the ``fms-gp`` methods use the
@@ -249,14 +247,6 @@ METHODS: dict[str, Method] = {
             )
             for checkpoints, suffix in ((True, ""), (False, "-no-checkpoints"))
             for rule in ALLOCATION_RULES
-        ),
-        Method(
-            "fms-one-step-committing",
-            "fms-one-step-promoting whose pruner also keeps a trial up to its next rung while "
-            "it ranks in the top third at the last rung it passed (ASHA's commitment)",
-            _fms_gp(allocation=PromotingOneStep(commit=True)),
-            surrogate=True,
-            requires=("allocation",),
         ),
         Method("random", "RandomSampler, every trial at the full budget", _random),
         Method(

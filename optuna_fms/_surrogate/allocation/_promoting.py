@@ -25,10 +25,9 @@ class PromotingOneStep:
     name = "one-step-promoting"
     cacheable = True
 
-    def __init__(self, eta: int = 3, commit: bool = False) -> None:
+    def __init__(self, eta: int = 3) -> None:
         self._one_step = OneStepEI()
         self._rungs = ModelBasedRungs(eta=eta, brackets=False)
-        self._commit = commit
 
     def choose(self, view: View, fresh: Options, paused: Options) -> Pick:
         promoted = self._rungs.promotion(view, paused)
@@ -44,6 +43,4 @@ class PromotingOneStep:
     ) -> bool:
         if self._one_step.keeps_running(view, running, alternative, tolerance):
             return True
-        if self._rungs.ranks_at_rung(view, running):
-            return True
-        return self._commit and self._rungs.ranks_at_last_rung(view, running)
+        return self._rungs.ranks_at_rung(view, running)

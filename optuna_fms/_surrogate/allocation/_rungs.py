@@ -141,19 +141,6 @@ class ModelBasedRungs:
             return None
         return done
 
-    def ranks_at_last_rung(self, view: View, running: Options) -> bool:
-        """Whether a running trial between two of its rungs ranks in the top ``1 / eta`` at
-        the last rung it passed (by today's forecasts): a trial promoted there is trained
-        up to the next rung, as ASHA does."""
-        done = int(running.done[0])
-        ladder = self._ladder(view.max_steps)
-        start = self._start_rung(running.x[0], ladder)
-        passed = [r for r in ladder if start <= r < done]
-        if not passed or done in ladder:
-            return False
-        final = view.observed.final(view.model)
-        return self._in_top(view, passed[-1], float(running.final(view.model)[0]), final)
-
     def ranks_at_rung(self, view: View, running: Options) -> bool:
         """Whether a running trial is at one of its rungs and in the top ``1 / eta`` there."""
         done = self._at_rung(view, running)
