@@ -400,7 +400,12 @@ def _orphaned(storage: BaseStorage, claim: FrozenTrial) -> bool:
         started = storage.get_trial(claim._trial_id).datetime_start
     except KeyError:
         return False
-    return started is not None and datetime.now() - started > timedelta(seconds=grace)
+    if started is None:
+        return False
+    # RDB storages keep naive local times (as this module's compare-and-set writes them),
+    # the journal aware UTC ones.
+    now = datetime.now(started.tzinfo) if started.tzinfo is not None else datetime.now()
+    return now - started > timedelta(seconds=grace)
 
 
 def _grace_period_s(storage: BaseStorage) -> float | None:
