@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 from pathlib import Path
+import subprocess
+import sys
 
 import optuna
 from optuna.trial import TrialState
 import pytest
 import torch
 import workers
+from wsgi import call_wsgi
 
 import optuna_fms
 from optuna_fms import _attrs
@@ -187,6 +191,21 @@ def test_parallel_workers_never_continue_a_trial_twice(tmp_path: Path) -> None:
     claims = summaries["par:fms-claims"]
     assert claims.best_trial is None and claims.n_trials >= len(parents)
     assert summaries["par"].best_trial is not None
+    # The same listing through optuna-dashboard's study list and Optuna's CLI.
+    dashboard = pytest.importorskip("optuna_dashboard")
+    status, body = call_wsgi(dashboard.wsgi(optuna.storages.RDBStorage(url)), "/api/studies")
+    assert status.startswith("200"), body[:300]
+    assert {"par", "par:fms-claims"} <= {
+        s["study_name"] for s in json.loads(body)["study_summaries"]
+    }
+    cli = Path(sys.executable).with_name("optuna")
+    listed = subprocess.run(
+        [str(cli), "studies", "--storage", url, "-f", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert {"par", "par:fms-claims"} <= {s["name"] for s in json.loads(listed.stdout)}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

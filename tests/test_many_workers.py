@@ -78,7 +78,9 @@ def _run_fleet(spec: str, tmp_path: Path, n_workers: int, seed: int) -> optuna.S
     killed: list[dict] = []
     for k, at in enumerate(kills):
         while _n_finished(study) < at:
-            assert all(p.is_alive() for p in procs), "a worker exited early"
+            if not all(p.is_alive() for p in procs):
+                errors = [f.read_text() for f in sorted(tmp_path.glob("worker-*.err"))]
+                raise AssertionError(f"a worker exited early: {errors}")
             time.sleep(0.1)
         # A worker in the middle of a trial; one running a continuation if any is.
         deadline = time.monotonic() + 10
@@ -107,7 +109,8 @@ def _run_fleet(spec: str, tmp_path: Path, n_workers: int, seed: int) -> optuna.S
         procs[procs.index(victim)] = start(seed * 100 + n_workers + k)
     for p in procs:
         p.join(timeout=300)
-        assert p.exitcode == 0, p.exitcode
+        errors = [f.read_text() for f in sorted(tmp_path.glob("worker-*.err"))]
+        assert p.exitcode == 0, (p.exitcode, errors)
     # Killed trials not yet failed by a worker's heartbeat check: past the grace period, fail
     # them (the retry callback re-enqueues them) and run what is left, as a last worker would.
     if heartbeat:

@@ -10,6 +10,7 @@ import math
 import os
 from pathlib import Path
 import time
+import traceback
 from typing import Any
 
 import optuna
@@ -380,8 +381,14 @@ def fleet_worker(spec: str, study_name: str, artifact_dir: str, seed: int, targe
     """One worker process: run trials until ``target`` trials are complete or pruned."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(1)
-    study = fleet_study(spec, study_name, artifact_dir, seed)
-    done = optuna.study.MaxTrialsCallback(
-        target, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    )
-    study.optimize(fleet_objective, callbacks=[done])
+    try:
+        study = fleet_study(spec, study_name, artifact_dir, seed)
+        done = optuna.study.MaxTrialsCallback(
+            target, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+        study.optimize(fleet_objective, callbacks=[done])
+    except BaseException:
+        # The test reports it: a worker's exit code alone says nothing.
+        err = Path(artifact_dir).parent / f"worker-{os.getpid()}.err"
+        err.write_text(traceback.format_exc())
+        raise
