@@ -222,7 +222,7 @@ class FMSPruner(BasePruner):
         """Withdraw the claim of an earlier pause of ``trial``; ``False`` if it was taken.
 
         A claim that is not ``trial``'s own (the attribute was copied, e.g. by
-        :class:`~optuna.storages.RetryFailedTrialCallback`) is left alone.
+        :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`) is left alone.
         """
         storage = study._storage
         assert paused.claim is not None

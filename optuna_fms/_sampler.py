@@ -586,8 +586,8 @@ def _disown_copied_records(storage: BaseStorage, trial: FrozenTrial) -> _attrs.C
     """Clear the FMS records a trial starts with; the continuation they named, if any.
 
     A trial owns no checkpoint, pause or continuation when it starts: records it carries then
-    were copied from another trial (:class:`~optuna.storages.RetryFailedTrialCallback` copies
-    every attribute of the failed trial, ``add_trial`` and ``enqueue_trial`` take
+    were copied from another trial (:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`
+    copies every attribute of the failed trial, ``add_trial`` and ``enqueue_trial`` take
     ``user_attrs``). Left in place they would make the failed trial's checkpoints this trial's
     (its retention would delete them) and its continuation this trial's. Each is overwritten
     with ``None``; the copied artifact records of those checkpoints are marked removed on this

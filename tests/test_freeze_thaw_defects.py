@@ -15,7 +15,6 @@ import threading
 import time
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 import pytest
 import test_freeze_thaw
@@ -207,7 +206,7 @@ def _preset_by_retry(study: optuna.Study) -> None:
 
     study.enqueue_trial({"lr": 0.3})
     study.optimize(fails, n_trials=1, catch=(RuntimeError,))
-    RetryFailedTrialCallback()(study, study.trials[-1])
+    workers.retry_callback()(study, study.trials[-1])
 
 
 @pytest.mark.parametrize("preset", [_preset_by_enqueue, _preset_by_add_trial, _preset_by_retry])
@@ -294,7 +293,7 @@ def test_a_retried_continuation_continues_the_same_paused_trial(tmp_path: Path) 
     study.enqueue_trial({"lr": 0.05})
     study.optimize(_fail_first_continuation("raise"), n_trials=2, catch=(Exception,))
     paused, failed = study.trials
-    RetryFailedTrialCallback()(study, failed)
+    workers.retry_callback()(study, failed)
     study.optimize(workers.train_objective, n_trials=1)
     retry = study.trials[2]
     assert retry.system_attrs["failed_trial"] == failed.number
@@ -315,7 +314,7 @@ def test_a_retried_continuation_whose_pause_was_taken_trains_from_scratch(
     study.optimize(_fail_first_continuation("raise"), n_trials=3, catch=(Exception,))
     paused, failed, child = study.trials
     _assert_continues_from_checkpoint(child, paused)
-    RetryFailedTrialCallback()(study, failed)
+    workers.retry_callback()(study, failed)
     study.optimize(workers.train_objective, n_trials=1)
     retry = study.trials[3]
     # The claim was taken by trial 2: the retry trains the same parameters from step 0.
@@ -497,7 +496,7 @@ def test_a_retry_keeps_the_failed_trials_checkpoints(tmp_path: Path) -> None:
 
     study.optimize(objective, n_trials=1, catch=(RuntimeError,))
     failed = study.trials[0]
-    RetryFailedTrialCallback()(study, failed)
+    workers.retry_callback()(study, failed)
     study.optimize(objective, n_trials=1)
     retry = study.trials[1]
     assert retry.state == TrialState.COMPLETE

@@ -92,11 +92,11 @@ def _owns_records(frozen: Any, *, strict: bool) -> bool:
 
     The owner stamp (:data:`~optuna_fms._attrs.CHECKPOINTS_OWNER`) names the trial that saved
     them by number: ``optuna.copy_study`` keeps trial numbers (not storage ids), and a retry
-    made by :class:`~optuna.storages.RetryFailedTrialCallback`, which copies every attribute,
-    has a number of its own. ``strict`` (before retention deletes files): only a stamp that
-    names this trial counts, or one of the earlier form that names its storage id. Otherwise
-    (reading, where the file's own header must name the trial too) only a stamp naming
-    another trial disowns the records.
+    made by :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`, which copies every
+    attribute, has a number of its own. ``strict`` (before retention deletes files): only a
+    stamp that names this trial counts, or one of the earlier form that names its storage id.
+    Otherwise (reading, where the file's own header must name the trial too) only a stamp
+    naming another trial disowns the records.
     """
     number = _stamp_number(frozen)
     if number is not None:

@@ -737,7 +737,6 @@ class GPSurrogate:
         self._posteriors = {}
         self.predict(rows[:1])
 
-
     def _check_plausible(self, model: _ExactGP, x: torch.Tensor, y: torch.Tensor) -> None:
         """Refuse hyperparameters that explain ``y`` worse than the start of a cold fit.
 
