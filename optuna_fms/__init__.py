@@ -1,7 +1,8 @@
 """optuna-fms: Forecasting Model Search as an Optuna sampler and pruner.
 
-- :class:`FMSSampler` and :class:`FMSPruner`: the sampler/pruner pair sharing one deep-kernel
-  GP surrogate over hyperparameters, budget, learning curve and (optionally) checkpoints.
+- :class:`FMSSampler` and :class:`FMSPruner`: the sampler/pruner pair sharing one surrogate (by
+  default an ARD Matern GP with priors; DyHPO's deep-kernel GP on request) over
+  hyperparameters, budget, learning curve and (optionally) checkpoints.
 - :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`read_checkpoint` (a
   :class:`Checkpoint`), :func:`resume`: checkpoints as Optuna artifacts in safetensors format,
   and freeze-thaw continuation of paused trials.

@@ -15,8 +15,6 @@ See ``docs/checkpoints.md``.
 """
 
 from optuna_fms._checkpoint._api import Checkpoint
-
-# kept until the engine moves to read_checkpoint (optuna_fms._surrogate._forecaster imports it).
 from optuna_fms._checkpoint._api import load_checkpoint
 from optuna_fms._checkpoint._api import read_checkpoint
 from optuna_fms._checkpoint._api import save_checkpoint
