@@ -213,7 +213,14 @@ def _fms_default(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler
     return sampler, FMSPruner(max_steps=hub.n_epochs, seed=seed)
 
 
-ALLOCATION_RULES = ("one-step", "final", "random-horizon", "rungs", "one-step-promoting")
+ALLOCATION_RULES = (
+    "one-step",
+    "final",
+    "random-horizon",
+    "rungs",
+    "one-step-promoting",
+    "one-step-leader",
+)
 """The allocation rules benchmarked side by side (``fms-<rule>``)."""
 
 
