@@ -213,14 +213,7 @@ def _fms_default(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler
     return sampler, FMSPruner(max_steps=hub.n_epochs, seed=seed)
 
 
-ALLOCATION_RULES = (
-    "one-step",
-    "final",
-    "random-horizon",
-    "rungs",
-    "one-step-promoting",
-    "one-step-leader",
-)
+ALLOCATION_RULES = ("one-step", "final", "random-horizon", "rungs", "one-step-promoting")
 """The allocation rules benchmarked side by side (``fms-<rule>``)."""
 
 

@@ -10,7 +10,7 @@ one module here and one entry in :data:`RULES`.
 Examples
 --------
 >>> sorted(RULES)
-['final', 'one-step', 'one-step-leader', 'one-step-promoting', 'random-horizon', 'rungs']
+['final', 'one-step', 'one-step-promoting', 'random-horizon', 'rungs']
 >>> make_rule("rungs").name
 'rungs'
 """
@@ -36,7 +36,6 @@ RULES: dict[str, Callable[[], AllocationRule]] = {
     "random-horizon": RandomHorizonPI,
     "rungs": ModelBasedRungs,
     "one-step-promoting": PromotingOneStep,
-    "one-step-leader": lambda: PromotingOneStep(leader=True),
 }
 """Rule name -> factory (what ``FMSSampler(allocation=...)`` accepts by name)."""
 

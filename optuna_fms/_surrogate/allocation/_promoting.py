@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from optuna_fms._surrogate.allocation._base import Options
 from optuna_fms._surrogate.allocation._base import Pick
 from optuna_fms._surrogate.allocation._base import View
@@ -22,26 +20,14 @@ class PromotingOneStep:
     the best alternative's, or it is at a rung and in the top ``1 / eta`` there. The
     exploration of DyHPO's rule stays; what it starts and ranks well is trained further
     instead of being left for ever more fresh configurations.
-
-    With ``leader=True`` (the rule ``"one-step-leader"``, FMS's default) the pruner also
-    never pauses the *forecast leader*: a running trial whose forecast final score is the
-    highest of every observed configuration's. Without it a promotion buys one step, the
-    trial is paused again between rungs (where promotions do not reach) and nothing reaches
-    the full budget for hundreds of epochs on a noisy hub (docs/experiments.md).
-
-    Examples
-    --------
-    >>> PromotingOneStep().name, PromotingOneStep(leader=True).name
-    ('one-step-promoting', 'one-step-leader')
     """
 
+    name = "one-step-promoting"
     cacheable = True
 
-    def __init__(self, eta: int = 3, leader: bool = False) -> None:
+    def __init__(self, eta: int = 3) -> None:
         self._one_step = OneStepEI()
         self._rungs = ModelBasedRungs(eta=eta, brackets=False)
-        self._leader = leader
-        self.name = "one-step-leader" if leader else "one-step-promoting"
 
     def choose(self, view: View, fresh: Options, paused: Options) -> Pick:
         promoted = self._rungs.promotion(view, paused)
@@ -57,13 +43,4 @@ class PromotingOneStep:
     ) -> bool:
         if self._one_step.keeps_running(view, running, alternative, tolerance):
             return True
-        if self._rungs.ranks_at_rung(view, running):
-            return True
-        return self._leader and _leads(view, running)
-
-
-def _leads(view: View, running: Options) -> bool:
-    """Whether the running trial's forecast final score is the highest of every observed
-    configuration's."""
-    mine = float(running.final(view.model)[0])
-    return mine >= float(np.max(view.observed.final(view.model), initial=-np.inf))
+        return self._rungs.ranks_at_rung(view, running)
