@@ -14,6 +14,10 @@ from optuna_fms._engine import Engine
 from optuna_fms._engine import fitted
 
 
+_CONFIDENCE = 2.0
+"""Standard deviations by which :func:`recommend`'s forecast must clear the obvious choice."""
+
+
 @dataclass(frozen=True)
 class Forecast:
     """A configuration's forecast score at the full budget, in the objective's units.
@@ -121,8 +125,8 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     choice without a model is the configuration with the best last observed score (the
     longer curve on ties); trained to the full budget, it is the recommendation. Otherwise
     another configuration replaces it only if it was trained at least as many steps and its
-    forecast minus its own standard deviation is above that score;
-    among those, the highest forecast minus one standard deviation wins. So a trial that
+    forecast minus twice its own standard deviation is above that score;
+    among those, the highest forecast minus two standard deviations wins. So a trial that
     diverged after a good start (forecast low) is never recommended, a configuration seen for
     fewer steps than the obvious choice never displaces it (extrapolated forecasts rank well
     but pick a single best badly), and a forecast no better than its uncertainty never
@@ -173,7 +177,9 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     steps = np.array([c.last_step for c in curves])
     # The obvious choice: the best last observed score, the longer curve on ties.
     obvious = int(np.lexsort((steps, np.where(np.isfinite(last), last, -np.inf)))[-1])
-    lower = mean - final.std
+    # Two standard deviations: with one, the replacements lost more than they gained on the
+    # hub suite (docs/experiments.md).
+    lower = mean - _CONFIDENCE * final.std
     # A configuration trained to the full budget has its final score observed: no forecast
     # of another one trained as far knows it better.
     reaches = (lower > last[obvious]) & (steps >= steps[obvious])
