@@ -54,6 +54,19 @@ RESTART = "fms:restart"
 whose furthest trial (``trial``) was pruned at ``step`` without a checkpoint to continue from:
 FMSPruner does not pause it before it has passed that step."""
 
+
+def artifact_record(artifact_id: str) -> str:
+    """The trial system attribute in which ``optuna.artifacts.upload_artifact`` records an
+    artifact (JSON ``null`` once deleted, as optuna-dashboard's own deletion leaves it).
+
+    Examples
+    --------
+    >>> artifact_record("abc")
+    'artifacts:abc'
+    """
+    return "artifacts:" + artifact_id
+
+
 # Study system attributes.
 CONTINUATION_OFF = "fms:continuation_off"
 """Set once an objective finished a continued trial without calling :func:`optuna_fms.resume`

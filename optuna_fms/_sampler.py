@@ -599,7 +599,7 @@ def _disown_copied_records(storage: BaseStorage, trial: FrozenTrial) -> _attrs.C
         return None
     link = _attrs.read_continuation(trial.user_attrs)
     for artifact_id in _attrs.read_checkpoints(trial.user_attrs).values():
-        key = _ARTIFACT_RECORD + artifact_id
+        key = _attrs.artifact_record(artifact_id)
         if trial.system_attrs.get(key) is not None:
             storage.set_trial_system_attr(trial._trial_id, key, json.dumps(None))
     for key in copied:
@@ -608,9 +608,6 @@ def _disown_copied_records(storage: BaseStorage, trial: FrozenTrial) -> _attrs.C
     if proposal:
         storage.set_trial_system_attr(trial._trial_id, _attrs.PROPOSAL, None)
     return link
-
-
-_ARTIFACT_RECORD = "artifacts:"  # Key prefix of optuna.artifacts.upload_artifact's records.
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

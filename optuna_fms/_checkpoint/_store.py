@@ -33,9 +33,6 @@ if TYPE_CHECKING:
     from optuna.trial import Trial
 
 
-_ARTIFACTS_ATTR_PREFIX = "artifacts:"  # Key prefix optuna.artifacts.upload_artifact writes.
-
-
 def _resolve_artifact_store(
     study: Study | None, artifact_store: ArtifactStore | None
 ) -> ArtifactStore:
@@ -236,7 +233,7 @@ def _remove_artifact(trial: Trial, artifact_store: ArtifactStore, artifact_id: s
     # optuna-dashboard's own "delete artifact" sets the record to JSON null; the dashboard then
     # hides it (and does not try to delete it again with the study).
     trial.storage.set_trial_system_attr(
-        trial._trial_id, _ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None)
+        trial._trial_id, _attrs.artifact_record(artifact_id), json.dumps(None)
     )
 
 
