@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from optuna.trial import create_trial
+import pytest
+from wsgi import call_wsgi
 
+from optuna_fms import _attrs
 from optuna_fms._demo import MAX_EPOCHS
+from optuna_fms._demo import run_demo
 from optuna_fms._demo import summarize
 
 
@@ -40,3 +47,20 @@ def test_the_best_complete_trial_is_summarised() -> None:
     study = _study([TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED])
     text = summarize(study, "sqlite:///x.db", "artifacts")
     assert f"Best validation accuracy: {study.best_value:.4f} (trial 1)" in text
+
+
+def test_the_demos_storage_lists_its_studies(tmp_path: Path) -> None:
+    # After the main job (a short run of it), Optuna's own study listing, the one
+    # optuna-dashboard's study list and `optuna studies` call, works on its storage: the
+    # companion study that holds the pauses' claims is a valid Optuna study.
+    url = f"sqlite:///{tmp_path / 'fms.db'}"
+    study = run_demo(
+        storage=url, artifact_dir=str(tmp_path / "artifacts"), epochs=30, progress=False
+    )
+    assert any(_attrs.read_pause(t.user_attrs) for t in study.trials), "the demo paused nothing"
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert names == {"fms-digits", "fms-digits:fms-claims"}
+    dashboard = pytest.importorskip("optuna_dashboard")
+    status, body = call_wsgi(dashboard.wsgi(optuna.storages.RDBStorage(url)), "/api/studies")
+    assert status.startswith("200"), body[:300]
+    assert {s["study_name"] for s in json.loads(body)["study_summaries"]} == names
