@@ -1,13 +1,19 @@
-"""Freeze-thaw with many worker processes, as users run them, two of them killed mid-run.
+"""Freeze-thaw with many worker processes, as users run them, some of them killed mid-run.
 
-PostgreSQL (8 workers) with Optuna's heartbeat and retry callback, and a journal file (4
-workers). Checks afterwards: every trial finished, no paused trial continued twice, each
-continuation restored its parent's weights bit for bit, every recorded checkpoint has its file.
+PostgreSQL (8 workers) with Optuna's heartbeat and retry callback: two workers SIGKILLed at
+random moments while they run a trial, and a third that SIGKILLs itself inside ``study.ask``
+(in the sampler's ``before_trial``, right after it took a claim, before the objective starts).
+A journal file (4 workers, no heartbeat): the two kills during trials. Checks afterwards: every
+trial finished (none RUNNING without a live worker), no claim left RUNNING, the claim of the
+trial killed inside ask released and its pause open again, no paused trial continued twice,
+each continuation restored its parent's weights bit for bit, every recorded checkpoint has its
+file.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -51,9 +57,13 @@ def _fail_as_the_heartbeat_would(study: optuna.Study, trials: list) -> None:
         retry(study, study._storage.get_trial(t._trial_id))
 
 
-def _run_fleet(spec: str, tmp_path: Path, n_workers: int, seed: int) -> optuna.Study:
+def _run_fleet(
+    spec: str, tmp_path: Path, n_workers: int, seed: int, die_in_ask: bool
+) -> optuna.Study:
     """Run ``n_workers`` processes to :data:`_TARGET` trials; kill two at random moments (while
-    they run a trial, a continuation when one is running) and start replacements."""
+    they run a trial, a continuation when one is running) and start replacements. With
+    ``die_in_ask`` one more worker SIGKILLs itself inside ``study.ask``, right after the
+    sampler took its k-th claim (k from 1 to 3, at random), and is replaced too."""
     name = f"fleet-{seed}-{time.time_ns()}"
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
@@ -65,29 +75,61 @@ def _run_fleet(spec: str, tmp_path: Path, n_workers: int, seed: int) -> optuna.S
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["workers"])
 
-    def start(worker_seed: int) -> multiprocessing.process.BaseProcess:
-        args = (spec, name, str(artifacts), worker_seed, _TARGET)
+    def start(worker_seed: int, die_at_take: int = 0) -> multiprocessing.process.BaseProcess:
+        args = (spec, name, str(artifacts), worker_seed, _TARGET, die_at_take)
         p = ctx.Process(target=workers.fleet_worker, args=args, daemon=True)
         p.start()
         return p
 
-    procs = [start(seed * 100 + i) for i in range(n_workers)]
     rng = random.Random(seed)
     # Random moments, counted in finished trials (so they fall mid-run on any machine).
     kills = sorted(rng.sample(range(_TARGET // 8, _TARGET * 3 // 4), 2))
+    takes = rng.randint(1, 3) if die_in_ask else 0
+    procs = [start(seed * 100 + i, takes if i == 0 else 0) for i in range(n_workers)]
+    # The worker that is to die inside ask (None once it did), kept out of the other kills.
+    dier: multiprocessing.process.BaseProcess | None = procs[0] if takes else None
     killed: list[dict] = []
+
+    def errors() -> list[str]:
+        return [f.read_text() for f in sorted(tmp_path.glob("worker-*.err"))]
+
+    def reap_dier() -> None:
+        """Replace the worker that killed itself inside ask, and record the trial it held."""
+        nonlocal dier
+        if dier is None or dier.is_alive():
+            return
+        dier.join()
+        if dier.exitcode != -signal.SIGKILL:
+            raise AssertionError(
+                f"the worker to die at its claim {takes} exited {dier.exitcode}: {errors()}"
+            )
+        held = json.loads((tmp_path / f"died-in-ask-{dier.pid}.json").read_text())
+        trial = study._storage.get_trial(held["trial_id"])
+        # Killed before the objective ran: no "worker" attribute, RUNNING until the heartbeat
+        # fails it, and its claim held by it.
+        assert trial.state in (TrialState.RUNNING, TrialState.FAIL), trial.state
+        assert "worker" not in trial.user_attrs
+        claim = study._storage.get_trial(held["claim"])
+        assert claim.user_attrs.get("continued_by_id") == held["trial_id"], claim.user_attrs
+        killed.append({"pid": dier.pid, "trials": [held["trial"]], "in_ask": held})
+        if not heartbeat:
+            _fail_as_the_heartbeat_would(study, [trial])
+        procs[procs.index(dier)] = start(seed * 100 + n_workers + 2)
+        dier = None
+
     for k, at in enumerate(kills):
         while _n_finished(study) < at:
-            if not all(p.is_alive() for p in procs):
-                errors = [f.read_text() for f in sorted(tmp_path.glob("worker-*.err"))]
-                raise AssertionError(f"a worker exited early: {errors}")
+            reap_dier()
+            if not all(p.is_alive() for p in procs if p is not dier):
+                raise AssertionError(f"a worker exited early: {errors()}")
             time.sleep(0.1)
         # A worker in the middle of a trial; one running a continuation if any is.
         deadline = time.monotonic() + 10
         victim = None
         while victim is None and time.monotonic() < deadline:
+            reap_dier()
             running = _running_by_worker(study._storage, study._study_id)
-            alive = {p.pid: p for p in procs if p.is_alive()}
+            alive = {p.pid: p for p in procs if p.is_alive() and p is not dier}
             held = {pid: ts for pid, ts in running.items() if pid in alive}
             continuing = [
                 pid
@@ -107,10 +149,14 @@ def _run_fleet(spec: str, tmp_path: Path, n_workers: int, seed: int) -> optuna.S
         if not heartbeat:
             _fail_as_the_heartbeat_would(study, held)
         procs[procs.index(victim)] = start(seed * 100 + n_workers + k)
+    deadline = time.monotonic() + 300
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        reap_dier()
+        time.sleep(0.1)
+    reap_dier()
     for p in procs:
-        p.join(timeout=300)
-        errors = [f.read_text() for f in sorted(tmp_path.glob("worker-*.err"))]
-        assert p.exitcode == 0, (p.exitcode, errors)
+        p.join(timeout=1)
+        assert p.exitcode == 0, (p.exitcode, errors())
     # Killed trials not yet failed by a worker's heartbeat check: past the grace period, fail
     # them (the retry callback re-enqueues them) and run what is left, as a last worker would.
     if heartbeat:
@@ -139,6 +185,27 @@ def _check_fleet(study: optuna.Study, artifacts: Path, seed: int) -> dict[str, i
     # Failed: the killed workers' trials, and any they held before the objective named them.
     unnamed = [t for t in trials if t.state == TrialState.FAIL and t.number not in killed]
     assert all("worker" not in t.user_attrs for t in unnamed) and len(unnamed) <= 2
+    storage = study._storage
+    claims_id = _claims.claims_study_id(storage, study._study_id)
+
+    # The trial of the worker killed inside ask: failed (by the heartbeat), its claim released
+    # and, unless that was the pause's last attempt, the pause open again.
+    for kill in study.killed:  # type: ignore[attr-defined]
+        if "in_ask" not in kill:
+            continue
+        trial = trials[kill["in_ask"]["trial"]]
+        assert "worker" not in trial.user_attrs and not trial.params, trial
+        claim = storage.get_trial(kill["in_ask"]["claim"])
+        assert claim.state == TrialState.FAIL, claim.state
+        assert claim.user_attrs["continued_by_id"] == trial._trial_id
+        if claim.user_attrs.get("failed_continuations", 0) + 1 < _claims.MAX_ATTEMPTS:
+            pause = _claims.pause_claim(claim)
+            again = [
+                c
+                for c in storage.get_all_trials(claims_id)
+                if c._trial_id > claim._trial_id and _claims.pause_claim(c) == pause
+            ]
+            assert again, "the pause was not opened again"
 
     # One continuation per pause: each claim has one holder, each pause one finished child.
     links = [(t, _attrs.read_continuation(t.user_attrs)) for t in trials]
@@ -148,8 +215,6 @@ def _check_fleet(study: optuna.Study, artifacts: Path, seed: int) -> dict[str, i
     assert len(claims) == len(set(claims))
     finished = [link.trial_id for t, link in links if t.state != TrialState.FAIL]
     assert len(finished) == len(set(finished))
-    storage = study._storage
-    claims_id = _claims.claims_study_id(storage, study._study_id)
     assert not storage.get_all_trials(claims_id, states=(TrialState.RUNNING,))
 
     # Each continuation restored its parent's weights at the pause, bit for bit (a sample).
@@ -174,16 +239,19 @@ def _check_fleet(study: optuna.Study, artifacts: Path, seed: int) -> dict[str, i
             1 for n in killed if _attrs.read_continuation(trials[n].user_attrs)
         ),
         "retries": sum(1 for t in trials if "failed_trial" in t.system_attrs),
+        "killed in ask": sum(1 for k in study.killed if "in_ask" in k),  # type: ignore[attr-defined]
     }
 
 
-def test_eight_workers_on_postgresql_two_killed(tmp_path: Path) -> None:
+def test_eight_workers_on_postgresql_three_killed(tmp_path: Path) -> None:
     url = workers.postgres_url(required=True)
     assert url is not None
-    study = _run_fleet(url, tmp_path, n_workers=8, seed=1)
+    study = _run_fleet(url, tmp_path, n_workers=8, seed=1, die_in_ask=True)
     print(_check_fleet(study, tmp_path / "artifacts", seed=1))
 
 
 def test_four_workers_on_a_journal_file_two_killed(tmp_path: Path) -> None:
-    study = _run_fleet(f"journal:{tmp_path / 'fleet.log'}", tmp_path, n_workers=4, seed=2)
+    study = _run_fleet(
+        f"journal:{tmp_path / 'fleet.log'}", tmp_path, n_workers=4, seed=2, die_in_ask=False
+    )
     print(_check_fleet(study, tmp_path / "artifacts", seed=2))

@@ -377,10 +377,46 @@ FLEET_GRACE = 8
 """Heartbeat grace period (s) of the many-workers tests; the heartbeat beats every second."""
 
 
-def fleet_worker(spec: str, study_name: str, artifact_dir: str, seed: int, target: int) -> None:
-    """One worker process: run trials until ``target`` trials are complete or pruned."""
+def _die_at_take(k: int, marker_dir: Path) -> None:
+    """Patch, in this (child) process only, ``_claims.take_claim`` so that right after its
+    ``k``-th successful take the process SIGKILLs itself: inside ``study.ask`` (the sampler's
+    ``before_trial``), with the claim RUNNING and held by the new trial, before the objective
+    starts. First writes ``died-in-ask-<pid>.json`` there: the trial's number and id, and the
+    claim's id."""
+    import signal
+
+    from optuna_fms import _claims
+
+    take = _claims.take_claim
+    taken = 0
+
+    def take_and_die(storage: Any, claim_id: int, child: optuna.trial.FrozenTrial) -> bool:
+        nonlocal taken
+        if not take(storage, claim_id, child):
+            return False
+        taken += 1
+        if taken < k:
+            return True
+        held = {"trial": child.number, "trial_id": child._trial_id, "claim": claim_id}
+        (marker_dir / f"died-in-ask-{os.getpid()}.json").write_text(json.dumps(held))
+        os.kill(os.getpid(), signal.SIGKILL)
+        return True  # not reached
+
+    _claims.take_claim = take_and_die  # type: ignore[assignment]
+
+
+def fleet_worker(
+    spec: str, study_name: str, artifact_dir: str, seed: int, target: int, die_at_take: int = 0
+) -> None:
+    """One worker process: run trials until ``target`` trials are complete or pruned.
+
+    With ``die_at_take`` (k > 0) it SIGKILLs itself inside ``study.ask`` right after it took
+    its k-th claim (see :func:`_die_at_take`).
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(1)
+    if die_at_take:
+        _die_at_take(die_at_take, Path(artifact_dir).parent)
     try:
         study = fleet_study(spec, study_name, artifact_dir, seed)
         done = optuna.study.MaxTrialsCallback(
