@@ -114,21 +114,19 @@ class ModelBasedRungs:
         return int(np.sum(reached > forecast)) < k
 
     def promotion(self, view: View, paused: Options) -> Pick | None:
-        """The paused trial to promote: one whose forecast final score now ranks in the top
-        ``1 / eta`` at the highest rung it has reached (the furthest trained first, then the
-        best forecast). A trial paused between two rungs (by a rule that pauses anywhere)
-        is ranked at the rung below it: otherwise a promotion would buy one step, the trial
-        would be paused again past its rung, and no promotion would reach it again."""
+        """The paused trial to promote: one at a rung whose forecast final score now ranks
+        in the top ``1 / eta`` there (the highest rung first, then the best forecast)."""
         if not len(paused):
             return None
         final = view.observed.final(view.model)
         mine = paused.final(view.model)
-        ladder = self._ladder(view.max_steps)
-        promotable = []
-        for i in range(len(paused)):
-            reached = [r for r in ladder if r <= int(paused.done[i])]
-            if reached and self._in_top(view, reached[-1], mine[i], final):
-                promotable.append(i)
+        ladder = set(self._ladder(view.max_steps))
+        promotable = [
+            i
+            for i in range(len(paused))
+            if int(paused.done[i]) in ladder
+            and self._in_top(view, int(paused.done[i]), mine[i], final)
+        ]
         if not promotable:
             return None
         best = max(promotable, key=lambda i: (paused.done[i], mine[i]))
