@@ -13,13 +13,14 @@ from optuna_fms._surrogate.allocation._rungs import ModelBasedRungs
 class PromotingOneStep:
     """:class:`OneStepEI` with the promotions of :class:`ModelBasedRungs` (without brackets).
 
-    The sampler first continues a paused trial whose forecast final score now ranks in the
-    top ``1 / eta`` of its rung (the highest rung first), and otherwise takes DyHPO's
-    argmax of one-step expected improvement. The pruner lets a running trial go on while
-    either rule would: its next step's expected improvement is at least ``tolerance`` times
-    the best alternative's, or it is at a rung and in the top ``1 / eta`` there. The
-    exploration of DyHPO's rule stays; what it starts and ranks well is trained further
-    instead of being left for ever more fresh configurations.
+    The sampler first continues a paused trial whose forecast final score now ranks in the top
+    ``1 / eta`` of its rung (the furthest trained first; a trial paused between rungs is ranked
+    at the rung below it once ``eta**2`` configurations have reached that rung), and otherwise
+    takes DyHPO's argmax of one-step expected improvement. The pruner lets a running trial go
+    on while either rule would: its next step's expected improvement is at least ``tolerance``
+    times the best alternative's, or it is at a rung and in the top ``1 / eta`` there. The
+    exploration of DyHPO's rule stays; what it starts and ranks well is trained further instead
+    of being left for ever more fresh configurations.
     """
 
     name = "one-step-promoting"
@@ -28,9 +29,10 @@ class PromotingOneStep:
     def __init__(self, eta: int = 3) -> None:
         self._one_step = OneStepEI()
         self._rungs = ModelBasedRungs(eta=eta, brackets=False)
+        self._between = eta**2
 
     def choose(self, view: View, fresh: Options, paused: Options) -> Pick:
-        promoted = self._rungs.promotion(view, paused)
+        promoted = self._rungs.promotion(view, paused, between=self._between)
         if promoted is not None:
             return Pick(best_fresh(view, fresh), promoted.paused, promoted.value)
         return self._one_step.choose(view, fresh, paused)

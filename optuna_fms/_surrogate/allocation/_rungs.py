@@ -113,20 +113,31 @@ class ModelBasedRungs:
         k = max(1, len(reached) // self.eta)
         return int(np.sum(reached > forecast)) < k
 
-    def promotion(self, view: View, paused: Options) -> Pick | None:
+    def promotion(self, view: View, paused: Options, between: int | None = None) -> Pick | None:
         """The paused trial to promote: one at a rung whose forecast final score now ranks
-        in the top ``1 / eta`` there (the highest rung first, then the best forecast)."""
+        in the top ``1 / eta`` there (the furthest trained first, then the best forecast).
+
+        ``between``: a trial paused between two rungs (by a rule that pauses anywhere) is
+        ranked at the rung below it once at least ``between`` configurations have reached
+        that rung. Without it such a trial is never promoted again: a promotion buys one
+        step, the trial is paused past its rung, and nothing reaches the full budget for
+        hundreds of epochs on a noisy hub. Ranked at once, it commits before the model
+        knows enough (docs/experiments.md)."""
         if not len(paused):
             return None
         final = view.observed.final(view.model)
         mine = paused.final(view.model)
-        ladder = set(self._ladder(view.max_steps))
-        promotable = [
-            i
-            for i in range(len(paused))
-            if int(paused.done[i]) in ladder
-            and self._in_top(view, int(paused.done[i]), mine[i], final)
-        ]
+        ladder = self._ladder(view.max_steps)
+        promotable = []
+        for i in range(len(paused)):
+            done = int(paused.done[i])
+            rung = done if done in ladder else None
+            if rung is None and between is not None:
+                below = [r for r in ladder if r < done]
+                if below and int(np.sum(view.observed.done >= below[-1])) >= between:
+                    rung = below[-1]
+            if rung is not None and self._in_top(view, rung, mine[i], final):
+                promotable.append(i)
         if not promotable:
             return None
         best = max(promotable, key=lambda i: (paused.done[i], mine[i]))
