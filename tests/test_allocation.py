@@ -13,10 +13,17 @@ import pytest
 import torch
 
 import optuna_fms
+from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import acquisition
+from optuna_fms._surrogate._data import Curve
+from optuna_fms._surrogate._data import build_training_set
+from optuna_fms._surrogate._fitted import FittedModel
+from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate.allocation import RULES
 from optuna_fms._surrogate.allocation import OneStepEI
 from optuna_fms._surrogate.allocation import Options
+from optuna_fms._surrogate.allocation import PromotingOneStep
+from optuna_fms._surrogate.allocation import View
 from optuna_fms._surrogate.allocation import make_rule
 
 
@@ -246,3 +253,44 @@ def test_forecasts_stay_in_the_metric_range() -> None:
     assert any(f.mean + f.std > 1.0 for f in unbounded)
     with pytest.raises(ValueError, match="metric_range"):
         optuna_fms._engine.Engine(metric_range=(1.0, 0.0))
+
+
+def _view_of(n_observed: int) -> tuple[View, Options]:
+    """A GP fitted on ``n_observed`` one-step curves (and one at step 2) whose final score
+    grows with x, and, as the one paused option, the best configuration paused at step 2
+    (between the rungs 1 and 3 of 9 steps)."""
+    xs = np.linspace(0.0, 0.8, n_observed)
+    curves = [
+        Curve(key=i, params={}, steps=np.arange(1), values=np.array([x]), x=np.array([x]))
+        for i, x in enumerate(xs)
+    ]
+    curves.append(
+        Curve(
+            key=99, params={}, steps=np.arange(2), values=np.array([0.9, 1.0]), x=np.array([0.9])
+        )
+    )
+    layout = RowLayout(x_dim=1, curve_len=0, max_steps=9)
+    data = build_training_set(curves, layout, 9, 256, np.random.RandomState(0))
+    gp = GPSurrogate(seed=0)
+    gp.fit(layout, data.rows, data.y)
+    model = FittedModel(layout, 9, data, gp)
+    observed = Options(
+        np.array([c.x for c in curves]),
+        np.array([len(c.steps) for c in curves]),
+        [data.scale(c.values) for c in curves],
+    )
+    paused = Options(np.array([[0.9]]), np.array([2]), [data.scale(curves[-1].values)])
+    return View(model, np.random.RandomState(0), lambda: observed), paused
+
+
+def test_a_trial_paused_between_rungs_is_promoted_once_enough_reached_the_rung() -> None:
+    # The one-step rule pauses anywhere; a trial paused past its rung is ranked at the rung
+    # below only once eta**2 configurations have reached it (before, never again).
+    rule = PromotingOneStep()
+    few_view, few_paused = _view_of(5)
+    assert rule._rungs.promotion(few_view, few_paused, between=9) is None
+    many_view, many_paused = _view_of(12)
+    assert rule._rungs.promotion(many_view, many_paused, between=9) is not None
+    assert rule._rungs.promotion(many_view, many_paused) is None  # the rule before
+    pick = rule.choose(many_view, Options.fresh(np.array([[0.1], [0.2]])), many_paused)
+    assert pick.paused == 0
