@@ -256,7 +256,7 @@ def _closed(space: Mapping[str, BaseDistribution], trials: Iterable[FrozenTrial]
     )
 
 
-def _longest(fit: Fit) -> list[Curve]:
+def longest_curves(fit: Fit) -> list[Curve]:
     """The longest observed curve of each configuration (the one its forecast extends)."""
     longest: dict[bytes, Curve] = {}
     for c in fit.curves:
@@ -303,7 +303,7 @@ def _unfinished(
 def _restartable(fit: Fit) -> list[Curve]:
     """The longest curve of each configuration :func:`_unfinished` names."""
     keys = _unfinished(fit.trials.values(), fit.max_steps)
-    return [c for c in _longest(fit) if _config_key(fit.trials[c.key].params) in keys]
+    return [c for c in longest_curves(fit) if _config_key(fit.trials[c.key].params) in keys]
 
 
 _WARM_MIN_GAP = 0.05
@@ -1019,7 +1019,7 @@ class Engine:
     def _view(self, fit: Fit) -> View:
         """What the allocation rule reads besides the options (the observed configurations,
         each by its longest curve, built only if the rule asks)."""
-        return View(fit.model, self._rng, lambda: self._curve_options(fit, _longest(fit)))
+        return View(fit.model, self._rng, lambda: self._curve_options(fit, longest_curves(fit)))
 
     def propose(self, study: Study, fit: Fit) -> Decision | None:
         """The allocation rule's choice: a fresh configuration or a paused trial to continue
@@ -1208,7 +1208,7 @@ class Engine:
         model's own normal forecast, for comparing uncertainties).
         """
         with self._lock:
-            longest = {c.x.tobytes(): c for c in _longest(fit)}
+            longest = {c.x.tobytes(): c for c in longest_curves(fit)}
             if params_list is None:
                 curves: list[Curve | None] = list(longest.values())
                 params = [dict(c.params) for c in longest.values()]

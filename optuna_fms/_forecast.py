@@ -12,6 +12,7 @@ from optuna.study import Study
 
 from optuna_fms._engine import Engine
 from optuna_fms._engine import fitted
+from optuna_fms._engine import longest_curves
 
 
 @dataclass(frozen=True)
@@ -163,16 +164,15 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     if study._is_multi_objective():
         raise ValueError("recommend supports single-objective studies only.")
     engine, fit = fitted(study, engine)
-    final = engine.forecast_final(study, fit, bounded=False)
-    curves = [c for c in final.curves if c is not None]
+    curves = longest_curves(fit)
     last = np.array([c.values[-1] for c in curves])  # Curve values: higher is better
     steps = np.array([c.last_step for c in curves])
     # The best last observed score, the longer curve on ties.
     best = int(np.lexsort((steps, np.where(np.isfinite(last), last, -np.inf)))[-1])
-    chosen = engine.forecast_final(study, fit, [final.params[best]])
     curve = curves[best]
+    chosen = engine.forecast_final(study, fit, [curve.params])
     return Forecast(
-        final.params[best],
+        dict(curve.params),
         float(chosen.mean[0]),
         float(chosen.std[0]),
         fit.max_steps - 1,
