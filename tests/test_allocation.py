@@ -30,24 +30,30 @@ from optuna_fms._surrogate.allocation import make_rule
 STEPS = 8
 
 
+def _train(trial: optuna.Trial, store, quality: float, steps: int, checkpoints: bool) -> float:
+    """A saturating curve to ``quality`` over ``steps`` steps, reported (and checkpointed,
+    resumed) as a user's objective does."""
+    model = torch.nn.Linear(2, 1)
+    start = optuna_fms.resume(trial, model, artifact_store=store) if checkpoints else 0
+    value = 0.0
+    for step in range(start, steps):
+        value = quality * (1 - math.exp(-(step + 1) / 3))
+        if checkpoints:
+            optuna_fms.save_checkpoint(trial, model, step=step, artifact_store=store)
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return value
+
+
 def _small_space_objective(store, checkpoints: bool = True):
     """A space of 12 configurations (a 4-level categorical and an integer with 3 values)."""
 
     def objective(trial: optuna.Trial) -> float:
         c = trial.suggest_categorical("c", ["m0", "m1", "m2", "m3"])
         k = trial.suggest_int("k", 0, 2)
-        model = torch.nn.Linear(2, 1)
-        start = optuna_fms.resume(trial, model, artifact_store=store) if checkpoints else 0
         quality = 0.5 + 0.4 * ((int(c[1:]) * 7 % 4) / 3) - 0.1 * k
-        value = 0.0
-        for step in range(start, STEPS):
-            value = quality * (1 - math.exp(-(step + 1) / 3))
-            if checkpoints:
-                optuna_fms.save_checkpoint(trial, model, step=step, artifact_store=store)
-            trial.report(value, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return value
+        return _train(trial, store, quality, STEPS, checkpoints)
 
     return objective
 
@@ -125,18 +131,8 @@ def _large_space_pruned_steps(tmp_path: Path, checkpoints: bool) -> list[int]:
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
         width = trial.suggest_int("width", 8, 64)
-        model = torch.nn.Linear(2, 1)
-        start = optuna_fms.resume(trial, model, artifact_store=store) if checkpoints else 0
         quality = 0.9 - 0.1 * abs(math.log10(lr) + 2) - 0.001 * abs(width - 40)
-        value = 0.0
-        for step in range(start, 9):
-            value = quality * (1 - math.exp(-(step + 1) / 3))
-            if checkpoints:
-                optuna_fms.save_checkpoint(trial, model, step=step, artifact_store=store)
-            trial.report(value, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return value
+        return _train(trial, store, quality, 9, checkpoints)
 
     study = optuna.create_study(
         direction="maximize",
@@ -166,17 +162,8 @@ def _categorical_study(tmp_path: Path, n_levels: int) -> int:
     def objective(trial: optuna.Trial) -> float:
         c = trial.suggest_categorical("model", list(range(n_levels)))
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-        model = torch.nn.Linear(2, 1)
-        start = optuna_fms.resume(trial, model, artifact_store=store)
         quality = 0.9 - 0.1 * abs(math.log10(lr) + 2) - 0.05 * ((c * 37) % 5) / 4
-        value = 0.0
-        for step in range(start, 10):
-            value = quality * (1 - math.exp(-(step + 1) / 3))
-            optuna_fms.save_checkpoint(trial, model, step=step, artifact_store=store)
-            trial.report(value, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return value
+        return _train(trial, store, quality, 10, checkpoints=True)
 
     study = optuna.create_study(
         direction="maximize",
