@@ -281,21 +281,11 @@ def test_copy_study_keeps_the_lineage(tmp_path: Path) -> None:
 
 def _save_after_should_prune(trial: optuna.Trial) -> float:
     """:func:`workers.train_objective` with the checkpoint saved after ``should_prune``."""
-    lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model, opt = workers.train_model(trial)
     start = optuna_fms.resume(trial, model, opt)
-    x, y = workers._data()
     loss = float("nan")
     for epoch in range(start, workers.STEPS):
-        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
-        for batch in order.split(16):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x[batch]), y[batch]).backward()
-            opt.step()
-        with torch.no_grad():
-            loss = torch.nn.functional.mse_loss(model(x), y).item()
+        loss = workers.train_epoch(model, opt, epoch)
         trial.report(loss, epoch)
         paused = trial.should_prune()
         optuna_fms.save_checkpoint(trial, model, step=epoch, optimizer=opt)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
+import signal
 import time
 import traceback
 from typing import Any
@@ -29,6 +30,29 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def train_model(trial: optuna.Trial) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model and optimizer of :func:`train_objective` (the learning rate from ``trial``)."""
+    lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+
+def train_epoch(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int, batch_size: int = 16
+) -> float:
+    """One epoch of training on :func:`_data` (batches in an order seeded by ``epoch``); the
+    loss on all the data after it."""
+    x, y = _data()
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
+    for batch in order.split(batch_size):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x[batch]), y[batch]).backward()
+        opt.step()
+    with torch.no_grad():
+        return torch.nn.functional.mse_loss(model(x), y).item()
+
+
 def train_objective(
     trial: optuna.Trial,
     checks: int = 1,
@@ -44,22 +68,12 @@ def train_objective(
     who logs instead of raising): ``ignore()`` is called instead, and says whether to go on
     asking ``should_prune``.
     """
-    lr = trial.suggest_float("lr", 1e-3, 0.5, log=True)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model, opt = train_model(trial)
     start = optuna_fms.resume(trial, model, opt)
-    x, y = _data()
     loss = math.nan
     asking = True
     for epoch in range(start, STEPS):
-        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
-        for batch in order.split(16):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x[batch]), y[batch]).backward()
-            opt.step()
-        with torch.no_grad():
-            loss = torch.nn.functional.mse_loss(model(x), y).item()
+        loss = train_epoch(model, opt, epoch)
         optuna_fms.save_checkpoint(trial, model, step=epoch, optimizer=opt)
         trial.report(loss, epoch)
         if stall is not None and start > 0:
@@ -243,41 +257,24 @@ def continue_and_die(url: str, study_name: str, artifact_dir: str, point: str) -
     ``"take"`` right after ``before_trial`` took the claim, ``"ask"`` when ``study.ask``
     returns the continuation (before Optuna's heartbeat thread starts). The patches are made
     in this (child) process only."""
-    import signal
-
     import test_freeze_thaw
 
     from optuna_fms import _attrs
     from optuna_fms import _claims
 
-    def die() -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
-
     if point == "cas":
-        cas = _claims._compare_and_set_running
-
-        def cas_and_die(*args: Any) -> bool:
-            if cas(*args):
-                die()
-            return False
-
-        _claims._compare_and_set_running = cas_and_die  # type: ignore[assignment]
+        _claims._compare_and_set_running = _die_after(  # type: ignore[assignment]
+            _claims._compare_and_set_running
+        )
     elif point == "take":
-        take = _claims.take_claim
-
-        def take_and_die(*args: Any) -> bool:
-            if take(*args):
-                die()
-            return False
-
-        _claims.take_claim = take_and_die  # type: ignore[assignment]
+        _claims.take_claim = _die_after(_claims.take_claim)  # type: ignore[assignment]
     else:
         ask = optuna.Study.ask
 
         def ask_and_die(self: optuna.Study, *args: Any) -> optuna.Trial:
             trial = ask(self, *args)
             if _attrs.CONTINUES in self._storage.get_trial_user_attrs(trial._trial_id):
-                die()
+                os.kill(os.getpid(), signal.SIGKILL)
             return trial
 
         optuna.Study.ask = ask_and_die  # type: ignore[method-assign,assignment]
@@ -336,15 +333,9 @@ def fleet_objective(trial: optuna.Trial) -> float:
     start = optuna_fms.resume(trial, model, opt)
     if start > 0:
         trial.set_user_attr("resumed_digest", state_digest(model.state_dict()))
-    x, y = _data()
     loss = math.nan
     for epoch in range(start, FLEET_STEPS):
-        for batch in torch.randperm(64, generator=torch.Generator().manual_seed(epoch)).split(32):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x[batch]), y[batch]).backward()
-            opt.step()
-        with torch.no_grad():
-            loss = torch.nn.functional.mse_loss(model(x), y).item()
+        loss = train_epoch(model, opt, epoch, batch_size=32)
         optuna_fms.save_checkpoint(trial, model.state_dict(), step=epoch, optimizer=opt)
         trial.report(loss, epoch)
         if trial.should_prune():
@@ -383,26 +374,35 @@ def _die_at_take(k: int, marker_dir: Path) -> None:
     ``before_trial``), with the claim RUNNING and held by the new trial, before the objective
     starts. First writes ``died-in-ask-<pid>.json`` there: the trial's number and id, and the
     claim's id."""
-    import signal
-
     from optuna_fms import _claims
 
-    take = _claims.take_claim
-    taken = 0
-
-    def take_and_die(storage: Any, claim_id: int, child: optuna.trial.FrozenTrial) -> bool:
-        nonlocal taken
-        if not take(storage, claim_id, child):
-            return False
-        taken += 1
-        if taken < k:
-            return True
+    def last_words(storage: Any, claim_id: int, child: optuna.trial.FrozenTrial) -> None:
         held = {"trial": child.number, "trial_id": child._trial_id, "claim": claim_id}
         (marker_dir / f"died-in-ask-{os.getpid()}.json").write_text(json.dumps(held))
+
+    _claims.take_claim = _die_after(_claims.take_claim, k, last_words)  # type: ignore[assignment]
+
+
+def _die_after(
+    fn: Callable[..., bool], k: int = 1, last_words: Callable[..., None] | None = None
+) -> Callable[..., bool]:
+    """``fn`` made to SIGKILL this process right after its ``k``-th call that returned True
+    (``last_words`` is called with the same arguments first)."""
+    succeeded = 0
+
+    def fn_then_die(*args: Any) -> bool:
+        nonlocal succeeded
+        if not fn(*args):
+            return False
+        succeeded += 1
+        if succeeded < k:
+            return True
+        if last_words is not None:
+            last_words(*args)
         os.kill(os.getpid(), signal.SIGKILL)
         return True  # not reached
 
-    _claims.take_claim = take_and_die  # type: ignore[assignment]
+    return fn_then_die
 
 
 def fleet_worker(
