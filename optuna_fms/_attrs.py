@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 from dataclasses import dataclass
+import json
 import math
 from typing import Any
 
@@ -86,6 +87,23 @@ random token of its engine) started a GP training
 on ``n`` observations of that search space and budget at Unix time ``at``; until a training
 on as many observations is published in :data:`GP_TRAINING` (or a lease runs out), the other
 workers condition on the hyperparameters they have instead of training too."""
+
+
+# Claim trials (trials of the companion claims study, see :mod:`optuna_fms._freeze_thaw`).
+CLAIMS_OF = "fms:claims_of"
+"""Study user attribute of a companion claims study: the name of the study it serves."""
+
+CLAIMS_DESCRIPTION = "fms:description"
+"""Study user attribute of a companion claims study: what it is, for a person."""
+
+CLAIM_HOLDER = "continued_by_id"
+"""Claim trial user attribute: the storage id of the continuation that took the claim."""
+
+CLAIM_HOLDER_NUMBER = "continued_by"
+"""Claim trial user attribute: the number of the continuation that took the claim."""
+
+CLAIM_WITHDRAWN = "withdrawn"
+"""Claim trial user attribute: ``True`` on a claim closed because its trial went on."""
 
 
 # ---------------------------------------------------------------------------- typed readers
@@ -195,6 +213,9 @@ class ForecastRecord:
     mean: float
     std: float
 
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
 
 def read_forecast(user_attrs: Mapping[str, Any]) -> ForecastRecord | None:
     """:data:`FORECAST`, or ``None`` when absent or malformed.
@@ -219,6 +240,159 @@ def read_resumed(user_attrs: Mapping[str, Any]) -> bool:
     return user_attrs.get(RESUMED) is True
 
 
+def read_continuation_off(system_attrs: Mapping[str, Any]) -> bool:
+    """Whether continuations are off for the study (:data:`CONTINUATION_OFF`, a study system
+    attribute).
+
+    Examples
+    --------
+    >>> read_continuation_off({CONTINUATION_OFF: True}), read_continuation_off({})
+    (True, False)
+    """
+    return bool(system_attrs.get(CONTINUATION_OFF))
+
+
+def proposal_json(params: Mapping[str, Any]) -> str:
+    """:data:`PROPOSAL` for ``params`` (numpy scalars as Python numbers).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> proposal_json({"x": np.float64(0.5), "c": "a"})
+    '{"x": 0.5, "c": "a"}'
+    """
+    return json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()})
+
+
+def read_proposal(system_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The parameters of :data:`PROPOSAL`, or ``None`` when absent (or malformed).
+
+    Examples
+    --------
+    >>> read_proposal({PROPOSAL: proposal_json({"x": 1})})
+    {'x': 1}
+    >>> read_proposal({PROPOSAL: None}) is None, read_proposal({PROPOSAL: "{"}) is None
+    (True, True)
+    """
+    raw = system_attrs.get(PROPOSAL)
+    if not isinstance(raw, str):
+        return None
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        return None
+    return params if isinstance(params, dict) else None
+
+
+def set_records(attrs: Mapping[str, Any]) -> list[str]:
+    """The FMS keys (``fms:...``) of ``attrs`` that hold a value (not ``None``): what a trial
+    copied from another carries.
+
+    Examples
+    --------
+    >>> set_records({PAUSED: {"step": 1}, CONTINUES: None, "mine": 1})
+    ['fms:paused']
+    """
+    return [k for k, v in attrs.items() if k.startswith("fms:") and v is not None]
+
+
+@dataclass(frozen=True)
+class Restart:
+    """:data:`RESTART`: the furthest trial of the configuration a trial trains again, and the
+    step it was pruned at."""
+
+    trial: int
+    step: int | None
+
+    def to_json(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointsOwner:
+    """:data:`CHECKPOINTS_OWNER`: the trial that saved the checkpoints, by number, or (in
+    stamps of the earlier form) by storage id."""
+
+    number: int | None = None
+    trial_id: int | None = None
+
+    def to_json(self) -> dict[str, int | None]:
+        return {"trial": self.number}
+
+
+def read_checkpoints_owner(system_attrs: Mapping[str, Any]) -> CheckpointsOwner | None:
+    """:data:`CHECKPOINTS_OWNER`, or ``None`` when absent or malformed.
+
+    Examples
+    --------
+    >>> read_checkpoints_owner({CHECKPOINTS_OWNER: CheckpointsOwner(number=3).to_json()})
+    CheckpointsOwner(number=3, trial_id=None)
+    >>> read_checkpoints_owner({CHECKPOINTS_OWNER: 7})
+    CheckpointsOwner(number=None, trial_id=7)
+    >>> read_checkpoints_owner({CHECKPOINTS_OWNER: {"trial": True}}) is None
+    True
+    """
+    raw = system_attrs.get(CHECKPOINTS_OWNER)
+    if isinstance(raw, Mapping):
+        number = _int(raw.get("trial"))
+        return None if number is None else CheckpointsOwner(number=number)
+    trial_id = _int(raw)
+    return None if trial_id is None else CheckpointsOwner(trial_id=trial_id)
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """A claim trial's user attributes: the paused trial it stands for (storage id and
+    number) and the step a continuation starts after; on a claim that reopens a pause after
+    failed continuations, the pause's first claim and how many failed."""
+
+    trial_id: int
+    step: int
+    trial_number: int | None = None
+    pause_claim: int | None = None
+    failed_continuations: int = 0
+
+    def to_json(self) -> dict[str, int | None]:
+        out = {"trial_id": self.trial_id, "trial_number": self.trial_number, "step": self.step}
+        if self.pause_claim is not None:
+            out["pause_claim"] = self.pause_claim
+            out["failed_continuations"] = self.failed_continuations
+        return out
+
+
+def read_claim(user_attrs: Mapping[str, Any]) -> ClaimRecord | None:
+    """A claim trial's :class:`ClaimRecord`, or ``None`` when malformed.
+
+    Examples
+    --------
+    >>> read_claim({"trial_id": 5, "trial_number": 2, "step": 3})
+    ClaimRecord(trial_id=5, step=3, trial_number=2, pause_claim=None, failed_continuations=0)
+    >>> read_claim({"trial_id": 5}) is None
+    True
+    """
+    trial_id, step = _int(user_attrs.get("trial_id")), _int(user_attrs.get("step"))
+    if trial_id is None or step is None:
+        return None
+    return ClaimRecord(
+        trial_id,
+        step,
+        _int(user_attrs.get("trial_number")),
+        _int(user_attrs.get("pause_claim")),
+        _int(user_attrs.get("failed_continuations")) or 0,
+    )
+
+
+def read_claim_holder(user_attrs: Mapping[str, Any]) -> int | None:
+    """The storage id of the trial that took a claim (:data:`CLAIM_HOLDER`), if any.
+
+    Examples
+    --------
+    >>> read_claim_holder({CLAIM_HOLDER: 9, CLAIM_HOLDER_NUMBER: 4}), read_claim_holder({})
+    (9, None)
+    """
+    return _int(user_attrs.get(CLAIM_HOLDER))
+
+
 @dataclass(frozen=True)
 class GPTraining:
     """:data:`GP_TRAINING`: a GP training a worker published for the others."""
@@ -227,6 +401,9 @@ class GPTraining:
     max_steps: int
     n_trained: int
     gp: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def read_gp_training(system_attrs: Mapping[str, Any]) -> GPTraining | None:
@@ -273,6 +450,9 @@ class GPTrainingStarted:
     max_steps: int
     by: str
     """The announcing engine's token (a worker ignores its own announcements)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def read_gp_training_started(system_attrs: Mapping[str, Any]) -> GPTrainingStarted | None:

@@ -54,9 +54,6 @@ from optuna_fms import _attrs
 
 
 _SUFFIX = ":fms-claims"
-CLAIMS_OF = "fms:claims_of"
-"""Study user attribute of a companion claims study: the name of the study it serves."""
-_DESCRIPTION = "fms:description"
 
 
 def claims_study_name(study_name: str) -> str:
@@ -68,7 +65,8 @@ def claims_study_id(storage: BaseStorage, study_id: int) -> int:
     """Id of the companion study holding claim trials; created on first use.
 
     The companion study says what it is wherever studies are listed (``optuna studies``,
-    optuna-dashboard): its user attribute :data:`CLAIMS_OF` names the study it serves.
+    optuna-dashboard): its user attribute :data:`~optuna_fms._attrs.CLAIMS_OF` names the
+    study it serves.
     """
     study_name = storage.get_study_name_from_id(study_id)
     name = claims_study_name(study_name)
@@ -76,10 +74,10 @@ def claims_study_id(storage: BaseStorage, study_id: int) -> int:
         claims_id = storage.create_new_study([StudyDirection.MINIMIZE], study_name=name)
     except DuplicatedStudyError:
         return storage.get_study_id_from_name(name)
-    storage.set_study_user_attr(claims_id, CLAIMS_OF, study_name)
+    storage.set_study_user_attr(claims_id, _attrs.CLAIMS_OF, study_name)
     storage.set_study_user_attr(
         claims_id,
-        _DESCRIPTION,
+        _attrs.CLAIMS_DESCRIPTION,
         f"optuna-fms bookkeeping of study {study_name!r}: one trial per pause (which paused "
         "trial may be continued, and by which trial). Remove it once the study is done with "
         f"`optuna-fms gc-claims --storage URL --study {study_name}`.",
@@ -129,18 +127,22 @@ def open_claim(
     ``reopens`` is the claim this one replaces after ``failed`` continuations of the same
     pause failed (see :func:`release_claim`).
     """
-    user_attrs = {"trial_id": paused._trial_id, "trial_number": paused.number, "step": step}
-    if reopens is not None:
-        user_attrs["pause_claim"] = pause_claim(reopens)
-        user_attrs["failed_continuations"] = failed
-    template = create_trial(state=TrialState.WAITING, user_attrs=user_attrs)
+    record = _attrs.ClaimRecord(
+        trial_id=paused._trial_id,
+        step=step,
+        trial_number=paused.number,
+        pause_claim=None if reopens is None else pause_claim(reopens),
+        failed_continuations=failed,
+    )
+    template = create_trial(state=TrialState.WAITING, user_attrs=record.to_json())
     return storage.create_new_trial(claims_id, template_trial=template)
 
 
 def pause_claim(claim: FrozenTrial) -> int:
     """The pause's first claim, recorded in the paused trial's ``fms:paused``."""
-    first = claim.user_attrs.get("pause_claim")
-    return first if isinstance(first, int) else claim._trial_id
+    record = _attrs.read_claim(claim.user_attrs)
+    first = None if record is None else record.pause_claim
+    return first if first is not None else claim._trial_id
 
 
 def open_claims(storage: BaseStorage, claims_id: int) -> list[FrozenTrial]:
@@ -196,10 +198,7 @@ def open_claim_of(storage: BaseStorage, claims_id: int, paused: FrozenTrial) -> 
     if pause is None or pause.claim is None:
         return None
     for claim in open_claims(storage, claims_id):
-        if (
-            claim.user_attrs.get("trial_id") == paused._trial_id
-            and pause_claim(claim) == pause.claim
-        ):
+        if _paused_id(claim) == paused._trial_id and pause_claim(claim) == pause.claim:
             return claim
     return None
 
@@ -254,14 +253,20 @@ def is_claim_of(storage: BaseStorage, claim_id: int, paused: FrozenTrial) -> boo
         claim = storage.get_trial(claim_id)
     except KeyError:
         return False
-    return claim.user_attrs.get("trial_id") == paused._trial_id
+    return _paused_id(claim) == paused._trial_id
+
+
+def _paused_id(claim: FrozenTrial) -> int | None:
+    """The storage id of the paused trial ``claim`` stands for (``None`` if malformed)."""
+    record = _attrs.read_claim(claim.user_attrs)
+    return None if record is None else record.trial_id
 
 
 def withdraw_claim(storage: BaseStorage, claim_id: int) -> bool:
     """Close an open claim nobody took (its trial went on); ``False`` if it was taken."""
     if not _compare_and_set_running(storage, claim_id):
         return False
-    storage.set_trial_user_attr(claim_id, "withdrawn", True)
+    storage.set_trial_user_attr(claim_id, _attrs.CLAIM_WITHDRAWN, True)
     storage.set_trial_state_values(claim_id, TrialState.FAIL)
     return True
 
@@ -278,14 +283,17 @@ def can_continue(storage: BaseStorage, claim: FrozenTrial) -> bool:
     paused trial finished otherwise (COMPLETE, or it reported past the claim's step) is
     withdrawn here, since no continuation may fork a trial that went on.
     """
+    record = _attrs.read_claim(claim.user_attrs)
+    if record is None:
+        return False
     try:
-        paused = storage.get_trial(claim.user_attrs["trial_id"])
+        paused = storage.get_trial(record.trial_id)
     except KeyError:
         return False
     if paused.state == TrialState.RUNNING:
         return False
     stopped = paused.state in (TrialState.PRUNED, TrialState.FAIL)
-    if stopped and paused.last_step == claim.user_attrs.get("step"):
+    if stopped and paused.last_step == record.step:
         return True
     withdraw_claim(storage, claim._trial_id)
     return False
@@ -304,8 +312,8 @@ def take_claim(storage: BaseStorage, claim_id: int, child: FrozenTrial) -> bool:
     """
     if not _compare_and_set_running(storage, claim_id):
         return False
-    storage.set_trial_user_attr(claim_id, "continued_by", child.number)
-    storage.set_trial_user_attr(claim_id, "continued_by_id", child._trial_id)
+    storage.set_trial_user_attr(claim_id, _attrs.CLAIM_HOLDER_NUMBER, child.number)
+    storage.set_trial_user_attr(claim_id, _attrs.CLAIM_HOLDER, child._trial_id)
     return True
 
 
@@ -317,7 +325,7 @@ def is_held_by(storage: BaseStorage, claim_id: int, child_id: int) -> bool:
     except KeyError:
         return False
     held = claim.state in (TrialState.RUNNING, TrialState.PRUNED, TrialState.COMPLETE)
-    return held and claim.user_attrs.get("continued_by_id") == child_id
+    return held and _attrs.read_claim_holder(claim.user_attrs) == child_id
 
 
 def finish_claim(storage: BaseStorage, claim_id: int) -> bool:
@@ -340,18 +348,14 @@ def release_claim(storage: BaseStorage, claims_id: int, claim: FrozenTrial) -> b
     """
     if not _compare_and_set(storage, claim._trial_id, TrialState.RUNNING, TrialState.FAIL):
         return False
-    failed = claim.user_attrs.get("failed_continuations", 0) + 1
+    record = _attrs.read_claim(claim.user_attrs)
+    if record is None:
+        return True
+    failed = record.failed_continuations + 1
     if failed >= MAX_ATTEMPTS:
         return True
-    paused = storage.get_trial(claim.user_attrs["trial_id"])
-    open_claim(
-        storage,
-        claims_id,
-        paused,
-        claim.user_attrs["step"],
-        reopens=claim,
-        failed=failed,
-    )
+    paused = storage.get_trial(record.trial_id)
+    open_claim(storage, claims_id, paused, record.step, reopens=claim, failed=failed)
     return True
 
 
@@ -371,8 +375,8 @@ def recover_claims(storage: BaseStorage, claims_id: int) -> int:
     """
     closed = 0
     for claim in _claims_in(storage, claims_id, TrialState.RUNNING):
-        holder = claim.user_attrs.get("continued_by_id")
-        if not isinstance(holder, int):
+        holder = _attrs.read_claim_holder(claim.user_attrs)
+        if holder is None:
             # Being taken or withdrawn right now, or the worker doing it was killed in between.
             if _orphaned(storage, claim):
                 closed += release_claim(storage, claims_id, claim)

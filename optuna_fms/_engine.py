@@ -738,16 +738,11 @@ class Engine:
                         retrain = True
                 if retrain:
                     if self._surrogate_kind == "gp":
+                        started = _attrs.GPTrainingStarted(
+                            n_obs, time.time(), space_json, max_steps, self._token
+                        )
                         study._storage.set_study_system_attr(
-                            study._study_id,
-                            _attrs.GP_TRAINING_STARTED,
-                            {
-                                "n": n_obs,
-                                "at": time.time(),
-                                "space": space_json,
-                                "max_steps": max_steps,
-                                "by": self._token,
-                            },
+                            study._study_id, _attrs.GP_TRAINING_STARTED, started.to_json()
                         )
                     surrogate.fit(layout, data.rows, data.y)
                     n_trained = n_obs
@@ -848,13 +843,10 @@ class Engine:
         shared = self._shared_training(system_attrs, encoder, max_steps)
         if not replace and shared is not None and shared.n_trained >= n_trained:
             return
-        record: dict[str, Any] = {
-            "space": self._space_json(encoder),
-            "max_steps": max_steps,
-            "n_trained": n_trained,
-            "gp": surrogate.hyperparameters(),
-        }
-        study._storage.set_study_system_attr(study._study_id, _attrs.GP_TRAINING, record)
+        record = _attrs.GPTraining(
+            self._space_json(encoder), max_steps, n_trained, surrogate.hyperparameters()
+        )
+        study._storage.set_study_system_attr(study._study_id, _attrs.GP_TRAINING, record.to_json())
 
     def _fit_failed(self, state: _StudyState, err: Exception) -> None:
         """Forget the fit (the next refresh fits again) and warn once per engine."""
@@ -986,7 +978,7 @@ class Engine:
 
     def _paused(self, study: Study, fit: Fit) -> list[tuple[FrozenTrial, Curve]]:
         """Open claims and the curves of the paused trials they stand for."""
-        if study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF):
+        if _attrs.read_continuation_off(study._storage.get_study_system_attrs(study._study_id)):
             return []
         by_key = {c.key: c for c in fit.curves}
         out = []

@@ -350,7 +350,7 @@ def test_the_claims_study_says_what_it_is_and_gc_claims_removes_it(
     study.optimize(workers.train_objective, n_trials=1)
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}
     companion = summaries[f"{study.study_name}:fms-claims"]
-    assert companion.user_attrs[_claims.CLAIMS_OF] == study.study_name
+    assert companion.user_attrs[_attrs.CLAIMS_OF] == study.study_name
     assert "gc-claims" in companion.user_attrs["fms:description"]
     gc = ["gc-claims", "--storage", url, "--study", study.study_name]
     # Trial 0 is paused with a checkpoint: its claim is open, and nothing is deleted.

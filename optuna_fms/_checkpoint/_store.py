@@ -79,9 +79,8 @@ def _fresh(trial: Trial | FrozenTrial) -> Any:
 def _stamp_number(frozen: Any) -> int | None:
     """The trial number the owner stamp names; ``None`` for no stamp or a stamp of the
     earlier form (the owner's storage id, which ``optuna.copy_study`` does not keep)."""
-    stamp = frozen.system_attrs.get(_attrs.CHECKPOINTS_OWNER)
-    number = stamp.get("trial") if isinstance(stamp, dict) else None
-    return number if isinstance(number, int) and not isinstance(number, bool) else None
+    stamp = _attrs.read_checkpoints_owner(frozen.system_attrs)
+    return None if stamp is None else stamp.number
 
 
 def _owns_records(frozen: Any, *, strict: bool) -> bool:
@@ -100,8 +99,8 @@ def _owns_records(frozen: Any, *, strict: bool) -> bool:
         return number == frozen.number
     if not strict:
         return True
-    stamp = frozen.system_attrs.get(_attrs.CHECKPOINTS_OWNER)
-    return isinstance(stamp, int) and stamp == getattr(frozen, "_trial_id", None)
+    stamp = _attrs.read_checkpoints_owner(frozen.system_attrs)
+    return stamp is not None and stamp.trial_id == getattr(frozen, "_trial_id", None)
 
 
 def _checkpoint_map(trial: Trial | FrozenTrial, *, owned: bool = False) -> dict[int, str]:
@@ -128,8 +127,9 @@ def _record_checkpoint_map(trial: Trial, recorded: Mapping[int, str], *, first: 
     with ``first`` (the trial had no checkpoint of its own yet) stamp the trial, by number,
     as their owner."""
     if first:
+        stamp = _attrs.CheckpointsOwner(number=trial.number)
         trial.storage.set_trial_system_attr(
-            trial._trial_id, _attrs.CHECKPOINTS_OWNER, {"trial": trial.number}
+            trial._trial_id, _attrs.CHECKPOINTS_OWNER, stamp.to_json()
         )
     trial.set_user_attr(_attrs.CHECKPOINTS, {str(s): recorded[s] for s in sorted(recorded)})
 
