@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from optuna_fms.metanet._graph import _hash_subsample
+from optuna_fms.metanet._subsample import _hash_subsample
 
 
 NUM_DEPTH_SLOTS = 4

@@ -314,9 +314,9 @@ def test_embedding_is_a_layer_from_token_nodes() -> None:
 
 
 def test_hash_subsample_across_chunks_is_exact_and_permutation_invariant() -> None:
-    from optuna_fms.metanet._graph import _HASH_CHUNK
-    from optuna_fms.metanet._graph import _hash_subsample
-    from optuna_fms.metanet._graph import _hash_values
+    from optuna_fms.metanet._subsample import _HASH_CHUNK
+    from optuna_fms.metanet._subsample import _hash_subsample
+    from optuna_fms.metanet._subsample import _hash_values
 
     g = torch.Generator().manual_seed(0)
     flat = torch.randn(_HASH_CHUNK + 12345, generator=g)

@@ -1,0 +1,78 @@
+"""The table of supported module types: module class name -> layer handler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from collections.abc import Mapping
+
+import torch
+
+from optuna_fms.metanet._writer import STRUCTURAL_EDGE_TYPES
+from optuna_fms.metanet._writer import edge_features
+from optuna_fms.metanet.layers._base import Layer
+
+
+class LayerRegistry:
+    """Layer handlers by module class name, and the edge types they draw, in column order.
+
+    Parameters
+    ----------
+    *entries:
+        Layer handlers, and where the structural edge types go: a tuple of edge type names
+        (``STRUCTURAL_EDGE_TYPES``) among them places those columns; the edge types are the
+        types of the entries in order, each once (structural ones missing are appended).
+        Without a structure, :meth:`infer` tries the handlers in this order.
+
+    Raises
+    ------
+    ValueError
+        If two handlers claim the same module class.
+
+    Examples
+    --------
+    >>> from optuna_fms.metanet.layers import LAYERS
+    >>> LAYERS.get("Conv2d"), LAYERS.get("GRU")
+    (Conv(), None)
+    >>> LAYERS.edge_types[:4]
+    ('linear', 'conv', 'embedding', 'bias')
+    """
+
+    def __init__(self, *entries: Layer | tuple[str, ...]) -> None:
+        self._entries = entries
+        self._by_module: dict[str, Layer] = {}
+        types: list[str] = []
+        for entry in (*entries, STRUCTURAL_EDGE_TYPES):
+            if isinstance(entry, Layer):
+                for name in entry.modules:
+                    if name in self._by_module:
+                        raise ValueError(
+                            f"module type {name!r} is claimed by both {self._by_module[name]!r} "
+                            f"and {entry!r}"
+                        )
+                    self._by_module[name] = entry
+                entry = entry.edge_types
+            types.extend(t for t in entry if t not in types)
+        self.layers = tuple(e for e in entries if isinstance(e, Layer))
+        self.edge_types = tuple(types)
+        self.edge_features = edge_features(self.edge_types)
+
+    def get(self, module_type: str) -> Layer | None:
+        """The handler of modules of class ``module_type`` (``None`` if none is registered)."""
+        return self._by_module.get(module_type)
+
+    def infer(self, tensors: Mapping[str, torch.Tensor]) -> Layer | None:
+        """The first handler that recognises a module's ``tensors`` (see :meth:`Layer.infer`)."""
+        return next((layer for layer in self.layers if layer.infer(tensors)), None)
+
+    def with_layers(self, *layers: Layer) -> LayerRegistry:
+        """A new registry with ``layers`` added at the end (their edge types last)."""
+        return LayerRegistry(*self._entries, *layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __contains__(self, module_type: object) -> bool:
+        return module_type in self._by_module
+
+    def __repr__(self) -> str:
+        return f"LayerRegistry({', '.join(map(repr, self._entries))})"
