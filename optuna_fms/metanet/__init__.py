@@ -1,7 +1,8 @@
 """Parameter graphs and graph metanetworks: featurising checkpoints for the FMS surrogate.
 
 - :func:`describe_module` records a module's structure (stored with each checkpoint);
-- :func:`build_graph` turns ``(state_dict, structure)`` into a :class:`ParamGraph`;
+- :func:`build_graph` turns ``(state_dict, structure)`` into a :class:`ParamGraph`, through
+  the handler of each module type in :mod:`optuna_fms.metanet.layers` (one per file);
 - :class:`GraphMetanetwork` embeds a batch of parameter graphs (invariant to permutations of
   hidden neurons);
 - :class:`PretrainedMetanetwork` is one trained to predict how checkpoints fine-tune (shipped

@@ -13,6 +13,7 @@ from optuna_fms.metanet._writer import GraphWriter
 from optuna_fms.metanet._writer import ModuleCall
 from optuna_fms.metanet._writer import Neurons
 from optuna_fms.metanet._writer import _node_args
+from optuna_fms.metanet._writer import kernel_positions
 from optuna_fms.metanet.layers import LayerRegistry
 
 
@@ -34,8 +35,9 @@ class _Param:
 class _Builder:
     """Walk a structure (or a state dict as a chain) and draw it into a :class:`GraphWriter`.
 
-    Modules go to their handler in ``layers``; additions, concatenations and parameters read in
-    ``forward`` are drawn here.
+    Modules go to their handler in ``layers``; what a function or method call does to the data
+    flow is drawn here: an addition (residual edges), a concatenation, and a parameter read in
+    ``forward`` and added to the features (a bias node) or multiplied with them (a gamma node).
     """
 
     def __init__(
@@ -125,9 +127,9 @@ class _Builder:
         out = self._op_groups(node, groups, env)
         for p in params:
             if target in _ADD_OPS or target in _CAT_OPS:
-                self.graph.parameter(node["name"], p.key, out, "bias", "bias")
+                self._parameter(node["name"], p.key, out, "bias", "bias")
             elif target in _MUL_OPS:
-                self.graph.parameter(node["name"], p.key, out, "gamma", "gamma")
+                self._parameter(node["name"], p.key, out, "gamma", "gamma")
             else:
                 raise UnsupportedArchitectureError(
                     f"parameter '{p.key}' is used by '{node['name']}' ({target}), which cannot "
@@ -140,7 +142,7 @@ class _Builder:
     ) -> Neurons:
         target = node["target"]
         if target in _ADD_OPS:
-            return self.graph.residual(node["name"], groups)
+            return self._residual(node["name"], groups)
         if target in _MATMUL_OPS:
             return groups[-1]
         if target == "scaled_dot_product_attention":
@@ -148,10 +150,7 @@ class _Builder:
             value = env.get(ref) if ref is not None else None
             return value if isinstance(value, Neurons) else groups[-1]
         if target in _CAT_OPS:
-            unique: list[Neurons] = []
-            for g in groups:
-                if all(g is not u for u in unique):
-                    unique.append(g)
+            unique = _unique(groups)
             if len(unique) == 1:
                 return unique[0]
             if any(g.ids is None for g in unique):
@@ -194,3 +193,75 @@ class _Builder:
             current = layer.build(self.graph, call)
         if current.ids is not None:
             self.graph.outputs.append(current)
+
+    def _parameter(
+        self, name: str, key: str, group: Neurons, node_type: str, edge_type: str
+    ) -> None:
+        """Edges for a parameter added to (or multiplied with) the neurons of ``group``."""
+        tensor = self.graph.read(key)
+        assert tensor is not None
+        shape = list(tensor.shape)
+        if group.ids is None:
+            self.graph.materialise(group, shape[-1] if shape else 1)
+        n = group.size
+        dims = [i for i, size in enumerate(shape) if size == n]
+        if shape and shape[-1] == n:
+            dim = len(shape) - 1
+        elif len(dims) == 1:
+            dim = dims[0]
+        else:
+            raise UnsupportedArchitectureError(
+                f"parameter '{key}' of shape {shape} used by '{name}' does not match the {n} "
+                f"neurons it is applied to ('{group.name}')"
+            )
+        flat = tensor.movedim(dim, -1).reshape(-1)
+        positions = flat.numel() // n
+        idx = self.graph.select(flat)
+        layer = self.graph.next_layer()
+        node = self.graph.add_nodes(1, layer, node_type)
+        pos = kernel_positions((idx // n)[:, None], (positions,)) if positions > 1 else None
+        assert group.ids is not None
+        self.graph.add_edges(
+            node.expand(idx.numel()),
+            group.ids[idx % n],
+            flat[idx],
+            layer,
+            edge_type,
+            pos,
+            full=flat.numel(),
+        )
+
+    def _residual(self, name: str, groups: list[Neurons]) -> Neurons:
+        """Add ``groups`` together: weight-1 edges from the others into the newest one."""
+        unique = _unique(groups)
+        if len(unique) == 1:
+            return unique[0]
+        known = [g for g in unique if g.ids is not None]
+        if not known:
+            return unique[0]
+        dst = max(known, key=lambda g: g.order)
+        assert dst.ids is not None
+        for g in unique:
+            if g is dst:
+                continue
+            g = self.graph.materialise(g, dst.size)
+            assert g.ids is not None
+            if g.size == 1:
+                continue
+            if g.size != dst.size:
+                raise UnsupportedArchitectureError(
+                    f"residual connection '{name}' adds {g.size} neurons ('{g.name}') to "
+                    f"{dst.size} neurons ('{dst.name}')"
+                )
+            layer = self.graph.layer_of(dst)
+            self.graph.add_edges(g.ids, dst.ids, torch.ones(dst.size), layer, "residual")
+        return dst
+
+
+def _unique(groups: list[Neurons]) -> list[Neurons]:
+    """``groups`` without repeats (by identity), in order."""
+    unique: list[Neurons] = []
+    for g in groups:
+        if all(g is not u for u in unique):
+            unique.append(g)
+    return unique

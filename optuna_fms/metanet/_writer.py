@@ -216,16 +216,18 @@ class GraphWriter:
         node = self.add_nodes(1, layer, "bias")
         self.add_edges(node.expand(out.size), out.ids, bias.reshape(-1), layer, "bias")
 
-    def select(self, flat: torch.Tensor) -> torch.Tensor | None:
-        """Indices of the entries of a flattened weight to draw (``None``: all of them).
+    def select(self, flat: torch.Tensor) -> torch.Tensor:
+        """Sorted indices of the entries of a flattened weight to draw.
 
-        At most ``max_edges``, chosen by a hash of their values (see
+        All of them, or fewer than ``max_edges`` chosen by a hash of their values (see
         :func:`~optuna_fms.metanet.build_graph`).
         """
-        return _hash_subsample(flat, self.max_edges)
+        sel = _hash_subsample(flat, self.max_edges)
+        return torch.arange(flat.numel()) if sel is None else sel
 
     # -- state dict access -------------------------------------------------------------------
-    def _get(self, key: str | None, shape: Sequence[int] | None = None) -> torch.Tensor | None:
+    def read(self, key: str | None, shape: Sequence[int] | None = None) -> torch.Tensor | None:
+        """The state-dict tensor ``key`` (``None`` for ``None``), checked and marked used."""
         if key is None:
             return None
         if key not in self.sd:
@@ -240,7 +242,7 @@ class GraphWriter:
 
     def tensor(self, call: ModuleCall, local: str) -> torch.Tensor | None:
         """The tensor a module holds under ``local`` (``None`` if it has none), marked used."""
-        return self._get(call.params.get(local), call.shapes.get(local))
+        return self.read(call.params.get(local), call.shapes.get(local))
 
     def weight(self, call: ModuleCall) -> torch.Tensor:
         """The module's ``weight``."""
@@ -248,7 +250,7 @@ class GraphWriter:
         assert weight is not None
         return weight
 
-    # -- the dense layer and the structural edges --------------------------------------------
+    # -- the dense layer -----------------------------------------------------------------
     def dense(
         self,
         name: str,
@@ -279,8 +281,7 @@ class GraphWriter:
             layer = self.next_layer()
         out = self.neurons(n_out, layer, name)
         flat = weight.reshape(-1)
-        sel = self.select(flat)
-        idx = torch.arange(flat.numel()) if sel is None else sel
+        idx = self.select(flat)
         values = flat[idx]
         row = idx // n_in_total
         col = idx % n_in_total
@@ -299,74 +300,8 @@ class GraphWriter:
         self.bias(bias, out, layer)
         return out
 
-    def parameter(
-        self, name: str, key: str, group: Neurons, node_type: str, edge_type: str
-    ) -> None:
-        """Edges for a parameter added to (or multiplied with) the neurons of ``group``."""
-        tensor = self._get(key)
-        assert tensor is not None
-        shape = list(tensor.shape)
-        if group.ids is None:
-            self.materialise(group, shape[-1] if shape else 1)
-        n = group.size
-        dims = [i for i, size in enumerate(shape) if size == n]
-        if shape and shape[-1] == n:
-            dim = len(shape) - 1
-        elif len(dims) == 1:
-            dim = dims[0]
-        else:
-            raise UnsupportedArchitectureError(
-                f"parameter '{key}' of shape {shape} used by '{name}' does not match the {n} "
-                f"neurons it is applied to ('{group.name}')"
-            )
-        flat = tensor.movedim(dim, -1).reshape(-1)
-        positions = flat.numel() // n
-        sel = self.select(flat)
-        idx = torch.arange(flat.numel()) if sel is None else sel
-        layer = self.next_layer()
-        node = self.add_nodes(1, layer, node_type)
-        pos = kernel_positions((idx // n)[:, None], (positions,)) if positions > 1 else None
-        assert group.ids is not None
-        self.add_edges(
-            node.expand(idx.numel()),
-            group.ids[idx % n],
-            flat[idx],
-            layer,
-            edge_type,
-            pos,
-            full=flat.numel(),
-        )
-
-    def residual(self, name: str, groups: list[Neurons]) -> Neurons:
-        """Add ``groups`` together: weight-1 edges from the others into the newest one."""
-        unique: list[Neurons] = []
-        for g in groups:
-            if all(g is not u for u in unique):
-                unique.append(g)
-        if len(unique) == 1:
-            return unique[0]
-        known = [g for g in unique if g.ids is not None]
-        if not known:
-            return unique[0]
-        dst = max(known, key=lambda g: g.order)
-        assert dst.ids is not None
-        for g in unique:
-            if g is dst:
-                continue
-            g = self.materialise(g, dst.size)
-            assert g.ids is not None
-            if g.size == 1:
-                continue
-            if g.size != dst.size:
-                raise UnsupportedArchitectureError(
-                    f"residual connection '{name}' adds {g.size} neurons ('{g.name}') to "
-                    f"{dst.size} neurons ('{dst.name}')"
-                )
-            layer = int(self._node_layer_of(dst))
-            self.add_edges(g.ids, dst.ids, torch.ones(dst.size), layer, "residual")
-        return dst
-
-    def _node_layer_of(self, group: Neurons) -> int:
+    def layer_of(self, group: Neurons) -> int:
+        """The layer index of the (first) node of ``group``."""
         assert group.ids is not None
         first = int(group.ids[0])
         seen = 0

@@ -79,8 +79,7 @@ def _conv(
     layer = graph.next_layer()
     out = graph.neurons(n_out, layer, name)
     flat = weight.reshape(-1)
-    sel = graph.select(flat)
-    idx = torch.arange(flat.numel()) if sel is None else sel
+    idx = graph.select(flat)
     ksize = math.prod(kernel)
     o = idx // (in_per_group * ksize)
     rem = idx % (in_per_group * ksize)
