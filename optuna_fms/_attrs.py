@@ -22,7 +22,7 @@ CHECKPOINTS = "fms:checkpoints"
 PAUSED = "fms:paused"
 """``{"step": int, "claim": int}``: set by FMSPruner when it pauses the trial at ``step``;
 ``claim`` is the id of the lock trial whose WAITING->RUNNING transition claims the
-continuation (see :mod:`optuna_fms._claims`)."""
+continuation (see :mod:`optuna_fms._freeze_thaw`)."""
 
 CONTINUES = "fms:continues"
 """``{"trial": number, "trial_id": id, "step": int, "claim": id}`` on a trial that continues a

@@ -52,8 +52,8 @@ def _bench(argv: list[str]) -> int:
 def _gc_claims(argv: list[str]) -> int:
     import optuna
 
-    from optuna_fms._claims import claims_study_name
-    from optuna_fms._claims import delete_claims_study
+    from optuna_fms._freeze_thaw import claims_study_name
+    from optuna_fms._freeze_thaw import delete_claims_study
 
     parser = argparse.ArgumentParser(
         prog="optuna-fms gc-claims",

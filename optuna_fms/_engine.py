@@ -36,9 +36,9 @@ from optuna.trial import TrialState
 import torch
 
 from optuna_fms import _attrs
-from optuna_fms import _claims
 from optuna_fms._budget import resolve_max_steps
 from optuna_fms._checkpoint import read_checkpoint
+from optuna_fms._freeze_thaw import FreezeThaw
 from optuna_fms._lineage import Lineage
 from optuna_fms._surrogate import Curve
 from optuna_fms._surrogate import FittedModel
@@ -148,7 +148,7 @@ class _StudyState:
     fit: Fit | None = None
     alternative: tuple[int, float] | None = None
     """The best alternative's EI and the training (``Fit.n_trained``) it was computed on."""
-    claims_id: int | None = None
+    freeze_thaw: FreezeThaw | None = None
     curves: dict[int, tuple[Any, Curve]] = field(default_factory=dict)
     """Curves of finished trials (``trial id -> (checkpoint attribute, curve)``), valid for
     ``curves_for``; a finished trial's values and parameters never change."""
@@ -554,12 +554,12 @@ class Engine:
         space = self._state(study).search_space.calculate(study)
         return {n: d for n, d in space.items() if not d.single()}
 
-    def claims_id(self, study: Study) -> int:
-        """Id of the study's companion claims study (in the study's own storage)."""
+    def freeze_thaw(self, study: Study) -> FreezeThaw:
+        """The study's freeze-thaw (pauses, claims, continuations), kept with its caches."""
         state = self._state(study)
-        if state.claims_id is None:
-            state.claims_id = _claims.claims_study_id(study._storage, study._study_id)
-        return state.claims_id
+        if state.freeze_thaw is None:
+            state.freeze_thaw = FreezeThaw(study._storage, study._study_id)
+        return state.freeze_thaw
 
     def collect_curves(
         self, study: Study, trials: Sequence[FrozenTrial], encoder: SpaceEncoder, max_steps: int
@@ -977,18 +977,13 @@ class Engine:
         return Options.fresh(x, ckpts)
 
     def _paused(self, study: Study, fit: Fit) -> list[tuple[FrozenTrial, Curve]]:
-        """Open claims and the curves of the paused trials they stand for."""
-        if _attrs.read_continuation_off(study._storage.get_study_system_attrs(study._study_id)):
-            return []
+        """Open claims and the curves of the paused trials they stand for, short of the full
+        budget."""
         by_key = {c.key: c for c in fit.curves}
         out = []
-        for claim in _claims.open_claims(study._storage, self.claims_id(study)):
-            curve = by_key.get(claim.user_attrs["trial_id"])
-            if curve is None or curve.last_step + 1 >= fit.max_steps:
-                continue
-            # Only a claim of the pause recorded (or one reopening it) stands for the trial.
-            pause = _attrs.read_pause(fit.trials[curve.key].user_attrs)
-            if pause is not None and pause.claim == _claims.pause_claim(claim):
+        for claim, trial in self.freeze_thaw(study).open_pauses(fit.trials):
+            curve = by_key[trial._trial_id]
+            if curve.last_step + 1 < fit.max_steps:
                 out.append((claim, curve))
         return out
 
@@ -1102,8 +1097,7 @@ class Engine:
             return False
         if _unfinished(trials, self.max_steps(study, trials), finishing, state):
             return False
-        off = study._storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
-        return off or not _claims.open_claims(study._storage, self.claims_id(study))
+        return self.freeze_thaw(study).nothing_to_continue()
 
     def _alternative(self, study: Study, fit: Fit, view: View) -> float:
         """The rule's value of the best other use of one step. A cacheable rule's value is

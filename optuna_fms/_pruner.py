@@ -8,7 +8,6 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_fms import _attrs
-from optuna_fms import _claims
 from optuna_fms._engine import Engine
 from optuna_fms._engine import engine_of
 from optuna_fms._surrogate.allocation import ModelBasedRungs
@@ -122,9 +121,7 @@ class FMSPruner(BasePruner):
             self._pause(study, trial)
             return True
         # The trial goes on: a claim opened by an earlier decision no longer stands for it.
-        paused = _attrs.read_pause(trial.user_attrs)
-        if paused is not None and paused.claim is not None:
-            self._withdraw(study, trial, paused)
+        self.engine(study).freeze_thaw(study).go_on(trial)
         return False
 
     def _should_pause(self, study: Study, trial: FrozenTrial, step: int) -> bool:
@@ -147,60 +144,25 @@ class FMSPruner(BasePruner):
         fit = engine.refresh(study, eager=False)
         if fit is None or not fit.encoder.contains(trial.params):
             return False
-        stops = None if self._continuable(study, trial, step) else self._stops
+        freeze_thaw = engine.freeze_thaw(study)
+        stops = None if freeze_thaw.continuable(trial, step) else self._stops
         forecast = engine.step_forecast(study, fit, trial, self._tolerance, stops=stops)
         if forecast is None:
             return False
-        study._storage.set_trial_user_attr(
-            trial._trial_id,
-            _attrs.FORECAST,
-            {"step": step, "mean": forecast.mean, "std": forecast.std},
-        )
+        record = _attrs.ForecastRecord(step=step, mean=forecast.mean, std=forecast.std)
+        freeze_thaw.record_forecast(trial._trial_id, record)
         # A NaN report carries no evidence either way: never pause on it.
         if math.isnan(value):
             return False
         return not forecast.keeps
 
-    @staticmethod
-    def _continuable(study: Study, trial: FrozenTrial, step: int) -> bool:
-        """Whether a pause of ``trial`` at ``step`` could be continued: its checkpoint at
-        ``step`` is saved and the study's continuations are on."""
-        if step not in _attrs.read_checkpoints(trial.user_attrs):
-            return False
-        system_attrs = study._storage.get_study_system_attrs(study._study_id)
-        return not system_attrs.get(_attrs.CONTINUATION_OFF)
-
     def _pause(self, study: Study, trial: FrozenTrial) -> None:
-        """Record ``trial`` as paused at its last step, continuable if checkpointed there.
-
-        One pause opens at most one claim: asking again at the same step (a second
-        ``should_prune``) keeps the claim already open, and pausing at a later step (the
-        objective went on after an earlier pause) first withdraws the earlier claim. If that
-        claim was already taken, the trial is being continued and no second claim is opened.
-        """
-        storage = study._storage
-        step = trial.last_step
-        assert step is not None
-        user_attrs = storage.get_trial_user_attrs(trial._trial_id)
-        previous = _attrs.read_pause(user_attrs)
-        if (
-            previous is not None
-            and previous.claim is not None
-            and _claims.is_claim_of(storage, previous.claim, trial)
-        ):
-            if previous.step == step:
-                return
-            if not self._withdraw(study, trial, previous):
-                return
-        claim = None
-        off = storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF)
-        if step in _attrs.read_checkpoints(user_attrs) and not off:
-            claims_id = self.engine(study).claims_id(study)
-            claim = _claims.open_claim(storage, claims_id, trial, step)
-        elif not off:
-            self._unsaved[trial._trial_id] = step  # see _checkpoint_saved
-        pause = _attrs.Pause(step=step, claim=claim)
-        storage.set_trial_user_attr(trial._trial_id, _attrs.PAUSED, pause.to_json())
+        """Record ``trial`` as paused at its last step, continuable if checkpointed there
+        (:meth:`FreezeThaw.pause <optuna_fms._freeze_thaw.FreezeThaw.pause>`); a pause that
+        waits for its checkpoint is remembered for :meth:`_checkpoint_saved`."""
+        if self.engine(study).freeze_thaw(study).pause(trial):
+            assert trial.last_step is not None
+            self._unsaved[trial._trial_id] = trial.last_step
 
     def _checkpoint_saved(self, study: Study, trial_id: int, step: int) -> None:
         """Make a pause decided here at ``step`` continuable now that its checkpoint exists.
@@ -216,21 +178,3 @@ class FMSPruner(BasePruner):
         trial = study._storage.get_trial(trial_id)
         if trial.state == TrialState.RUNNING and trial.last_step == step:
             self._pause(study, trial)
-
-    @staticmethod
-    def _withdraw(study: Study, trial: FrozenTrial, paused: _attrs.Pause) -> bool:
-        """Withdraw the claim of an earlier pause of ``trial``; ``False`` if it was taken.
-
-        A claim that is not ``trial``'s own (the attribute was copied, e.g. by
-        :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`) is left alone.
-        """
-        storage = study._storage
-        assert paused.claim is not None
-        if not _claims.is_claim_of(storage, paused.claim, trial):
-            return True
-        if not _claims.withdraw_claim(storage, paused.claim):
-            return False
-        storage.set_trial_user_attr(
-            trial._trial_id, _attrs.PAUSED, _attrs.Pause(step=paused.step).to_json()
-        )
-        return True

@@ -7,10 +7,10 @@ from optuna.trial import Trial
 import torch
 
 from optuna_fms import _attrs
-from optuna_fms import _claims
 from optuna_fms._checkpoint import CheckpointError
 from optuna_fms._checkpoint import read_checkpoint
 from optuna_fms._checkpoint._store import _resolve_artifact_store
+from optuna_fms._freeze_thaw import FreezeThaw
 
 
 _logger = logging.getLogger("optuna_fms")
@@ -62,11 +62,11 @@ def resume(
     0
     """
     storage = trial.study._storage
-    parent_ref = _attrs.read_continuation(storage.get_trial_user_attrs(trial._trial_id))
+    freeze_thaw = FreezeThaw(storage, trial.study._study_id)
+    parent_ref = freeze_thaw.continuation_of(trial._trial_id)
     if parent_ref is None:
         return 0
-    claim = parent_ref.claim
-    if claim is not None and not _claims.is_held_by(storage, claim, trial._trial_id):
+    if not freeze_thaw.holds(trial._trial_id, parent_ref):
         # The attribute was copied from the trial that took the claim (a retry keeps the
         # failed trial's attributes): only that trial may load the parent's weights.
         _logger.warning(
@@ -91,7 +91,7 @@ def resume(
             parent.number,
             err,
         )
-        storage.set_trial_user_attr(trial._trial_id, _attrs.RESUME_FAILED, str(err))
+        freeze_thaw.record_resume_failed(trial._trial_id, str(err))
         return 0
     model.load_state_dict(checkpoint.tensors)
     if optimizer is not None and checkpoint.optimizer_state is not None:
@@ -99,5 +99,5 @@ def resume(
     for s, value in sorted(parent.intermediate_values.items()):
         if s <= step:
             trial.report(value, s)
-    storage.set_trial_user_attr(trial._trial_id, _attrs.RESUMED, True)
+    freeze_thaw.record_resumed(trial._trial_id)
     return step + 1

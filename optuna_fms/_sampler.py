@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
-import json
 import logging
 import os
 from pathlib import Path
@@ -14,15 +13,10 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.samplers import RandomSampler
-from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-from optuna_fms import _attrs
-from optuna_fms import _claims
 from optuna_fms._engine import Decision
 from optuna_fms._engine import Engine
 from optuna_fms._surrogate import SpaceEncoder
@@ -308,24 +302,22 @@ class FMSSampler(BaseSampler):
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._independent_sampler.before_trial(study, trial)
         self._engine.own_trial(study, trial._trial_id)
-        storage = study._storage
-        copied = _disown_copied_records(storage, trial)
+        freeze_thaw = self._engine.freeze_thaw(study)
+        copied = freeze_thaw.disown_copied(trial)
         if study._is_multi_objective():
             return
         ready = self._ready(study)
         if ready or copied is not None:
             # Claims whose continuation died with its worker (no after_trial ran) are
             # released here, before any decision reads the open claims.
-            _claims.recover_claims(storage, self._engine.claims_id(study))
-        if copied is not None and self._continue_again(study, trial, copied):
+            freeze_thaw.recover()
+        if copied is not None and freeze_thaw.retake(trial, copied, heartbeat=_in_optimize(study)):
             return
         if not ready:
             preset = bool(trial.params) or "fixed_params" in trial.system_attrs
             warm = None if preset else self._engine.warm_proposal(study)
             if warm is not None:
-                storage.set_trial_system_attr(
-                    trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(warm))
-                )
+                freeze_thaw.propose(trial._trial_id, warm)
             return
         decision = self._decide(study)
         if decision is None:
@@ -339,21 +331,18 @@ class FMSSampler(BaseSampler):
             # A lost race (another worker took the claim first) or a paused trial that still
             # runs falls back to the fresh pick; without one, the search is not exhausted yet
             # (the claim may be taken later), and this trial is sampled as a fresh one.
-            if self._take(study, trial, decision.claim, decision.parent):
+            if freeze_thaw.take(
+                trial, decision.claim, decision.parent, heartbeat=_in_optimize(study)
+            ):
                 params = dict(decision.parent.params)
             elif params is None:
                 return
         if params is None:
             self._exhausted(trial)
             return
-        storage.set_trial_system_attr(
-            trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(params))
-        )
+        freeze_thaw.propose(trial._trial_id, params)
         if decision.restart is not None and params == decision.fresh and not preset:
-            step = decision.restart.last_step
-            storage.set_trial_system_attr(
-                trial._trial_id, _attrs.RESTART, {"trial": decision.restart.number, "step": step}
-            )
+            freeze_thaw.record_restart(trial._trial_id, decision.restart)
 
     def _exhausted(self, trial: FrozenTrial) -> None:
         """Every configuration of the finite search space has been run and none is paused
@@ -371,60 +360,6 @@ class FMSSampler(BaseSampler):
                 "Widen the search space, or pass FMSSampler(rerun=True) if "
                 "the objective is noisy and configurations should be trained again."
             )
-
-    @staticmethod
-    def _take(study: Study, trial: FrozenTrial, claim: FrozenTrial, parent: FrozenTrial) -> bool:
-        """Take ``claim`` for ``trial`` and record that it continues ``parent``.
-
-        ``False`` when another worker took it first, or while ``parent`` has not stopped at the
-        claim's step (see :func:`~optuna_fms._claims.can_continue`). Inside
-        ``study.optimize`` with Optuna's heartbeat, ``trial``'s first heartbeat is recorded
-        before the claim is taken: Optuna's heartbeat thread starts only once ``ask`` has
-        returned, and ``fail_stale_trials`` skips a trial without one, so a worker killed in
-        between would otherwise hold the claim for good.
-        """
-        storage = study._storage
-        if not _claims.can_continue(storage, claim):
-            return False
-        _record_heartbeat(study, trial)
-        if not _claims.take_claim(storage, claim._trial_id, trial):
-            return False
-        link = _attrs.Continuation(
-            trial=parent.number,
-            trial_id=parent._trial_id,
-            step=int(claim.user_attrs["step"]),
-            claim=claim._trial_id,
-        )
-        storage.set_trial_user_attr(trial._trial_id, _attrs.CONTINUES, link.to_json())
-        trial.set_user_attr(_attrs.CONTINUES, link.to_json())
-        return True
-
-    def _continue_again(
-        self, study: Study, trial: FrozenTrial, copied: _attrs.Continuation
-    ) -> bool:
-        """Let a re-run of a continuation (a retry) continue the same paused trial.
-
-        It does when it has the paused trial's own parameters and the pause's claim is open
-        (its failed holder released it); otherwise it trains its parameters from step 0.
-        """
-        storage = study._storage
-        if storage.get_study_system_attrs(study._study_id).get(_attrs.CONTINUATION_OFF):
-            return False
-        try:
-            parent = storage.get_trial(copied.trial_id)
-        except KeyError:
-            return False
-        if parent.params != trial.params:
-            return False
-        claim = _claims.open_claim_of(storage, self._engine.claims_id(study), parent)
-        if claim is None or claim.user_attrs.get("step") != copied.step:
-            return False
-        if not self._take(study, trial, claim, parent):
-            return False
-        storage.set_trial_system_attr(
-            trial._trial_id, _attrs.PROPOSAL, json.dumps(_jsonable(dict(parent.params)))
-        )
-        return True
 
     def _decide(self, study: Study) -> Decision | None:
         """DyHPO's decision for the next trial, or ``None`` to sample at random."""
@@ -500,9 +435,8 @@ class FMSSampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
-        storage = study._storage
-        attrs = storage.get_trial(trial._trial_id).user_attrs
-        _withdraw_ignored_pause(storage, trial, state, attrs)
+        freeze_thaw = self._engine.freeze_thaw(study)
+        freeze_thaw.end_pause(trial, state)
         if trial._trial_id in self._stop_after or self._engine.exhausted(
             study, finishing=trial._trial_id, state=state
         ):
@@ -512,103 +446,23 @@ class FMSSampler(BaseSampler):
                 study.stop()
             except RuntimeError:  # study.tell outside study.optimize: nothing to stop
                 pass
-        ref = _attrs.read_continuation(attrs)
-        if ref is None:
-            return
-        claim = ref.claim
-        if claim is not None and not _claims.is_held_by(storage, claim, trial._trial_id):
-            return  # The attribute was copied onto this trial (a retry): not its continuation.
-        if state == TrialState.FAIL:
-            # A failed continuation says nothing about the objective: the paused trial stays
-            # continuable (up to _claims.MAX_ATTEMPTS failures).
-            if claim is not None:
-                claims_id = self._engine.claims_id(study)
-                _claims.release_claim(storage, claims_id, storage.get_trial(claim))
-            return
-        if claim is not None:
-            _claims.finish_claim(storage, claim)
-        resumed = _attrs.read_resumed(attrs) or _attrs.RESUME_FAILED in attrs
-        if not resumed:
-            # The evidence continuation is switched off for: the objective finished a
-            # continued trial without calling resume.
-            storage.set_study_system_attr(study._study_id, _attrs.CONTINUATION_OFF, True)
-            if not self._warned_no_resume:
-                self._warned_no_resume = True
-                _logger.warning(
-                    "Trial %d was chosen to continue paused trial %d but the objective never "
-                    "called optuna_fms.resume(trial, model, optimizer); continuation of paused "
-                    "trials is now off for this study. Call resume() before training to use "
-                    "freeze-thaw.",
-                    trial.number,
-                    ref.trial,
-                )
+        unresumed = freeze_thaw.end_continuation(trial, state)
+        if unresumed is not None and not self._warned_no_resume:
+            self._warned_no_resume = True
+            _logger.warning(
+                "Trial %d was chosen to continue paused trial %d but the objective never "
+                "called optuna_fms.resume(trial, model, optimizer); continuation of paused "
+                "trials is now off for this study. Call resume() before training to use "
+                "freeze-thaw.",
+                trial.number,
+                unresumed.trial,
+            )
 
-    @staticmethod
-    def _stored_proposal(study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
-        raw = study._storage.get_trial_system_attrs(trial._trial_id).get(_attrs.PROPOSAL)
-        return json.loads(raw) if isinstance(raw, str) else None
+    def _stored_proposal(self, study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
+        return self._engine.freeze_thaw(study).proposal(trial._trial_id)
 
 
-def _withdraw_ignored_pause(
-    storage: BaseStorage, trial: FrozenTrial, state: TrialState, user_attrs: dict[str, Any]
-) -> None:
-    """Withdraw the open claim of a pause that ``trial`` did not stop at.
-
-    A trial whose objective went on after ``should_prune`` returned ``True`` (it logged
-    instead of raising) keeps its claim open until its next ``should_prune``; when it ends
-    without one (COMPLETE, FAIL, or PRUNED at a later step), its end withdraws the claim, so
-    that no continuation forks it.
-    """
-    pause = _attrs.read_pause(user_attrs)
-    if pause is None or pause.claim is None:
-        return
-    if state == TrialState.PRUNED and trial.last_step == pause.step:
-        return  # Paused: the claim stands for the trial's continuation.
-    if not _claims.is_claim_of(storage, pause.claim, trial):
-        return  # Copied from another trial (a retry).
-    if _claims.withdraw_claim(storage, pause.claim):
-        storage.set_trial_user_attr(
-            trial._trial_id, _attrs.PAUSED, _attrs.Pause(step=pause.step).to_json()
-        )
-
-
-def _record_heartbeat(study: Study, trial: FrozenTrial) -> None:
-    """Record ``trial``'s heartbeat now, when ``study.optimize`` runs it with Optuna's heartbeat
-    (whose thread records the next ones once ``ask`` has returned)."""
-    storage = study._storage
-    in_optimize = getattr(study._thread_local, "in_optimize_loop", False)
-    if in_optimize and is_heartbeat_enabled(storage):
-        assert isinstance(storage, BaseHeartbeat)
-        storage.record_heartbeat(trial._trial_id)
-
-
-def _disown_copied_records(storage: BaseStorage, trial: FrozenTrial) -> _attrs.Continuation | None:
-    """Clear the FMS records a trial starts with; the continuation they named, if any.
-
-    A trial owns no checkpoint, pause or continuation when it starts: records it carries then
-    were copied from another trial (:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`
-    copies every attribute of the failed trial, ``add_trial`` and ``enqueue_trial`` take
-    ``user_attrs``). Left in place they would make the failed trial's checkpoints this trial's
-    (its retention would delete them) and its continuation this trial's. Each is overwritten
-    with ``None``; the copied artifact records of those checkpoints are marked removed on this
-    trial only, as the dashboard marks a deleted artifact.
-    """
-    copied = [k for k, v in trial.user_attrs.items() if k.startswith("fms:") and v is not None]
-    proposal = trial.system_attrs.get(_attrs.PROPOSAL) is not None
-    if not copied and not proposal:
-        return None
-    link = _attrs.read_continuation(trial.user_attrs)
-    for artifact_id in _attrs.read_checkpoints(trial.user_attrs).values():
-        key = _attrs.artifact_record(artifact_id)
-        if trial.system_attrs.get(key) is not None:
-            storage.set_trial_system_attr(trial._trial_id, key, json.dumps(None))
-    for key in copied:
-        storage.set_trial_user_attr(trial._trial_id, key, None)
-        trial.set_user_attr(key, None)
-    if proposal:
-        storage.set_trial_system_attr(trial._trial_id, _attrs.PROPOSAL, None)
-    return link
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+def _in_optimize(study: Study) -> bool:
+    """Whether ``study.optimize`` runs the trial being sampled (with Optuna's heartbeat, if
+    the storage has one, whose thread starts once ``ask`` has returned)."""
+    return bool(getattr(study._thread_local, "in_optimize_loop", False))

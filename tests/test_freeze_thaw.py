@@ -18,7 +18,6 @@ from wsgi import call_wsgi
 
 import optuna_fms
 from optuna_fms import _attrs
-from optuna_fms import _claims
 from optuna_fms._engine import Decision
 
 
@@ -36,7 +35,7 @@ class _ContinueWhenPossible(optuna_fms.FMSSampler):
     """Continues any open claim instead of asking the surrogate (the mechanism under test)."""
 
     def _decide(self, study: optuna.Study) -> Decision | None:
-        claims = _claims.open_claims(study._storage, self.engine.claims_id(study))
+        claims = self.engine.freeze_thaw(study).open_claims()
         if not claims:
             return None
         parent = study._storage.get_trial(claims[0].user_attrs["trial_id"])
@@ -208,33 +207,6 @@ def test_parallel_workers_never_continue_a_trial_twice(tmp_path: Path) -> None:
     assert {"par", "par:fms-claims"} <= {s["name"] for s in json.loads(listed.stdout)}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_claims_are_atomic_across_processes(tmp_path: Path, kind: str) -> None:
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'claims.db'}"
-    else:
-        url = f"journal:{tmp_path / 'claims.log'}"
-    study = optuna.create_study(study_name="race", storage=workers.make_storage(url))
-    study.ask()
-    storage = study._storage
-    claims_id = _claims.claims_study_id(storage, study._study_id)
-    parent = storage.get_all_trials(study._study_id)[0]
-    claim_ids = [_claims.open_claim(storage, claims_id, parent, 0) for _ in range(40)]
-    ctx = multiprocessing.get_context("spawn")
-    outs = [str(tmp_path / f"won{i}.txt") for i in range(4)]
-    procs = [
-        ctx.Process(target=workers.race_for_claims, args=(url, study._study_id, claim_ids, o))
-        for o in outs
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
-    won = [int(c) for o in outs for c in Path(o).read_text().split(",") if c]
-    assert sorted(won) == sorted(claim_ids)
-
-
 def test_unreadable_parent_checkpoint_trains_from_scratch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -308,7 +280,7 @@ def test_a_checkpoint_saved_after_should_prune_makes_the_pause_continuable(
     assert pause["step"] == 3 and pause["claim"] is not None
     assert continued.user_attrs[_attrs.CONTINUES]["trial"] == 0
     assert continued.user_attrs[_attrs.RESUMED]
-    assert _claims.open_claims(study._storage, study.sampler.engine.claims_id(study)) == []
+    assert study.sampler.engine.freeze_thaw(study).open_claims() == []
 
     study.enqueue_trial({"lr": 0.05})
     study.optimize(_save_after_should_prune, n_trials=1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
 import math
 import multiprocessing
@@ -23,7 +22,7 @@ import workers
 
 import optuna_fms
 from optuna_fms import _attrs
-from optuna_fms import _claims
+from optuna_fms._freeze_thaw import _claims
 from optuna_fms.metanet import describe_module
 
 
@@ -422,59 +421,6 @@ def test_a_killed_continuation_releases_its_claim(tmp_path: Path, retry: bool) -
     # The killed trial's own checkpoints are kept (a retry copied their records).
     assert _attrs.read_checkpoints(killed.user_attrs)
     _assert_every_recorded_checkpoint_exists(study, store_dir)
-
-
-def _failed_continuations(storage, n: int) -> tuple[int, list[int]]:
-    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "race")
-    claims_id = _claims.claims_study_id(storage, study_id)
-    paused = storage.get_trial(storage.create_new_trial(study_id))
-    claim_ids = []
-    for _ in range(n):
-        claim_id = _claims.open_claim(storage, claims_id, paused, 0)
-        holder = storage.get_trial(storage.create_new_trial(study_id))
-        assert _claims.take_claim(storage, claim_id, holder)
-        storage.set_trial_state_values(holder._trial_id, TrialState.FAIL)  # As the heartbeat.
-        claim_ids.append(claim_id)
-    return claims_id, claim_ids
-
-
-def _storage_specs(tmp_path: Path) -> list[str]:
-    specs = [f"sqlite:///{tmp_path / 'claims.db'}", f"journal:{tmp_path / 'claims.log'}"]
-    url = workers.postgres_url(required=False)
-    return specs if url is None else [*specs, url]
-
-
-def test_claims_of_failed_continuations_are_released_once_across_processes(
-    tmp_path: Path,
-) -> None:
-    jobs = []
-    for spec in _storage_specs(tmp_path):
-        storage = workers.make_storage(spec)
-        if spec.startswith("postgresql"):
-            for name in ("race", "race:fms-claims"):
-                try:
-                    optuna.delete_study(study_name=name, storage=storage)
-                except KeyError:
-                    pass
-        jobs.append((spec, *_failed_continuations(storage, 30)))
-    ctx = multiprocessing.get_context("spawn")
-    outs = [tmp_path / f"closed{k}.json" for k in range(4)]
-    todo = [(spec, claims_id) for spec, claims_id, _ in jobs]
-    procs = [ctx.Process(target=workers.recover_claims, args=(todo, str(o))) for o in outs]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
-    closed = [json.loads(o.read_text()) for o in outs]
-    for k, (spec, claims_id, claim_ids) in enumerate(jobs):
-        # Each claim was closed by exactly one process, which opened exactly one new claim.
-        assert sum(c[k] for c in closed) == len(claim_ids), spec
-        storage = workers.make_storage(spec)
-        assert all(storage.get_trial(c).state == TrialState.FAIL for c in claim_ids)
-        claims = storage.get_all_trials(claims_id)
-        reopened = [c for c in claims if c.state == TrialState.WAITING]
-        assert sorted(_claims.pause_claim(c) for c in reopened) == sorted(claim_ids), spec
 
 
 def test_a_retry_keeps_the_failed_trials_checkpoints(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import workers
 
 import optuna_fms
 from optuna_fms import _attrs
-from optuna_fms import _claims
+from optuna_fms._freeze_thaw import _claims
 
 
 _TARGET = 400

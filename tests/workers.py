@@ -163,7 +163,7 @@ def make_storage(spec: str) -> optuna.storages.BaseStorage:
 
 def race_for_claims(storage_url: str, study_id: int, claim_ids: list[int], out: str) -> None:
     """Try to take every claim; write the ids this process won."""
-    from optuna_fms import _claims
+    from optuna_fms._freeze_thaw import _claims
 
     storage = make_storage(storage_url)
     me = storage.get_all_trials(study_id)[0]
@@ -260,7 +260,7 @@ def continue_and_die(url: str, study_name: str, artifact_dir: str, point: str) -
     import test_freeze_thaw
 
     from optuna_fms import _attrs
-    from optuna_fms import _claims
+    from optuna_fms._freeze_thaw import _claims
 
     if point == "cas":
         _claims._compare_and_set_running = _die_after(  # type: ignore[assignment]
@@ -296,7 +296,7 @@ def continue_and_die(url: str, study_name: str, artifact_dir: str, point: str) -
 def recover_claims(todo: list[tuple[str, int]], out: str) -> None:
     """Release the claims of failed continuations in each ``(storage, claims study id)``;
     write how many this process closed in each, as a JSON list."""
-    from optuna_fms import _claims
+    from optuna_fms._freeze_thaw import _claims
 
     closed = [_claims.recover_claims(make_storage(spec), claims_id) for spec, claims_id in todo]
     Path(out).write_text(json.dumps(closed))
@@ -369,12 +369,12 @@ FLEET_GRACE = 8
 
 
 def _die_at_take(k: int, marker_dir: Path) -> None:
-    """Patch, in this (child) process only, ``_claims.take_claim`` so that right after its
-    ``k``-th successful take the process SIGKILLs itself: inside ``study.ask`` (the sampler's
-    ``before_trial``), with the claim RUNNING and held by the new trial, before the objective
-    starts. First writes ``died-in-ask-<pid>.json`` there: the trial's number and id, and the
-    claim's id."""
-    from optuna_fms import _claims
+    """Patch, in this (child) process only, ``_freeze_thaw._claims.take_claim`` so that right
+    after its ``k``-th successful take the process SIGKILLs itself: inside ``study.ask`` (the
+    sampler's ``before_trial``), with the claim RUNNING and held by the new trial, before the
+    objective starts. First writes ``died-in-ask-<pid>.json`` there: the trial's number and
+    id, and the claim's id."""
+    from optuna_fms._freeze_thaw import _claims
 
     def last_words(storage: Any, claim_id: int, child: optuna.trial.FrozenTrial) -> None:
         held = {"trial": child.number, "trial_id": child._trial_id, "claim": claim_id}
