@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from optuna_fms._lineage import Lineage
+from optuna_fms._freeze_thaw import Lineage
 
 
 MAX_BUDGET = 2**53

@@ -36,7 +36,7 @@ from optuna_fms._budget import resolve_max_steps
 from optuna_fms._engine import engine_of
 from optuna_fms._forecast import Forecast
 from optuna_fms._forecast import recommend
-from optuna_fms._lineage import Lineage
+from optuna_fms._freeze_thaw import Lineage
 from optuna_fms._surrogate import SurrogateFitError
 
 

@@ -39,7 +39,7 @@ from optuna_fms import _attrs
 from optuna_fms._budget import resolve_max_steps
 from optuna_fms._checkpoint import read_checkpoint
 from optuna_fms._freeze_thaw import FreezeThaw
-from optuna_fms._lineage import Lineage
+from optuna_fms._freeze_thaw import Lineage
 from optuna_fms._surrogate import Curve
 from optuna_fms._surrogate import FittedModel
 from optuna_fms._surrogate import GPSurrogate

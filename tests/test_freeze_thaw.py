@@ -228,7 +228,7 @@ def test_unreadable_parent_checkpoint_trains_from_scratch(
 def test_copy_study_keeps_the_lineage(tmp_path: Path) -> None:
     # optuna.copy_study gives the trials new storage ids (here shifted by another study's
     # trials); the continuation links name the parent by id and by number.
-    from optuna_fms._lineage import Lineage
+    from optuna_fms._freeze_thaw import Lineage
 
     study = _study(tmp_path)
     study.enqueue_trial({"lr": 0.05})

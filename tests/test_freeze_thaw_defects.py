@@ -458,7 +458,7 @@ def test_a_retry_keeps_the_failed_trials_checkpoints(tmp_path: Path) -> None:
 # ------------------- 7: an ignored pause is withdrawn, never continued while it runs
 def _assert_ignored_pause_not_forked(study: optuna.Study, other: optuna.trial.FrozenTrial):
     """Trial 0 ignored its pause at step 3 and ran to the end while ``other`` was asked."""
-    from optuna_fms._lineage import Lineage
+    from optuna_fms._freeze_thaw import Lineage
 
     ignored = study.trials[0]
     assert ignored.state == TrialState.COMPLETE
@@ -584,7 +584,7 @@ def test_a_worker_killed_inside_ask_loses_no_pause(tmp_path: Path, kind: str, po
 def test_a_trial_that_did_not_stop_at_its_pause_is_never_superseded() -> None:
     # A study forked before continuations waited for the paused trial to stop: its curve,
     # longer than the continuation's copy of it, stays in the surrogate's data.
-    from optuna_fms._lineage import Lineage
+    from optuna_fms._freeze_thaw import Lineage
 
     study = optuna.create_study()
     parent = study.ask()

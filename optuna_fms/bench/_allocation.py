@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from optuna_fms._lineage import Lineage
+from optuna_fms._freeze_thaw import Lineage
 
 
 CONFIG_ATTR = "bench:config"
