@@ -87,7 +87,9 @@ def _score(
 
         surrogate.predict = at_budget  # type: ignore[method-assign]
     forecasts = optuna_fms.forecast(study, list(hub.configs), engine=engine)
-    pred = np.array([f.mean for f in forecasts])
+    # Forecasts are in the objective's units; the hub's scores are higher-is-better.
+    sign = 1.0 if study.direction.name == "MAXIMIZE" else -1.0
+    pred = sign * np.array([f.mean for f in forecasts])
     final = hub.final_scores()
     return [
         kendall_tau(pred, final),
@@ -113,7 +115,8 @@ def _observed(hub: Any, study: Any) -> tuple[np.ndarray, float]:
     ids = sorted(last)
     seen = np.zeros(hub.n_configs, dtype=bool)
     seen[ids] = True
-    tau = kendall_tau(np.array([last[c][1] for c in ids]), hub.final_scores()[ids])
+    sign = 1.0 if study.direction.name == "MAXIMIZE" else -1.0  # to higher-is-better
+    tau = kendall_tau(sign * np.array([last[c][1] for c in ids]), hub.final_scores()[ids])
     return seen, tau
 
 
