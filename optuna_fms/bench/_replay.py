@@ -473,7 +473,7 @@ def _run(
     result.sampler_seconds = sampler_watch.seconds
     result.pruner_seconds = pruner_watch.seconds
     result.n_trials = len(trials)
-    result.n_continued = sum(1 for t in trials if t.user_attrs.get(_attrs.RESUMED))
+    result.n_continued = sum(1 for t in trials if _attrs.read_resumed(t.user_attrs))
     result.n_configs = len(tracker.touched)
     result.epochs_spent = optuna_fms.epochs_spent(trials)
     result.allocation = allocation_stats(trials, hub.final_scores(), hub.n_epochs)
