@@ -240,6 +240,13 @@ def read_resumed(user_attrs: Mapping[str, Any]) -> bool:
     return user_attrs.get(RESUMED) is True
 
 
+def read_resume_attempted(user_attrs: Mapping[str, Any]) -> bool:
+    """Whether this trial's objective called :func:`optuna_fms.resume`: it restored the
+    parent's checkpoint or recorded why it could not (:data:`RESUME_FAILED`). A record that
+    is present but ``None`` is no record (one copied from a failed attempt and disowned)."""
+    return read_resumed(user_attrs) or user_attrs.get(RESUME_FAILED) is not None
+
+
 def read_continuation_off(system_attrs: Mapping[str, Any]) -> bool:
     """Whether continuations are off for the study (:data:`CONTINUATION_OFF`, a study system
     attribute).

@@ -252,6 +252,30 @@ def test_a_retry_disowns_copied_records_and_retakes_the_released_pause() -> None
     assert ft.holds(same._trial_id, ft.continuation_of(same._trial_id))
 
 
+def test_a_retry_that_never_resumes_turns_continuation_off_despite_a_copied_failure() -> None:
+    """The failed attempt's ``fms:resume_failed`` is copied to the retry and disowned (set to
+    None): the retry's own objective never called resume, which must still switch
+    continuations off (a key that is present but None is no record)."""
+    study, ft = _study()
+    paused = _paused_at(study, ft)
+    failed = _take_open(study, ft)
+    ft.record_resume_failed(failed._trial_id, "unreadable")
+    study._storage.set_trial_state_values(failed._trial_id, TrialState.FAIL)
+    ft.recover()
+    copy = optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        user_attrs=_frozen(study, failed).user_attrs,
+        system_attrs={_attrs.PROPOSAL: _attrs.proposal_json({})},
+    )
+    retry = study._storage.get_trial(study._storage.create_new_trial(study._study_id, copy))
+    copied = ft.disown_copied(retry)
+    assert _frozen(study, retry).user_attrs[_attrs.RESUME_FAILED] is None
+    assert copied is not None and ft.retake(_frozen(study, retry), copied, heartbeat=False)
+    unresumed = ft.end_continuation(_frozen(study, retry), TrialState.COMPLETE)
+    assert unresumed is not None and unresumed.trial == paused.number
+    assert ft.continuation_off()
+
+
 def test_proposal_restart_and_forecast_records() -> None:
     study, ft = _study()
     furthest = study.ask()

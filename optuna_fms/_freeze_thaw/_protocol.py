@@ -345,7 +345,7 @@ class FreezeThaw:
             return None
         if link.claim is not None:
             _claims.finish_claim(storage, link.claim)
-        if _attrs.read_resumed(attrs) or _attrs.RESUME_FAILED in attrs:
+        if _attrs.read_resume_attempted(attrs):
             return None
         storage.set_study_system_attr(self._study_id, _attrs.CONTINUATION_OFF, True)
         return link
