@@ -141,16 +141,11 @@ class FMSPruner(BasePruner):
             # DyHPO's start: many configurations at one step each, continued later by EI.
             return self._pause_startup and budget == self._min_steps and not math.isnan(value)
         engine = self.engine(study)
-        fit = engine.refresh(study, eager=False)
-        if fit is None or not fit.encoder.contains(trial.params):
-            return False
-        freeze_thaw = engine.freeze_thaw(study)
-        stops = None if freeze_thaw.continuable(trial, step) else self._stops
-        forecast = engine.step_forecast(study, fit, trial, self._tolerance, stops=stops)
+        forecast = engine.keeps_running(study, trial, step, self._tolerance, stops=self._stops)
         if forecast is None:
             return False
         record = _attrs.ForecastRecord(step=step, mean=forecast.mean, std=forecast.std)
-        freeze_thaw.record_forecast(trial._trial_id, record)
+        engine.freeze_thaw(study).record_forecast(trial._trial_id, record)
         # A NaN report carries no evidence either way: never pause on it.
         if math.isnan(value):
             return False

@@ -363,8 +363,7 @@ class FMSSampler(BaseSampler):
 
     def _decide(self, study: Study) -> Decision | None:
         """DyHPO's decision for the next trial, or ``None`` to sample at random."""
-        fit = self._engine.refresh(study, eager=True)
-        return None if fit is None else self._engine.propose(study, fit)
+        return self._engine.next_trial(study)
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -385,11 +384,9 @@ class FMSSampler(BaseSampler):
         if proposal is not None and SpaceEncoder(search_space).contains(proposal):
             return {name: proposal[name] for name in search_space}
         if self._ready(study):
-            fit = self._engine.refresh(study, eager=True)
-            if fit is not None and fit.encoder.search_space == dict(sorted(search_space.items())):
-                params = self._engine.propose_fresh_only(study, fit)
-                if params is not None:
-                    return params
+            params = self._engine.fresh_params(study, search_space)
+            if params is not None:
+                return params
         tried = [
             t.params
             for t in study._storage.get_all_trials(study._study_id, deepcopy=False)

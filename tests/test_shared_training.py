@@ -20,6 +20,7 @@ from optuna_fms import FMSPruner
 from optuna_fms import FMSSampler
 from optuna_fms import _attrs
 from optuna_fms import _engine
+from optuna_fms._engine import _shared_training
 from optuna_fms._surrogate import GPSurrogate
 
 
@@ -216,7 +217,7 @@ def test_a_worker_without_a_model_waits_for_an_announced_training(
     assert _n_fits(worker) == 1 and time.monotonic() - start < 5.0
     # A fresh announcement that is never published (the published training is another
     # search space's): a new worker waits (not forever), then trains its own.
-    monkeypatch.setattr(_engine, "_AWAIT_TRAINING_S", 0.5)
+    monkeypatch.setattr(_shared_training, "_AWAIT_TRAINING_S", 0.5)
     foreign = {**_system_attrs(first)[_attrs.GP_TRAINING], "space": {"z": "{}"}}
     storage.set_study_system_attr(first._study_id, _attrs.GP_TRAINING, foreign)
     live = {**announced, "n": 10**6, "at": time.time()}
@@ -229,7 +230,7 @@ def test_a_worker_without_a_model_waits_for_an_announced_training(
     storage.set_study_system_attr(first._study_id, _attrs.GP_TRAINING, "lost")
     live = {**announced, "n": 10**6, "at": time.time()}
     storage.set_study_system_attr(first._study_id, _attrs.GP_TRAINING_STARTED, live)
-    monkeypatch.setattr(_engine, "_AWAIT_TRAINING_S", 30.0)
+    monkeypatch.setattr(_shared_training, "_AWAIT_TRAINING_S", 30.0)
     other = _worker(storage, name, seed=3)
     start = time.monotonic()
     _engine.fitted(other)
@@ -238,7 +239,7 @@ def test_a_worker_without_a_model_waits_for_an_announced_training(
     mine = _worker(storage, name, seed=4)
     engine = _engine.engine_of(mine)
     assert engine is not None
-    own = {**announced, "n": 10**6, "at": time.time(), "by": engine._token}
+    own = {**announced, "n": 10**6, "at": time.time(), "by": engine.schedule.shared.token}
     storage.set_study_system_attr(first._study_id, _attrs.GP_TRAINING_STARTED, own)
     start = time.monotonic()
     _engine.fitted(mine)
