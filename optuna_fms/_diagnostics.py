@@ -5,12 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field
 import math
+from typing import TYPE_CHECKING
 
 from optuna.study import Study
 
 from optuna_fms._engine import Engine
 from optuna_fms._engine import fitted
+from optuna_fms._forecast import engine_for
 from optuna_fms._surrogate import GPSurrogate
+
+
+if TYPE_CHECKING:
+    from optuna_fms._sampler import FMSSampler
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,9 @@ class Diagnostics:
         return "\n".join(lines)
 
 
-def diagnose(study: Study, *, engine: Engine | None = None) -> Diagnostics:
+def diagnose(
+    study: Study, *, sampler: FMSSampler | None = None, engine: Engine | None = None
+) -> Diagnostics:
     """Fitted noise, lengthscales and training vs held-out error of the study's surrogate.
 
     Parameters
@@ -78,8 +86,11 @@ def diagnose(study: Study, *, engine: Engine | None = None) -> Diagnostics:
     study:
         A study optimised with :class:`~optuna_fms.FMSSampler` (or any study with learning
         curves, for which a surrogate is fitted on the spot).
+    sampler:
+        The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to read instead of
+        the study's sampler.
     engine:
-        The engine to read instead of the sampler's.
+        Kept for the benchmarks: the engine to read (``sampler.engine``).
 
     Raises
     ------
@@ -96,12 +107,12 @@ def diagnose(study: Study, *, engine: Engine | None = None) -> Diagnostics:
     ...     study.add_trial(optuna.trial.create_trial(
     ...         params={"lr": lr}, distributions=space, value=curve[4],
     ...         intermediate_values=curve))
-    >>> engine = optuna_fms._engine.Engine(max_steps=5, surrogate="gp")
-    >>> d = optuna_fms.diagnose(study, engine=engine)
+    >>> sampler = optuna_fms.FMSSampler(max_steps=5, surrogate="gp")
+    >>> d = optuna_fms.diagnose(study, sampler=sampler)
     >>> d.n_configurations, sorted(d.lengthscales), d.held_out_rmse >= 0
     (4, ['log_budget', 'lr'], True)
     """
-    _, fit = fitted(study, engine)
+    _, fit = fitted(study, engine_for(sampler, engine))
     data = fit.model.data
     surrogate = fit.model.surrogate
     if isinstance(surrogate, GPSurrogate):

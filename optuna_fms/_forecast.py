@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,10 @@ from optuna.study import Study
 from optuna_fms._engine import Engine
 from optuna_fms._engine import fitted
 from optuna_fms._engine import longest_curves
+
+
+if TYPE_CHECKING:
+    from optuna_fms._sampler import FMSSampler
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ def forecast(
     study: Study,
     params: Sequence[Mapping[str, Any]] | None = None,
     *,
+    sampler: FMSSampler | None = None,
     engine: Engine | None = None,
 ) -> list[Forecast]:
     """Forecast the final score of configurations with the study's surrogate.
@@ -63,9 +69,13 @@ def forecast(
         The configurations to forecast. A configuration some trial has run is forecast from
         the longest learning curve observed for it; one no trial has run from its parameters
         alone. ``None`` forecasts every configuration observed so far.
+    sampler:
+        The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to use instead of
+        the study's sampler (one built for several calls on a study run with another
+        sampler, for example).
     engine:
-        The engine to use instead of the sampler's (one built for several calls on a study
-        with another sampler, for example).
+        Kept for the benchmarks, which build the sampler's engine with settings the
+        sampler does not take: the engine to use (``sampler.engine``).
 
     Returns
     -------
@@ -102,7 +112,7 @@ def forecast(
     """
     if study._is_multi_objective():
         raise ValueError("forecast supports single-objective studies only.")
-    engine, fit = fitted(study, engine)
+    engine, fit = fitted(study, engine_for(sampler, engine))
     final = engine.forecast_final(study, fit, params)
     out = []
     for p, curve, m, s in zip(final.params, final.curves, final.mean, final.std):
@@ -112,7 +122,9 @@ def forecast(
     return out
 
 
-def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
+def recommend(
+    study: Study, *, sampler: FMSSampler | None = None, engine: Engine | None = None
+) -> Forecast:
     """The configuration to use, the best last observed score, with the forecast of its
     final score.
 
@@ -133,8 +145,11 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     ----------
     study:
         A single-objective study with learning curves.
+    sampler:
+        The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to use instead of
+        the study's sampler.
     engine:
-        The engine to use instead of the sampler's.
+        Kept for the benchmarks: the engine to use (``sampler.engine``).
 
     Returns
     -------
@@ -156,14 +171,13 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
     ...     study.add_trial(optuna.trial.create_trial(
     ...         params={"lr": lr}, distributions=space, intermediate_values=curve,
     ...         state=optuna.trial.TrialState.PRUNED))
-    >>> engine = optuna_fms._engine.Engine(max_steps=6)
-    >>> best = optuna_fms.recommend(study, engine=engine)
+    >>> best = optuna_fms.recommend(study, sampler=optuna_fms.FMSSampler(max_steps=6))
     >>> best.params["lr"], best.step
     (0.5, 5)
     """
     if study._is_multi_objective():
         raise ValueError("recommend supports single-objective studies only.")
-    engine, fit = fitted(study, engine)
+    engine, fit = fitted(study, engine_for(sampler, engine))
     curves = longest_curves(fit)
     last = np.array([c.values[-1] for c in curves])  # Curve values: higher is better
     steps = np.array([c.last_step for c in curves])
@@ -179,3 +193,9 @@ def recommend(study: Study, *, engine: Engine | None = None) -> Forecast:
         fit.trials[curve.key].number,
         curve.last_step,
     )
+
+
+def engine_for(sampler: FMSSampler | None, engine: Engine | None) -> Engine | None:
+    """The engine a public function reads with: the ``sampler``'s, else ``engine`` (``None``:
+    the study's sampler's, see :func:`~optuna_fms._engine.fitted`)."""
+    return sampler.engine if sampler is not None else engine
