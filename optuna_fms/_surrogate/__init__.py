@@ -1,4 +1,6 @@
-"""The surrogate: a deep-kernel GP over hyperparameters, budget, learning curve and weights.
+"""The surrogate: a GP over hyperparameters, budget, learning curve and weights (by default an
+ARD Matern GP with priors, :class:`GPSurrogate`; DyHPO's deep-kernel GP, :class:`Surrogate`,
+on request).
 
 A pure package: it takes arrays and returns arrays or small dataclasses, and knows nothing
 about studies, storages, claims or checkpoints (:mod:`optuna_fms._engine` feeds it).
