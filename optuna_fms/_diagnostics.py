@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import field
-import math
 from typing import TYPE_CHECKING
 
 from optuna.study import Study
@@ -12,7 +11,6 @@ from optuna.study import Study
 from optuna_fms._engine import Engine
 from optuna_fms._engine import fitted
 from optuna_fms._forecast import engine_for
-from optuna_fms._surrogate import GPSurrogate
 
 
 if TYPE_CHECKING:
@@ -27,7 +25,7 @@ class Diagnostics:
     Attributes
     ----------
     surrogate:
-        ``"gp"`` or ``"deep-kernel"``.
+        The model's name (``"gp"`` or ``"deep-kernel"``: its ``name``).
     n_configurations, n_rows:
         Learning curves and training rows the fit read.
     noise:
@@ -115,23 +113,14 @@ def diagnose(
     _, fit = fitted(study, engine_for(sampler, engine))
     data = fit.model.data
     surrogate = fit.model.surrogate
-    if isinstance(surrogate, GPSurrogate):
-        d = surrogate.diagnostics()
-        train, held = surrogate.held_out_error(data.rows, data.y, data.owner)
-        return Diagnostics(
-            "gp",
-            len(fit.curves),
-            d.n_rows,
-            d.noise,
-            train,
-            held,
-            dict(d.lengthscales),
-            dict(d.trend),
-        )
-    mean, _ = surrogate.predict(data.rows)
-    train = math.sqrt(float(((mean - data.y) ** 2).mean()))
-    noise = float("nan")
-    model = getattr(surrogate, "_model", None)
-    if model is not None:
-        noise = float(model.likelihood.noise.item())
-    return Diagnostics("deep-kernel", len(fit.curves), len(data.y), noise, train, float("nan"))
+    r = surrogate.report(data.rows, data.y, data.owner)
+    return Diagnostics(
+        surrogate.name,
+        len(fit.curves),
+        r.n_rows,
+        r.noise,
+        r.train_rmse,
+        r.held_out_rmse,
+        r.lengthscales,
+        r.trend,
+    )

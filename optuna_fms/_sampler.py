@@ -21,7 +21,9 @@ from optuna_fms._engine import Decision
 from optuna_fms._engine import Engine
 from optuna_fms._surrogate import SpaceEncoder
 from optuna_fms._surrogate import SurrogateKind
+from optuna_fms._surrogate import SurrogateModel
 from optuna_fms._surrogate import Trend
+from optuna_fms._surrogate import surrogate_class
 from optuna_fms._surrogate._weights import WeightsKind
 from optuna_fms._surrogate.allocation import AllocationRule
 
@@ -29,8 +31,6 @@ from optuna_fms._surrogate.allocation import AllocationRule
 _logger = logging.getLogger("optuna_fms")
 _DEFAULT_ALLOCATION = "one-step-promoting"
 """The default ``allocation``."""
-_GP_RETRAIN_GROWTH = 0.2
-"""The default ``retrain_growth`` of the ``"gp"`` surrogate."""
 
 
 class FMSSampler(BaseSampler):
@@ -86,7 +86,9 @@ class FMSSampler(BaseSampler):
         next step is judged by what it has shown. ``"deep-kernel"``: DyHPO's
         deep-kernel GP (an MLP feature extractor over hyperparameters, budget, a Conv1d
         summary of the learning curve and the weight embedding, trained jointly by Adam),
-        kept for comparisons: with 5-50 curves it overfits (see docs/experiments.md).
+        kept for comparisons: with 5-50 curves it overfits (see docs/experiments.md). Or a
+        model class (:class:`~optuna_fms._surrogate.SurrogateModel`: it declares what it
+        reads, how it is built and which of this sampler's keywords it takes).
     gp_trend:
         ``surrogate="gp"`` only: the prior mean's dependence on the hyperparameters.
         ``"linear-budget"`` (default): a linear trend in each numeric hyperparameter whose
@@ -104,7 +106,8 @@ class FMSSampler(BaseSampler):
         Train the surrogate (warm-started) again once the observations grew by this fraction
         since the last training, and in between condition the trained GP on the new data (one
         Cholesky factorisation). ``0`` trains whenever this process's trials brought new
-        observations, as DyHPO does. ``None`` (default): ``0.2`` for the ``"gp"`` surrogate
+        observations, as DyHPO does. ``None`` (default): the model's own default
+        (``default_retrain_growth``), ``0.2`` for the ``"gp"`` surrogate
         (on both benchmark hubs it ranked as well as ``0`` at a third of the sampler's time,
         docs/experiments.md) and ``0`` for the deep kernel (on the synthetic benchmark ``0.1``
         halved its time but raised the regret from 0.017 to 0.043). With several workers, a
@@ -216,7 +219,7 @@ class FMSSampler(BaseSampler):
         n_scratch_epochs: int = 300,
         n_warm_epochs: int = 50,
         lr: float = 1e-2,
-        surrogate: SurrogateKind = "gp",
+        surrogate: SurrogateKind | type[SurrogateModel] = "gp",
         gp_trend: Trend = "linear-budget",
         retrain_growth: float | None = None,
         weights: WeightsKind | None = None,
@@ -230,11 +233,22 @@ class FMSSampler(BaseSampler):
         rerun: bool = False,
         metric_range: tuple[float, float] | Literal["auto"] | None = "auto",
     ) -> None:
-        if start_params and (surrogate != "gp" or weights is None or start_weights is None):
+        model = surrogate_class(surrogate)
+        if start_params and (
+            "start_params" not in model.sampler_options or weights is None or start_weights is None
+        ):
             raise ValueError(
                 "start_params replaces parameters by the starting weights' features: it needs "
                 "surrogate='gp', weights and start_weights."
             )
+        # The keywords of this signature that belong to the model (``gp_trend``, ``lr``, ...).
+        options: dict[str, Any] = dict(
+            gp_trend=gp_trend,
+            start_params=tuple(start_params),
+            lr=lr,
+            n_scratch_epochs=n_scratch_epochs,
+            n_warm_epochs=n_warm_epochs,
+        )
         self._seed = seed
         self._n_startup_trials = n_startup_trials
         self._artifact_store = artifact_store
@@ -250,16 +264,10 @@ class FMSSampler(BaseSampler):
             max_train_rows=max_train_rows,
             n_candidates=n_candidates,
             retrain_growth=(
-                retrain_growth
-                if retrain_growth is not None
-                else (_GP_RETRAIN_GROWTH if surrogate == "gp" else 0.0)
+                retrain_growth if retrain_growth is not None else model.default_retrain_growth
             ),
-            surrogate=surrogate,
-            surrogate_kwargs=(
-                dict(lr=lr, n_scratch_epochs=n_scratch_epochs, n_warm_epochs=n_warm_epochs)
-                if surrogate == "deep-kernel"
-                else dict(trend=gp_trend, ignore=tuple(start_params))
-            ),
+            surrogate=model,
+            surrogate_kwargs={kw: options[name] for name, kw in model.sampler_options.items()},
             weights=weights,
             start_weights=start_weights,
             metanetwork=metanetwork,

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import os
 import threading
 from typing import Any
-from typing import get_args
 
 import numpy as np
 from optuna.distributions import BaseDistribution
@@ -21,7 +20,6 @@ from optuna.study import Study
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
-import torch
 
 from optuna_fms._budget import resolve_max_steps
 from optuna_fms._engine._decisions import Decisions
@@ -35,13 +33,10 @@ from optuna_fms._engine._records import StudyState
 from optuna_fms._engine._schedule import FitSchedule
 from optuna_fms._engine._weights import WeightInputs
 from optuna_fms._freeze_thaw import FreezeThaw
-from optuna_fms._surrogate import GPSurrogate
-from optuna_fms._surrogate import Surrogate
 from optuna_fms._surrogate import SurrogateFitError
 from optuna_fms._surrogate import SurrogateKind
 from optuna_fms._surrogate import SurrogateModel
-from optuna_fms._surrogate._weights import EMBED_DIM
-from optuna_fms._surrogate._weights import CheckpointEncoder
+from optuna_fms._surrogate import surrogate_class
 from optuna_fms._surrogate._weights import WeightsKind
 from optuna_fms._surrogate.allocation import AllocationRule
 from optuna_fms._surrogate.allocation import make_rule
@@ -138,7 +133,7 @@ class Engine:
         max_train_rows: int = 256,
         n_candidates: int = 512,
         retrain_growth: float = 0.0,
-        surrogate: SurrogateKind = "gp",
+        surrogate: SurrogateKind | type[SurrogateModel] = "gp",
         surrogate_kwargs: dict[str, Any] | None = None,
         weights: WeightsKind | None = None,
         start_weights: Callable[[dict[str, Any]], Any] | None = None,
@@ -166,18 +161,15 @@ class Engine:
         self._seed = seed
         rng = np.random.RandomState(seed)
         self._rng = rng
-        if surrogate not in get_args(SurrogateKind):
-            raise ValueError(
-                f"surrogate must be one of {get_args(SurrogateKind)}, got {surrogate!r}."
-            )
-        self.surrogate_kind = surrogate
+        self.model = surrogate_class(surrogate)
+        """The surrogate's class: what it reads, and how :meth:`new_surrogate` builds it."""
         self._surrogate_kwargs = dict(surrogate_kwargs or {})
         self._warm: WarmStart | None = None
         if warm_start:
-            if surrogate != "gp":
+            if not self.model.reads_related:
                 raise ValueError(
-                    "warm_start needs the 'gp' surrogate (the deep kernel reads no related "
-                    "tasks); use FMSSampler(surrogate='gp', warm_start=...)."
+                    f"warm_start needs the 'gp' surrogate (the {self.model.name} model reads "
+                    "no related tasks); use FMSSampler(surrogate='gp', warm_start=...)."
                 )
             self._warm = WarmStart(warm_start, seed=seed)
         self.schedule = FitSchedule(
@@ -216,7 +208,7 @@ class Engine:
     def inputs_summary(self) -> str:
         """What the surrogate reads, in words (for the dashboard's note)."""
         parts = ["hyperparameters, budget"]
-        if self.surrogate_kind == "deep-kernel":
+        if self.model.reads_curves:
             parts.append("learning curve")
         kind = self.weight_inputs.kind
         if kind == "stats":
@@ -236,20 +228,13 @@ class Engine:
 
     def new_surrogate(self) -> SurrogateModel:
         """An unfitted surrogate with this engine's settings (and checkpoint encoder)."""
-        bank = self.bank
-        if self.surrogate_kind == "gp":
-            embed = bank.embedding if bank is not None else None
-            related = self._warm.feature if self._warm is not None else None
-            return GPSurrogate(
-                seed=self._seed, embed=embed, related=related, **self._surrogate_kwargs
-            )
-        factory = None
-        if bank is not None:
-
-            def factory() -> tuple[torch.nn.Module, int]:
-                return CheckpointEncoder(bank, fine_tune=self._fine_tune), EMBED_DIM
-
-        return Surrogate(seed=self._seed, weight_encoder_factory=factory, **self._surrogate_kwargs)
+        return self.model.build(
+            seed=self._seed,
+            bank=self.bank,
+            related=self._warm.feature if self._warm is not None else None,
+            fine_tune=self._fine_tune,
+            **self._surrogate_kwargs,
+        )
 
     # ------------------------------------------------------------------ the study
     @staticmethod

@@ -117,7 +117,7 @@ class FitSchedule:
             and fit.max_steps == max_steps
         )
         if same and fit is not None:
-            stale_ok = not eager and engine.surrogate_kind == "deep-kernel"
+            stale_ok = not eager and engine.model.reads_curves
             # The pruner may have conditioned on every observation already; the sampler
             # still trains for its own trials' new ones.
             own_due = self._own_training_due(eager, own, fit, n_obs, fit.n_trained)
@@ -130,9 +130,9 @@ class FitSchedule:
         encoder = SpaceEncoder(space)
         if engine.warm is not None:
             engine.warm.fit(space)
-        # Only the deep kernel reads the curve; for the GP the rows stay narrow whatever
-        # the budget (a report at step 10**9 must not allocate rows that wide).
-        curve_len = max(0, max_steps - 1) if engine.surrogate_kind == "deep-kernel" else 0
+        # Only a model that reads the curve (the deep kernel) gets it; for the GP the rows stay
+        # narrow whatever the budget (a report at step 10**9 must not allocate rows that wide).
+        curve_len = max(0, max_steps - 1) if engine.model.reads_curves else 0
         layout = RowLayout(encoder.dim, curve_len, encoder.groups, encoder.names, max_steps)
         curves = collect_curves(state, trials, encoder, max_steps, engine.sign(study))
         if len(curves) < 2:
@@ -152,17 +152,10 @@ class FitSchedule:
         previous = fit if same else None
         n_trained = previous.n_trained if previous is not None else None
         shared_training = self.shared
+        shares = engine.model.shares_training
         try:
-            shared_attrs = (
-                study._storage.get_study_system_attrs(study._study_id)
-                if engine.surrogate_kind == "gp"
-                else {}
-            )
-            shared = (
-                shared_training.latest(shared_attrs, encoder, max_steps)
-                if engine.surrogate_kind == "gp"
-                else None
-            )
+            shared_attrs = study._storage.get_study_system_attrs(study._study_id) if shares else {}
+            shared = shared_training.latest(shared_attrs, encoder, max_steps) if shares else None
             busy = shared_training.elsewhere(shared_attrs, encoder, max_steps)
             # Another worker's newer training: condition on its hyperparameters instead
             # of training (a new worker does not start cold).
@@ -198,7 +191,7 @@ class FitSchedule:
                 except SurrogateFitError:
                     retrain = True
             if retrain:
-                if engine.surrogate_kind == "gp":
+                if shares:
                     shared_training.announce(study, encoder, max_steps, n_obs)
                 surrogate.fit(layout, data.rows, data.y)
                 n_trained = n_obs

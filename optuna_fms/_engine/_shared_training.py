@@ -15,6 +15,8 @@ from collections.abc import Mapping
 import logging
 import time
 from typing import Any
+from typing import Protocol
+from typing import cast
 import uuid
 
 import numpy as np
@@ -22,7 +24,6 @@ from optuna.distributions import distribution_to_json
 from optuna.study import Study
 
 from optuna_fms import _attrs
-from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import RowLayout
 from optuna_fms._surrogate import SpaceEncoder
 from optuna_fms._surrogate import SurrogateFitError
@@ -36,6 +37,16 @@ _AWAIT_POLL_S = 0.05
 _TRAINING_LEASE_S = 60.0
 """How long another worker's announced GP training keeps the others from training (a worker
 that died while training holds the others off no longer than this)."""
+
+
+class _Sharing(Protocol):
+    """What a model whose trainings are shared (``shares_training``) also has."""
+
+    def hyperparameters(self) -> dict[str, Any]: ...
+
+    def load_hyperparameters(
+        self, layout: RowLayout, rows: np.ndarray, y: np.ndarray, hyperparameters: Any
+    ) -> None: ...
 
 
 def space_json(encoder: SpaceEncoder) -> dict[str, str]:
@@ -76,14 +87,14 @@ def adopt(
     worker's training ``shared`` if that is newer than its own (trained on ``n_trained``
     observations). Returns whether it did, and whether ``shared`` is unusable (malformed, or
     trained on more than the study's ``n_observations``)."""
-    if shared is None or not isinstance(surrogate, GPSurrogate):
+    if shared is None or not surrogate.shares_training:
         return False, False
     if shared.n_trained > n_observations:
         return False, True
     if n_trained is not None and shared.n_trained <= n_trained:
         return False, False
     try:
-        surrogate.load_hyperparameters(layout, rows, y, shared.gp)
+        cast(_Sharing, surrogate).load_hyperparameters(layout, rows, y, shared.gp)
     except SurrogateFitError as err:
         _logger.warning("Not adopting the GP training stored in the study: %s", err)
         return False, True
@@ -174,13 +185,13 @@ class SharedTraining:
     ) -> None:
         """Store the hyperparameters of a training for the other workers, unless a training
         on as many observations is already stored (and not found unusable: ``replace``)."""
-        if not isinstance(surrogate, GPSurrogate):
+        if not surrogate.shares_training:
             return
         system_attrs = study._storage.get_study_system_attrs(study._study_id)
         shared = self.latest(system_attrs, encoder, max_steps)
         if not replace and shared is not None and shared.n_trained >= n_trained:
             return
         record = _attrs.GPTraining(
-            space_json(encoder), max_steps, n_trained, surrogate.hyperparameters()
+            space_json(encoder), max_steps, n_trained, cast(_Sharing, surrogate).hyperparameters()
         )
         study._storage.set_study_system_attr(study._study_id, _attrs.GP_TRAINING, record.to_json())

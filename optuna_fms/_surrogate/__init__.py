@@ -8,7 +8,8 @@ about studies, storages, claims or checkpoints (:mod:`optuna_fms._engine` feeds 
 - :class:`SpaceEncoder`: parameters <-> the unit cube;
 - :class:`Curve`, :func:`build_training_set`: learning curves -> packed training rows;
 - :class:`GPSurrogate` (ARD Matern GP with priors) and :class:`Surrogate` (deep-kernel GP):
-  fit and query; :class:`FittedModel`: one fit and its data;
+  fit and query, each declaring what it reads (:class:`SurrogateModel`); :data:`SURROGATES`
+  names them; :class:`FittedModel`: one fit and its data;
 - :mod:`~optuna_fms._surrogate.acquisition`: expected improvement and the decisions made
   with it;
 - :class:`WeightBank`: featurised checkpoints the rows refer to by index.
@@ -17,19 +18,24 @@ about studies, storages, claims or checkpoints (:mod:`optuna_fms._engine` feeds 
 from optuna_fms._surrogate._data import Curve
 from optuna_fms._surrogate._data import build_training_set
 from optuna_fms._surrogate._encoding import SpaceEncoder
+from optuna_fms._surrogate._fitted import FitReport
 from optuna_fms._surrogate._fitted import FittedModel
 from optuna_fms._surrogate._fitted import SurrogateKind
 from optuna_fms._surrogate._fitted import SurrogateModel
 from optuna_fms._surrogate._gp import GPSurrogate
 from optuna_fms._surrogate._gp import Trend
 from optuna_fms._surrogate._model import RowLayout
+from optuna_fms._surrogate._models import SURROGATES
+from optuna_fms._surrogate._models import surrogate_class
 from optuna_fms._surrogate._surrogate import Surrogate
 from optuna_fms._surrogate._surrogate import SurrogateFitError
 from optuna_fms._surrogate._weights import WeightBank
 
 
 __all__ = [
+    "SURROGATES",
     "Curve",
+    "FitReport",
     "FittedModel",
     "GPSurrogate",
     "RowLayout",
@@ -41,4 +47,5 @@ __all__ = [
     "Trend",
     "WeightBank",
     "build_training_set",
+    "surrogate_class",
 ]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import ClassVar
 from typing import Literal
 from typing import Protocol
 
@@ -14,13 +19,69 @@ from optuna_fms._surrogate._data import pack_rows
 from optuna_fms._surrogate._model import RowLayout
 
 
+if TYPE_CHECKING:
+    from optuna_fms._surrogate._weights import WeightBank
+
 SurrogateKind = Literal["gp", "deep-kernel"]
 """``"gp"``: ARD Matern GP with priors (:class:`~optuna_fms._surrogate._gp.GPSurrogate`);
 ``"deep-kernel"``: DyHPO's deep-kernel GP (:class:`~optuna_fms._surrogate.Surrogate`)."""
 
 
+@dataclass(frozen=True)
+class FitReport:
+    """What a fitted surrogate learned, in standardised units (see
+    :func:`optuna_fms.diagnose`): training rows, noise variance, errors on the training rows
+    and on each configuration held out (NaN where the model cannot tell), and per input its
+    lengthscale and prior-mean trend (empty where the model has none)."""
+
+    n_rows: int
+    noise: float
+    train_rmse: float
+    held_out_rmse: float
+    lengthscales: dict[str, float] = field(default_factory=dict)
+    trend: dict[str, float] = field(default_factory=dict)
+
+
 class SurrogateModel(Protocol):
-    """What the engine needs of a surrogate: fit, condition on new rows, predict."""
+    """What the engine needs of a surrogate: what it reads, how to build it with an engine's
+    settings, and fit, condition on new rows, predict.
+
+    The class attributes say what the model reads, so that the engine asks them instead of
+    the model's name: a third model is one class (passed as ``FMSSampler(surrogate=cls)``,
+    or named in :data:`~optuna_fms._surrogate.SURROGATES`).
+    """
+
+    name: ClassVar[str]
+    """What :func:`optuna_fms.diagnose` calls the model."""
+    reads_curves: ClassVar[bool]
+    """Whether a row reads the learning curve before its budget (rows as wide as the budget;
+    the pruner may keep a fit until the data grew by half, since the model reads trials'
+    newest values through their curves)."""
+    shares_training: ClassVar[bool]
+    """Whether the model's trainings are shared between workers (its hyperparameters stored
+    in the study: ``hyperparameters()`` and ``load_hyperparameters(...)``)."""
+    reads_related: ClassVar[bool]
+    """Whether the model reads earlier studies (``warm_start``)."""
+    default_retrain_growth: ClassVar[float]
+    """The sampler's ``retrain_growth`` by default."""
+    sampler_options: ClassVar[Mapping[str, str]]
+    """The :class:`~optuna_fms.FMSSampler` keywords the model takes: sampler keyword ->
+    the model's keyword."""
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        seed: int | None,
+        bank: WeightBank | None,
+        related: Any,
+        fine_tune: bool,
+        **kwargs: Any,
+    ) -> SurrogateModel:
+        """An unfitted model reading the weights of ``bank`` (``None``: no weights) and the
+        forecasts ``related`` of earlier studies (``None``: none); ``fine_tune`` lets it
+        train a pretrained metanetwork."""
+        ...
 
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None: ...
 
@@ -29,6 +90,11 @@ class SurrogateModel(Protocol):
     def predict(
         self, rows: np.ndarray, *, decide: bool = False
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def report(self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray) -> FitReport:
+        """What the current fit learned, with its errors on ``rows`` (``owner``: the
+        configuration of each row, for the held-out error)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,13 @@ pass").
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 import math
+from typing import TYPE_CHECKING
 from typing import Any
+from typing import ClassVar
 from typing import Literal
 import warnings
 
@@ -43,9 +46,14 @@ from linear_operator.utils.errors import NotPSDError
 import numpy as np
 import torch
 
+from optuna_fms._surrogate._fitted import FitReport
 from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._surrogate import SurrogateFitError
 from optuna_fms._surrogate._surrogate import _single_thread
+
+
+if TYPE_CHECKING:
+    from optuna_fms._surrogate._weights import WeightBank
 
 
 MIN_NOISE = 0.1
@@ -400,6 +408,35 @@ class GPSurrogate:
         self._groups: list[int] = []
         self._n_hyper = 0
         self._n_fits = 0
+
+    name: ClassVar[str] = "gp"
+    reads_curves: ClassVar[bool] = False
+    shares_training: ClassVar[bool] = True
+    reads_related: ClassVar[bool] = True
+    default_retrain_growth: ClassVar[float] = 0.2
+    sampler_options: ClassVar[Mapping[str, str]] = {"gp_trend": "trend", "start_params": "ignore"}
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        seed: int | None,
+        bank: WeightBank | None,
+        related: Any,
+        fine_tune: bool,
+        **kwargs: Any,
+    ) -> GPSurrogate:
+        """A GP reading the fixed embedding of ``bank``'s weights and the ``related``
+        forecasts of earlier studies (it trains no metanetwork: ``fine_tune`` is unused)."""
+        embed = bank.embedding if bank is not None else None
+        return cls(seed=seed, embed=embed, related=related, **kwargs)
+
+    def report(self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray) -> FitReport:
+        """The fitted hyperparameters (:meth:`diagnostics`) and the errors
+        (:meth:`held_out_error`)."""
+        d = self.diagnostics()
+        train, held = self.held_out_error(rows, y, owner)
+        return FitReport(d.n_rows, d.noise, train, held, dict(d.lengthscales), dict(d.trend))
 
     # ------------------------------------------------------------------ features
     def _features(self, rows: np.ndarray) -> np.ndarray:

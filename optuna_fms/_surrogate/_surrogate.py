@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Mapping
 from contextlib import contextmanager
 import copy
+import math
+from typing import TYPE_CHECKING
 from typing import Any
+from typing import ClassVar
 import warnings
 
 import gpytorch
 import numpy as np
 import torch
 
+from optuna_fms._surrogate._fitted import FitReport
 from optuna_fms._surrogate._model import DeepKernelGP
 from optuna_fms._surrogate._model import FeatureExtractor
 from optuna_fms._surrogate._model import RowLayout
+from optuna_fms._surrogate._weights import EMBED_DIM
+from optuna_fms._surrogate._weights import CheckpointEncoder
+
+
+if TYPE_CHECKING:
+    from optuna_fms._surrogate._weights import WeightBank
 
 
 class SurrogateFitError(RuntimeError):
@@ -83,6 +94,48 @@ class Surrogate:
         self._model: DeepKernelGP | None = None
         self._layout_key: tuple[int, int] | None = None
         self._n_fits = 0
+
+    name: ClassVar[str] = "deep-kernel"
+    reads_curves: ClassVar[bool] = True
+    shares_training: ClassVar[bool] = False
+    reads_related: ClassVar[bool] = False
+    default_retrain_growth: ClassVar[float] = 0.0
+    sampler_options: ClassVar[Mapping[str, str]] = {
+        "lr": "lr",
+        "n_scratch_epochs": "n_scratch_epochs",
+        "n_warm_epochs": "n_warm_epochs",
+    }
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        seed: int | None,
+        bank: WeightBank | None,
+        related: Any,
+        fine_tune: bool,
+        **kwargs: Any,
+    ) -> Surrogate:
+        """A deep kernel whose feature extractor embeds the checkpoints of ``bank`` (trained
+        with it; a pretrained metanetwork only with ``fine_tune``). It reads no ``related``
+        forecasts."""
+        factory = None
+        if bank is not None:
+
+            def factory() -> tuple[torch.nn.Module, int]:
+                return CheckpointEncoder(bank, fine_tune=fine_tune), EMBED_DIM
+
+        return cls(seed=seed, weight_encoder_factory=factory, **kwargs)
+
+    def report(self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray) -> FitReport:
+        """Training error and fitted noise (no held-out error: it would need a refit per
+        configuration; no lengthscales: the kernel reads learned features)."""
+        mean, _ = self.predict(rows)
+        train = math.sqrt(float(((mean - y) ** 2).mean()))
+        noise = float("nan")
+        if self._model is not None:
+            noise = float(self._model.likelihood.noise.item())
+        return FitReport(len(y), noise, train, float("nan"))
 
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None:
         """Fit on packed ``rows`` and standardised targets ``y``.
