@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
-from optuna_fms._surrogate import Curve
-from optuna_fms._surrogate import FittedModel
 from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import RowLayout
-from optuna_fms._surrogate import acquisition
-from optuna_fms._surrogate import build_training_set
 
 
 MAX_STEPS = 30
@@ -188,38 +184,3 @@ def test_noise_and_trend_prior_settings_must_be_positive() -> None:
         GPSurrogate(decision_noise=0.0)
     with pytest.raises(ValueError, match="trend_change_std"):
         GPSurrogate(trend_change_std=0.0)
-
-
-def test_the_acquisition_decides_on_the_pinned_posterior() -> None:
-    layout = RowLayout(x_dim=2, curve_len=0, x_groups=[0, 1], x_names=["a", "b"], max_steps=10)
-    x = _seen()
-    curves = [
-        Curve(i, {}, np.arange(3), (row[0] - row[1]) * np.array([0.5, 0.8, 1.0]), row)
-        for i, row in enumerate(x)
-    ]
-    data = build_training_set(curves, layout, 10, 256, np.random.RandomState(0))
-    gp = GPSurrogate(min_noise=0.1, decision_noise=1e-5)
-    gp.fit(layout, data.rows, data.y)
-    model = FittedModel(layout, 10, data, gp)
-    budgets = np.full(len(x), 3.0)  # every configuration's last observed budget
-    histories = [c.values[:2] for c in curves]
-    scores = acquisition.score(model, x, budgets, histories)
-    _, std = model.predict(x, budgets, histories)
-    assert scores.std.max() < 0.1 * std.min()
-
-
-def test_a_budget_nobody_reached_is_compared_with_the_best_below_it() -> None:
-    # The leading trial (4 steps) is behind the overall best (a lucky 2-step value): its
-    # fifth step is compared with the best after 4 steps, not with that luckier value.
-    layout = RowLayout(x_dim=2, curve_len=0, x_groups=[0, 1], x_names=["a", "b"], max_steps=10)
-    x = _seen()[:2]
-    curves = [
-        Curve(0, {}, np.arange(4), np.array([0.1, 0.2, 0.3, 0.4]), x[0]),
-        Curve(1, {}, np.arange(2), np.array([0.2, 0.9]), x[1]),
-    ]
-    data = build_training_set(curves, layout, 10, 256, np.random.RandomState(0))
-    model = FittedModel(layout, 10, data, GPSurrogate())
-    best = acquisition.incumbent(model, np.array([2, 4, 5, 9]))
-    at = data.best_at_budget
-    np.testing.assert_allclose(best, [at[2], at[4], at[4], at[4]])
-    assert at[2] > at[4]

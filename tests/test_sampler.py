@@ -19,7 +19,6 @@ from optuna_fms import FMSPruner
 from optuna_fms import FMSSampler
 from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import SurrogateFitError
-from optuna_fms._surrogate._model import MAX_CURVE_COLUMNS
 from optuna_fms._surrogate._surrogate import Surrogate
 
 
@@ -231,20 +230,6 @@ def test_runs_on_every_storage(tmp_path: Path) -> None:
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
 
-def test_retrain_growth_conditions_between_trainings() -> None:
-    every = _sampler()
-    every_study = _run(every, n_trials=14)
-    sparse = _sampler(retrain_growth=0.5)
-    study = _run(sparse, n_trials=14)
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-    every_surrogate = every.engine.surrogate(every_study)
-    sparse_surrogate = sparse.engine.surrogate(study)
-    assert every_surrogate is not None and sparse_surrogate is not None
-    assert 0 < sparse_surrogate._n_fits < every_surrogate._n_fits
-    fit = sparse.engine.current_fit(study)
-    assert fit is not None and fit.n_trained <= fit.n_observations
-
-
 def test_forecasts_stay_finite_for_huge_reported_values() -> None:
     # Squares of values near 1e200 overflow: the standardisation must not turn them into inf.
     def objective(trial: optuna.Trial) -> float:
@@ -295,38 +280,3 @@ def test_a_report_at_a_huge_step_under_another_pruner(
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
     assert study.trials[2].intermediate_values[step] == study.trials[2].value
     assert study.sampler.engine.current_fit(study) is not None  # the surrogate was used
-
-
-def test_the_deep_kernels_rows_do_not_grow_with_max_steps() -> None:
-    # The same 12 curves of 20 steps; only the full budget differs.
-    shapes = {}
-    for max_steps in (20, 200, 20_000, 2 * 10**9):
-        study = optuna.create_study(
-            direction="maximize",
-            sampler=_sampler(surrogate="deep-kernel", n_scratch_epochs=5),
-            pruner=FMSPruner(max_steps=max_steps),
-        )
-        for i in range(12):
-            x = (i + 0.5) / 12
-            study.add_trial(
-                optuna.trial.create_trial(
-                    params={"x": x},
-                    distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
-                    value=x,
-                    intermediate_values={s: x * (s + 1) / 20 for s in range(20)},
-                )
-            )
-        fit = study.sampler.engine.refresh(study, eager=True)
-        assert fit is not None
-        surrogate = fit.model.surrogate
-        assert isinstance(surrogate, Surrogate) and surrogate._model is not None
-        (train_x,) = surrogate._model.train_inputs
-        assert train_x.shape == fit.model.data.rows.shape
-        shapes[max_steps] = (fit.model.data.rows.shape, fit.model.layout.curve_len)
-    n_rows = {rows for (rows, _), _ in shapes.values()}
-    assert len(n_rows) == 1  # as many rows whatever the budget
-    # Up to MAX_CURVE_COLUMNS curve columns (the latest values): as wide for every budget
-    # beyond it.
-    assert shapes[20][1] == 19
-    assert shapes[200] == shapes[20_000] == shapes[2 * 10**9]
-    assert shapes[200][1] == MAX_CURVE_COLUMNS
