@@ -113,7 +113,7 @@ def forecast(
     if study._is_multi_objective():
         raise ValueError("forecast supports single-objective studies only.")
     engine, fit = fitted(study, engine_for(sampler, engine))
-    final = engine.forecast_final(study, fit, params)
+    final = engine.forecaster.forecast_final(study, fit, params)
     out = []
     for p, curve, m, s in zip(final.params, final.curves, final.mean, final.std):
         trial = None if curve is None else fit.trials[curve.key].number
@@ -184,7 +184,7 @@ def recommend(
     # The best last observed score, the longer curve on ties.
     best = int(np.lexsort((steps, np.where(np.isfinite(last), last, -np.inf)))[-1])
     curve = curves[best]
-    chosen = engine.forecast_final(study, fit, [curve.params])
+    chosen = engine.forecaster.forecast_final(study, fit, [curve.params])
     return Forecast(
         dict(curve.params),
         float(chosen.mean[0]),

@@ -89,7 +89,7 @@ def test_a_new_worker_conditions_on_the_stored_training(tmp_path: Path) -> None:
     assert _surrogate(second).hyperparameters() == stored.gp
     assert fit.n_trained == stored.n_trained
     assert fit.n_observations == _engine.count_observations(second.trials)
-    forecast = engine.forecast_final(second, fit)
+    forecast = engine.forecaster.forecast_final(second, fit)
     assert np.isfinite(forecast.mean).all() and np.isfinite(forecast.std).all()
     # It decides with them, and trains (warm) once its own trials bring new observations.
     second.optimize(_objective, n_trials=3)

@@ -26,13 +26,13 @@ from optuna_fms._engine._decisions import Decisions
 from optuna_fms._engine._forecasting import Forecaster
 from optuna_fms._engine._forecasting import MetricRange
 from optuna_fms._engine._records import Decision
-from optuna_fms._engine._records import FinalForecast
 from optuna_fms._engine._records import Fit
 from optuna_fms._engine._records import StepForecast
 from optuna_fms._engine._records import StudyState
 from optuna_fms._engine._schedule import FitSchedule
 from optuna_fms._engine._weights import WeightInputs
 from optuna_fms._freeze_thaw import FreezeThaw
+from optuna_fms._surrogate import ModelContext
 from optuna_fms._surrogate import SurrogateFitError
 from optuna_fms._surrogate import SurrogateKind
 from optuna_fms._surrogate import SurrogateModel
@@ -179,17 +179,19 @@ class Engine:
         self.decisions = Decisions(self, rng, n_candidates=n_candidates, rerun=rerun)
         """What to start, continue or keep running (:class:`._decisions.Decisions`)."""
         self._states: dict[tuple[int, int], StudyState] = {}
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
+        """Held by every call that reads or changes the caches, the model or the bank (the
+        sampler's and the pruner's threads share them)."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"]
+        del state["lock"]
         state["_states"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
 
     @property
     def bank(self) -> Any:
@@ -228,13 +230,9 @@ class Engine:
 
     def new_surrogate(self) -> SurrogateModel:
         """An unfitted surrogate with this engine's settings (and checkpoint encoder)."""
-        return self.model.build(
-            seed=self._seed,
-            bank=self.bank,
-            related=self._warm.feature if self._warm is not None else None,
-            fine_tune=self._fine_tune,
-            **self._surrogate_kwargs,
-        )
+        related = self._warm.feature if self._warm is not None else None
+        context = ModelContext(self._seed, self.bank, related, self._fine_tune)
+        return self.model.build(context, **self._surrogate_kwargs)
 
     # ------------------------------------------------------------------ the study
     @staticmethod
@@ -248,7 +246,7 @@ class Engine:
 
     def state(self, study: Study) -> StudyState:
         """The caches of ``study`` that the engine's parts share."""
-        with self._lock:
+        with self.lock:
             key = (id(study._storage), study._study_id)
             state = self._states.get(key)
             if state is None:
@@ -283,14 +281,14 @@ class Engine:
         """Record that this process runs the trial ``trial_id`` of ``study`` (the sampler's
         ``before_trial``): its new observations make the sampler train the surrogate again
         (see :meth:`refresh`)."""
-        with self._lock:
+        with self.lock:
             self.state(study).own.add(trial_id)
 
     # ------------------------------------------------------------------ fitting
     def refresh(self, study: Study, *, eager: bool) -> Fit | None:
         """A fit of ``study`` that is current enough; ``None`` while the surrogate cannot be
         fitted (see :meth:`FitSchedule.refresh <._schedule.FitSchedule.refresh>`)."""
-        with self._lock:
+        with self.lock:
             return self.schedule.refresh(study, eager=eager)
 
     def fit_failed(self, study: Study, err: Exception) -> None:
@@ -301,7 +299,7 @@ class Engine:
     def next_trial(self, study: Study) -> Decision | None:
         """What the next trial runs: the sampler's decision, on a fit brought up to date
         (``None`` while there is no fit, or if the surrogate's prediction fails)."""
-        with self._lock:
+        with self.lock:
             fit = self.schedule.refresh(study, eager=True)
             return None if fit is None else self.decisions.propose(study, fit)
 
@@ -310,7 +308,7 @@ class Engine:
     ) -> dict[str, Any] | None:
         """The fresh configuration of ``search_space`` the rule would start, on a fit brought
         up to date (``None`` without a fit of that space or a configuration left)."""
-        with self._lock:
+        with self.lock:
             fit = self.schedule.refresh(study, eager=True)
             if fit is None or fit.encoder.search_space != dict(sorted(search_space.items())):
                 return None
@@ -329,7 +327,7 @@ class Engine:
         its forecast: the pruner's decision on a fit brought up to date (cheaply:
         ``eager=False``). ``stops`` applies when the trial could not be continued after a
         pause (see :meth:`step_forecast`). ``None`` without a fit of its configuration."""
-        with self._lock:
+        with self.lock:
             fit = self.schedule.refresh(study, eager=False)
             if fit is None or not fit.encoder.contains(trial.params):
                 return None
@@ -338,7 +336,7 @@ class Engine:
 
     def warm_proposal(self, study: Study) -> dict[str, Any] | None:
         """See :meth:`Decisions.warm_proposal <._decisions.Decisions.warm_proposal>`."""
-        with self._lock:
+        with self.lock:
             return self.decisions.warm_proposal(study)
 
     def random_params(
@@ -352,19 +350,6 @@ class Engine:
     ) -> bool:
         """See :meth:`Decisions.exhausted <._decisions.Decisions.exhausted>`."""
         return self.decisions.exhausted(study, finishing, state)
-
-    # ---------------------------------------------------------------- forecasting
-    def forecast_final(
-        self,
-        study: Study,
-        fit: Fit,
-        params_list: Sequence[Mapping[str, Any]] | None = None,
-        *,
-        bounded: bool = True,
-    ) -> FinalForecast:
-        """See :meth:`Forecaster.forecast_final <._forecasting.Forecaster.forecast_final>`."""
-        with self._lock:
-            return self.forecaster.forecast_final(study, fit, params_list, bounded=bounded)
 
 
 def engine_of(study: Study) -> Engine | None:

@@ -60,6 +60,9 @@ class Forecaster:
     >>> fit = engine.refresh(study, eager=True)
     >>> engine.forecaster.metric_range(study, fit)  # every value in [0, 1]
     (0.0, 1.0)
+    >>> final = engine.forecaster.forecast_final(study, fit, [{"x": 0.5}])
+    >>> final.curves, bool(0.0 <= final.mean[0] <= 1.0)
+    ([None], True)
     """
 
     def __init__(self, engine: Engine, metric_range: MetricRange) -> None:
@@ -83,6 +86,16 @@ class Forecaster:
         ``bounded=False`` leaves the forecasts unrestricted by the metric's range (the
         model's own normal forecast, for comparing uncertainties).
         """
+        with self._engine.lock:
+            return self._forecast_final(study, fit, params_list, bounded)
+
+    def _forecast_final(
+        self,
+        study: Study,
+        fit: Fit,
+        params_list: Sequence[Mapping[str, Any]] | None,
+        bounded: bool,
+    ) -> FinalForecast:
         longest = {c.x.tobytes(): c for c in longest_curves(fit)}
         if params_list is None:
             curves: list[Curve | None] = list(longest.values())

@@ -17,9 +17,10 @@ about studies, storages, claims or checkpoints (:mod:`optuna_fms._engine` feeds 
 
 from optuna_fms._surrogate._data import Curve
 from optuna_fms._surrogate._data import build_training_set
+from optuna_fms._surrogate._diagnostics import Diagnostics
 from optuna_fms._surrogate._encoding import SpaceEncoder
-from optuna_fms._surrogate._fitted import FitReport
 from optuna_fms._surrogate._fitted import FittedModel
+from optuna_fms._surrogate._fitted import ModelContext
 from optuna_fms._surrogate._fitted import SurrogateKind
 from optuna_fms._surrogate._fitted import SurrogateModel
 from optuna_fms._surrogate._gp import GPSurrogate
@@ -35,9 +36,10 @@ from optuna_fms._surrogate._weights import WeightBank
 __all__ = [
     "SURROGATES",
     "Curve",
-    "FitReport",
+    "Diagnostics",
     "FittedModel",
     "GPSurrogate",
+    "ModelContext",
     "RowLayout",
     "SpaceEncoder",
     "Surrogate",

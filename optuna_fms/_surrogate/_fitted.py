@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
-from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
@@ -20,6 +19,7 @@ from optuna_fms._surrogate._model import RowLayout
 
 
 if TYPE_CHECKING:
+    from optuna_fms._surrogate._diagnostics import Diagnostics
     from optuna_fms._surrogate._weights import WeightBank
 
 SurrogateKind = Literal["gp", "deep-kernel"]
@@ -28,18 +28,15 @@ SurrogateKind = Literal["gp", "deep-kernel"]
 
 
 @dataclass(frozen=True)
-class FitReport:
-    """What a fitted surrogate learned, in standardised units (see
-    :func:`optuna_fms.diagnose`): training rows, noise variance, errors on the training rows
-    and on each configuration held out (NaN where the model cannot tell), and per input its
-    lengthscale and prior-mean trend (empty where the model has none)."""
+class ModelContext:
+    """What an engine gives a model it builds: the seed, the weight bank whose indices the
+    rows hold (``None``: no weight input), the forecasts of earlier studies (``related``,
+    ``None``: none) and whether a pretrained metanetwork may be trained (``fine_tune``)."""
 
-    n_rows: int
-    noise: float
-    train_rmse: float
-    held_out_rmse: float
-    lengthscales: dict[str, float] = field(default_factory=dict)
-    trend: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+    bank: WeightBank | None = None
+    related: Any = None
+    fine_tune: bool = False
 
 
 class SurrogateModel(Protocol):
@@ -69,18 +66,8 @@ class SurrogateModel(Protocol):
     the model's keyword."""
 
     @classmethod
-    def build(
-        cls,
-        *,
-        seed: int | None,
-        bank: WeightBank | None,
-        related: Any,
-        fine_tune: bool,
-        **kwargs: Any,
-    ) -> SurrogateModel:
-        """An unfitted model reading the weights of ``bank`` (``None``: no weights) and the
-        forecasts ``related`` of earlier studies (``None``: none); ``fine_tune`` lets it
-        train a pretrained metanetwork."""
+    def build(cls, context: ModelContext, **kwargs: Any) -> SurrogateModel:
+        """An unfitted model for an engine (``kwargs``: the model's own settings)."""
         ...
 
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None: ...
@@ -91,9 +78,11 @@ class SurrogateModel(Protocol):
         self, rows: np.ndarray, *, decide: bool = False
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def report(self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray) -> FitReport:
-        """What the current fit learned, with its errors on ``rows`` (``owner``: the
-        configuration of each row, for the held-out error)."""
+    def report(
+        self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray, n_configurations: int
+    ) -> Diagnostics:
+        """What the current fit of ``n_configurations`` curves learned, with its errors on
+        ``rows`` (``owner``: the curve of each row, for the held-out error)."""
         ...
 
 

@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 import math
-from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
 from typing import Literal
@@ -46,14 +45,11 @@ from linear_operator.utils.errors import NotPSDError
 import numpy as np
 import torch
 
-from optuna_fms._surrogate._fitted import FitReport
+from optuna_fms._surrogate._diagnostics import Diagnostics
+from optuna_fms._surrogate._fitted import ModelContext
 from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._surrogate import SurrogateFitError
 from optuna_fms._surrogate._surrogate import _single_thread
-
-
-if TYPE_CHECKING:
-    from optuna_fms._surrogate._weights import WeightBank
 
 
 MIN_NOISE = 0.1
@@ -417,26 +413,29 @@ class GPSurrogate:
     sampler_options: ClassVar[Mapping[str, str]] = {"gp_trend": "trend", "start_params": "ignore"}
 
     @classmethod
-    def build(
-        cls,
-        *,
-        seed: int | None,
-        bank: WeightBank | None,
-        related: Any,
-        fine_tune: bool,
-        **kwargs: Any,
-    ) -> GPSurrogate:
-        """A GP reading the fixed embedding of ``bank``'s weights and the ``related``
-        forecasts of earlier studies (it trains no metanetwork: ``fine_tune`` is unused)."""
-        embed = bank.embedding if bank is not None else None
-        return cls(seed=seed, embed=embed, related=related, **kwargs)
+    def build(cls, context: ModelContext, **kwargs: Any) -> GPSurrogate:
+        """A GP reading the fixed embedding of the context's weight bank and the forecasts of
+        earlier studies (it trains no metanetwork: ``fine_tune`` does not apply)."""
+        embed = context.bank.embedding if context.bank is not None else None
+        return cls(seed=context.seed, embed=embed, related=context.related, **kwargs)
 
-    def report(self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray) -> FitReport:
+    def report(
+        self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray, n_configurations: int
+    ) -> Diagnostics:
         """The fitted hyperparameters (:meth:`diagnostics`) and the errors
         (:meth:`held_out_error`)."""
         d = self.diagnostics()
         train, held = self.held_out_error(rows, y, owner)
-        return FitReport(d.n_rows, d.noise, train, held, dict(d.lengthscales), dict(d.trend))
+        return Diagnostics(
+            self.name,
+            n_configurations,
+            d.n_rows,
+            d.noise,
+            train,
+            held,
+            dict(d.lengthscales),
+            dict(d.trend),
+        )
 
     # ------------------------------------------------------------------ features
     def _features(self, rows: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 import copy
 import math
-from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
 import warnings
@@ -17,16 +16,13 @@ import gpytorch
 import numpy as np
 import torch
 
-from optuna_fms._surrogate._fitted import FitReport
+from optuna_fms._surrogate._diagnostics import Diagnostics
+from optuna_fms._surrogate._fitted import ModelContext
 from optuna_fms._surrogate._model import DeepKernelGP
 from optuna_fms._surrogate._model import FeatureExtractor
 from optuna_fms._surrogate._model import RowLayout
 from optuna_fms._surrogate._weights import EMBED_DIM
 from optuna_fms._surrogate._weights import CheckpointEncoder
-
-
-if TYPE_CHECKING:
-    from optuna_fms._surrogate._weights import WeightBank
 
 
 class SurrogateFitError(RuntimeError):
@@ -107,27 +103,22 @@ class Surrogate:
     }
 
     @classmethod
-    def build(
-        cls,
-        *,
-        seed: int | None,
-        bank: WeightBank | None,
-        related: Any,
-        fine_tune: bool,
-        **kwargs: Any,
-    ) -> Surrogate:
-        """A deep kernel whose feature extractor embeds the checkpoints of ``bank`` (trained
-        with it; a pretrained metanetwork only with ``fine_tune``). It reads no ``related``
-        forecasts."""
+    def build(cls, context: ModelContext, **kwargs: Any) -> Surrogate:
+        """A deep kernel whose feature extractor embeds the checkpoints of the context's
+        weight bank (trained with it; a pretrained metanetwork only with ``fine_tune``). It
+        reads no forecasts of earlier studies."""
         factory = None
+        bank = context.bank
         if bank is not None:
 
             def factory() -> tuple[torch.nn.Module, int]:
-                return CheckpointEncoder(bank, fine_tune=fine_tune), EMBED_DIM
+                return CheckpointEncoder(bank, fine_tune=context.fine_tune), EMBED_DIM
 
-        return cls(seed=seed, weight_encoder_factory=factory, **kwargs)
+        return cls(seed=context.seed, weight_encoder_factory=factory, **kwargs)
 
-    def report(self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray) -> FitReport:
+    def report(
+        self, rows: np.ndarray, y: np.ndarray, owner: np.ndarray, n_configurations: int
+    ) -> Diagnostics:
         """Training error and fitted noise (no held-out error: it would need a refit per
         configuration; no lengthscales: the kernel reads learned features)."""
         mean, _ = self.predict(rows)
@@ -135,7 +126,7 @@ class Surrogate:
         noise = float("nan")
         if self._model is not None:
             noise = float(self._model.likelihood.noise.item())
-        return FitReport(len(y), noise, train, float("nan"))
+        return Diagnostics(self.name, n_configurations, len(y), noise, train, float("nan"))
 
     def fit(self, layout: RowLayout, rows: np.ndarray, y: np.ndarray) -> None:
         """Fit on packed ``rows`` and standardised targets ``y``.
