@@ -116,17 +116,14 @@ class FitSchedule:
             and fit.encoder.search_space == dict(sorted(space.items()))
             and fit.max_steps == max_steps
         )
-        if same and fit is not None:
-            stale_ok = not eager and engine.model.reads_curves
-            # The pruner may have conditioned on every observation already; the sampler
-            # still trains for its own trials' new ones.
-            own_due = self._own_training_due(eager, own, fit, n_obs, fit.n_trained)
-            current = n_obs == fit.n_observations and not own_due
-            if current or (stale_ok and n_obs < 1.5 * fit.n_observations):
-                # The same observations, but attributes may be newer (a pause recorded
-                # after the report the fit read): decisions read the trials as they are.
-                fit.trials.update((t._trial_id, t) for t in trials if t._trial_id in fit.trials)
-                return fit
+        previous = fit if same else None
+        if previous is not None and self._current_enough(previous, eager, own, n_obs):
+            # The same observations, but attributes may be newer (a pause recorded after
+            # the report the fit read): decisions read the trials as they are.
+            previous.trials.update(
+                (t._trial_id, t) for t in trials if t._trial_id in previous.trials
+            )
+            return previous
         encoder = SpaceEncoder(space)
         if engine.warm is not None:
             engine.warm.fit(space)
@@ -148,67 +145,21 @@ class FitSchedule:
         )
         if state.surrogate is None:
             state.surrogate = engine.new_surrogate()
-        surrogate = state.surrogate
-        previous = fit if same else None
-        n_trained = previous.n_trained if previous is not None else None
-        shared_training = self.shared
-        shares = engine.model.shares_training
+        model = FittedModel(layout, max_steps, data, state.surrogate)
         try:
-            shared_attrs = study._storage.get_study_system_attrs(study._study_id) if shares else {}
-            shared = shared_training.latest(shared_attrs, encoder, max_steps) if shares else None
-            busy = shared_training.elsewhere(shared_attrs, encoder, max_steps)
-            # Another worker's newer training: condition on its hyperparameters instead
-            # of training (a new worker does not start cold).
-            adopted, rejected = adopt(
-                surrogate, layout, data.rows, data.y, shared, n_trained, n_obs
+            n_trained, trained = self._train_or_condition(
+                study, model, encoder, n_obs, previous, eager, own
             )
-            if not adopted and n_trained is None and busy:
-                # No model yet, and another worker is training one: wait for it rather
-                # than train the same GP from scratch (as costly in time, and in CPU).
-                shared = shared_training.await_published(study, encoder, max_steps, shared)
-                adopted, rejected = adopt(
-                    surrogate, layout, data.rows, data.y, shared, None, n_obs
-                )
-            if adopted and shared is not None:
-                n_trained = shared.n_trained
-            if n_trained is None:
-                retrain = True
-            else:
-                # The sampler trains for new observations of this process's own trials
-                # only; other workers' observations are conditioned on (they train for
-                # theirs, and share it), so the trainings per trial do not grow with the
-                # workers. Everyone trains once the data grew by half.
-                retrain = n_obs >= (1 + _LAZY_GROWTH) * n_trained or self._own_training_due(
-                    eager, own, previous, n_obs, n_trained
-                )
-            if retrain and n_trained is not None and busy:
-                # Another worker is training on newer data: keep the current model
-                # (conditioned) until it publishes, instead of the same training twice.
-                retrain = False
-            if not retrain and not adopted:
-                try:
-                    surrogate.condition(data.rows, data.y)
-                except SurrogateFitError:
-                    retrain = True
-            if retrain:
-                if shares:
-                    shared_training.announce(study, encoder, max_steps, n_obs)
-                surrogate.fit(layout, data.rows, data.y)
-                n_trained = n_obs
-                shared_training.publish(
-                    study, encoder, max_steps, n_obs, surrogate, replace=rejected
-                )
         except SurrogateFitError as err:
             self.failed(state, err)
             return None
-        assert n_trained is not None
-        if not retrain and not adopted and previous is not None:
+        if not trained and previous is not None:
             # Conditioning is not training: the own observations that make the sampler
             # train again are counted from the last training (or adopted one).
             own = previous.n_own
         state.fit = Fit(
             encoder=encoder,
-            model=FittedModel(layout, max_steps, data, surrogate),
+            model=model,
             curves=curves,
             trials={c.key: by_key[c.key] for c in curves},
             n_observations=n_obs,
@@ -216,6 +167,80 @@ class FitSchedule:
             n_own=own,
         )
         return state.fit
+
+    def _current_enough(self, fit: Fit, eager: bool, own: int, n_obs: int) -> bool:
+        """Whether ``fit`` (of the same space and budget) serves as it is: no new
+        observations and no training due for the sampler's own trials, or (a model that
+        reads curves, for the pruner) data grown by less than half."""
+        stale_ok = not eager and self._engine.model.reads_curves
+        # The pruner may have conditioned on every observation already; the sampler
+        # still trains for its own trials' new ones.
+        own_due = self._own_training_due(eager, own, fit, n_obs, fit.n_trained)
+        current = n_obs == fit.n_observations and not own_due
+        return current or (stale_ok and n_obs < 1.5 * fit.n_observations)
+
+    def _train_or_condition(
+        self,
+        study: Study,
+        model: FittedModel,
+        encoder: SpaceEncoder,
+        n_obs: int,
+        previous: Fit | None,
+        eager: bool,
+        own: int,
+    ) -> tuple[int, bool]:
+        """Train ``model``'s surrogate, adopt another worker's training or condition it on
+        ``model.data``; return the observations it was trained on and whether it was trained
+        (or a training adopted) now. Raises :class:`SurrogateFitError` if training fails."""
+        surrogate, layout, data, max_steps = (
+            model.surrogate,
+            model.layout,
+            model.data,
+            model.max_steps,
+        )
+        n_trained = previous.n_trained if previous is not None else None
+        shared_training = self.shared
+        shares = self._engine.model.shares_training
+        shared_attrs = study._storage.get_study_system_attrs(study._study_id) if shares else {}
+        shared = shared_training.latest(shared_attrs, encoder, max_steps) if shares else None
+        busy = shared_training.elsewhere(shared_attrs, encoder, max_steps)
+        # Another worker's newer training: condition on its hyperparameters instead
+        # of training (a new worker does not start cold).
+        adopted, rejected = adopt(surrogate, layout, data.rows, data.y, shared, n_trained, n_obs)
+        if not adopted and n_trained is None and busy:
+            # No model yet, and another worker is training one: wait for it rather
+            # than train the same GP from scratch (as costly in time, and in CPU).
+            shared = shared_training.await_published(study, encoder, max_steps, shared)
+            adopted, rejected = adopt(surrogate, layout, data.rows, data.y, shared, None, n_obs)
+        if adopted and shared is not None:
+            n_trained = shared.n_trained
+        if n_trained is None:
+            retrain = True
+        else:
+            # The sampler trains for new observations of this process's own trials
+            # only; other workers' observations are conditioned on (they train for
+            # theirs, and share it), so the trainings per trial do not grow with the
+            # workers. Everyone trains once the data grew by half.
+            retrain = n_obs >= (1 + _LAZY_GROWTH) * n_trained or self._own_training_due(
+                eager, own, previous, n_obs, n_trained
+            )
+        if retrain and n_trained is not None and busy:
+            # Another worker is training on newer data: keep the current model
+            # (conditioned) until it publishes, instead of the same training twice.
+            retrain = False
+        if not retrain and not adopted:
+            try:
+                surrogate.condition(data.rows, data.y)
+            except SurrogateFitError:
+                retrain = True
+        if retrain:
+            if shares:
+                shared_training.announce(study, encoder, max_steps, n_obs)
+            surrogate.fit(layout, data.rows, data.y)
+            n_trained = n_obs
+            shared_training.publish(study, encoder, max_steps, n_obs, surrogate, replace=rejected)
+        assert n_trained is not None
+        return n_trained, retrain or adopted
 
     def _own_training_due(
         self, eager: bool, own: int, previous: Fit | None, n_obs: int, n_trained: int
