@@ -28,12 +28,13 @@ class FMSPruner(BasePruner):
     :func:`~optuna_fms.save_checkpoint`), :class:`~optuna_fms.FMSSampler` may later continue
     it from there (freeze-thaw).
 
-    A pause without a checkpoint at its step (or with continuations off) is a final stop:
-    such a trial also goes on while successive halving would keep it
+    A pause without a checkpoint at its step (or with continuations off) is a final stop,
+    decided by successive halving alone
     (:class:`~optuna_fms._surrogate.allocation.ModelBasedRungs` with Hyperband's brackets, on
-    rungs ``min_steps * 3**k`` raised to the steps it decides at): it stops only at a rung,
-    outside the top third of the forecasts there. Without checkpoints the one-step rules
-    stopped nearly every configuration after one step (docs/benchmarks.md).
+    rungs ``min_steps * 3**k`` raised to the steps it decides at): such a trial stops only at
+    a rung, outside the top third of the forecasts there. Without checkpoints the one-step
+    rules stopped nearly every configuration after one step, and letting them keep a trial
+    that successive halving would stop lost on two hubs of five (docs/experiments.md).
 
     The pruner uses the engine (and surrogate) of the study's
     :class:`~optuna_fms.FMSSampler` when there is one (one fit per process), and its own

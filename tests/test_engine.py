@@ -32,6 +32,7 @@ from optuna_fms._engine._records import StudyState
 from optuna_fms._surrogate import GPSurrogate
 from optuna_fms._surrogate import SpaceEncoder
 from optuna_fms._surrogate._surrogate import Surrogate
+from optuna_fms._surrogate.allocation import OneStepEI
 
 
 SPACE = {"x": FloatDistribution(0, 1)}
@@ -223,6 +224,47 @@ def test_keeps_running_gives_the_pruners_decision_and_forecast() -> None:
     outside = copy.deepcopy(frozen)
     outside.params = {"x": 2.0}
     assert engine.keeps_running(study, outside, 1) is None
+
+
+class _Fixed:
+    """An allocation rule whose pruner decision is fixed (the sampler's is OneStepEI's)."""
+
+    name = "fixed"
+    cacheable = True
+
+    def __init__(self, keeps: bool) -> None:
+        self.keeps, self.asked = keeps, 0
+
+    def choose(self, view, fresh, paused):  # noqa: ANN001, ANN201
+        return OneStepEI().choose(view, fresh, paused)
+
+    def alternative(self, view, fresh, paused) -> float:  # noqa: ANN001
+        return 0.0
+
+    def keeps_running(self, view, running, alternative, tolerance) -> bool:  # noqa: ANN001
+        self.asked += 1
+        return self.keeps
+
+
+def test_a_pause_that_would_be_final_is_decided_by_the_stops_alone() -> None:
+    """Without a checkpoint at its step a pause is a stop: the pruner's stop rule decides,
+    not the allocation rule (which weighs a pause that can be taken up again)."""
+    study = _studied(5, steps=6)
+    rule = _Fixed(keeps=True)
+    engine = Engine(seed=0, max_steps=6, allocation=rule)
+    trial = study.ask(SPACE)
+    for step in range(2):
+        trial.report(trial.params["x"] * (step + 1) / 6, step)
+    frozen = study._storage.get_trial(trial._trial_id)  # no checkpoint: not continuable
+    stop = engine.keeps_running(study, frozen, 1, stops=_Fixed(keeps=False))
+    assert stop is not None and stop.keeps is False and rule.asked == 0
+    keep = engine.keeps_running(study, frozen, 1, stops=_Fixed(keeps=True))
+    assert keep is not None and keep.keeps is True and rule.asked == 0
+    # With its checkpoint saved the pause could be continued: the allocation rule decides.
+    study._storage.set_trial_user_attr(trial._trial_id, _attrs.CHECKPOINTS, {"1": "a"})
+    frozen = study._storage.get_trial(trial._trial_id)
+    kept = engine.keeps_running(study, frozen, 1, stops=_Fixed(keeps=False))
+    assert kept is not None and kept.keeps is True and rule.asked == 1
 
 
 def test_exhausted_once_every_configuration_of_a_finite_space_ran() -> None:

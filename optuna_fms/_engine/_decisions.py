@@ -218,9 +218,12 @@ class Decisions:
         pause).
 
         ``stops``: the rule for a pause that would be final (the trial has no checkpoint to
-        continue from, or continuations are off). The trial then also keeps its step while
-        ``stops`` keeps it. A rule's pause weighs one more step against starting something
-        new, which is right when the paused trial can be taken up again; a stop cannot be.
+        continue from, or continuations are off). It then decides alone: the allocation
+        rule's pause weighs one more step against starting something new, which is right
+        when the paused trial can be taken up again; a stop cannot be. (Letting either rule
+        keep the trial, as until December 2026, kept one-step expected improvement in the
+        decision and lost to successive halving's ranks alone on the hub suite:
+        docs/experiments.md.)
         """
         try:
             return self._step_forecast(study, fit, trial, tolerance, stops)
@@ -238,7 +241,6 @@ class Decisions:
     ) -> StepForecast:
         engine = self._engine
         view = self._view(fit)
-        alternative = self._alternative(study, fit, view)
         sign = engine.sign(study)
         steps = sorted(trial.intermediate_values)
         hist = sign * np.array([trial.intermediate_values[s] for s in steps], dtype=float)
@@ -256,9 +258,11 @@ class Decisions:
             ckpt = engine.weight_inputs.index(curve, budget, trial)
         ckpts = np.array([ckpt])
         running = Options(x, np.array([steps[-1] + 1]), [hist], ckpts)
-        keeps = engine.rule.keeps_running(view, running, alternative, tolerance)
-        if stops is not None and not keeps:
+        if stops is not None:
             keeps = stops.keeps_running(view, running, 0.0, tolerance)
+        else:
+            alternative = self._alternative(study, fit, view)
+            keeps = engine.rule.keeps_running(view, running, alternative, tolerance)
         at_end = fit.model.predict(x, np.array([fit.max_steps]), [hist], ckpts)
         mean, std = engine.forecaster.objective_units(study, fit, *at_end)
         return StepForecast(keeps=keeps, mean=float(mean[0]), std=float(std[0]))
