@@ -65,23 +65,20 @@ class Engine:
         The full budget in steps; ``None`` resolves it per study (see
         :func:`~optuna_fms._budget.resolve_max_steps`).
     max_train_rows:
-        Cap on the GP's training rows (cost is cubic in it). When more observations exist,
-        every trial's latest observation is kept and the rest subsampled.
+        Cap on the training rows (cost is cubic in it): every trial's latest observation is
+        kept, the rest subsampled.
     n_candidates:
         Quasi-random candidates scored for a fresh configuration; as many again are local
         moves around the best configurations.
     retrain_growth:
-        Train the surrogate again once the observations grew by this fraction since the
-        last training, and only condition the trained GP on new data in between. 0 trains
-        at every new observation of this process's own trials, as DyHPO does (see
-        :meth:`refresh`).
+        Train again once the observations grew by this fraction since the last training,
+        only condition on new data in between (0: train at every new observation of this
+        process's own trials, as DyHPO does).
     surrogate:
-        The model: ``"gp"`` (ARD Matern-5/2 GP with priors on hyperparameters, log budget
-        and a fixed weight embedding) or ``"deep-kernel"`` (DyHPO's deep-kernel GP, which
-        also reads the learning curve and learns the weight embedding).
+        The model: a name of :data:`optuna_fms._surrogate.SURROGATES` (``"gp"``,
+        ``"deep-kernel"``) or a model class.
     surrogate_kwargs:
-        Passed to the model's class (:class:`~optuna_fms._surrogate.GPSurrogate` or
-        :class:`~optuna_fms._surrogate.Surrogate`).
+        Passed to the model's class.
     weights:
         ``"gmn"``, ``"stats"`` or ``None``: how checkpoints enter the surrogate.
     start_weights:
@@ -93,22 +90,17 @@ class Engine:
     fine_tune_metanetwork:
         Let the deep kernel train the pretrained metanetwork with the GP (frozen otherwise).
     warm_start:
-        Earlier studies whose curves inform this one (:class:`~optuna_fms._warm_start.WarmStart`;
-        the ``"gp"`` surrogate only).
+        Earlier studies whose curves inform this one (the ``"gp"`` surrogate only).
     artifact_store:
         ``() -> store`` giving the artifact store checkpoints are read from.
     allocation:
-        The allocation rule (a name of :data:`optuna_fms._surrogate.allocation.RULES` or a
-        rule object): how the next step of compute is chosen, and when a running trial
-        pauses.
+        The allocation rule: a name of :data:`optuna_fms._surrogate.allocation.RULES` or a
+        rule object.
     rerun:
-        Whether a configuration some trial has run may be started again from scratch (a
-        noisy objective). By default a fresh trial is a new configuration; a configuration
-        already run is only ever continued.
+        Whether a configuration some trial has run may be started again from scratch.
     metric_range:
-        ``(low, high)``: the values the objective can take; forecasts (and their bands) are
-        the forecast distribution restricted to it. ``"auto"``: ``(0, 1)`` while every
-        observed value is in it; ``None``: no range.
+        ``(low, high)``, ``"auto"`` or ``None``: the range forecasts are restricted to (as
+        :class:`~optuna_fms.FMSSampler`'s).
 
     Examples
     --------
