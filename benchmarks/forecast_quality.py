@@ -28,7 +28,6 @@ import numpy as np
 import optuna
 
 import optuna_fms
-from optuna_fms._engine import Engine
 from optuna_fms.bench import Hub
 from optuna_fms.bench._methods import start_weights_fn
 from optuna_fms.bench._metrics import kendall_tau
@@ -71,19 +70,23 @@ def _study(hub: Hub, alloc: dict[int, int]) -> optuna.Study:
     return study
 
 
-def _engine(
+def _sampler(
     hub: Hub, model: str, weights: str | None, seed: int, options: dict[str, Any]
-) -> Engine:
+) -> optuna_fms.FMSSampler:
+    """An FMSSampler whose surrogate forecasts the study (not used to sample), with model
+    settings the sampler does not take (``options``) set on its engine."""
     kwargs: dict[str, Any] = {}
     if weights is not None:
         kwargs = dict(weights=weights, start_weights=start_weights_fn(hub))
-    return Engine(
+    sampler = optuna_fms.FMSSampler(
         seed=seed,
         max_steps=hub.n_epochs,
         surrogate=model,  # type: ignore[arg-type]
-        surrogate_kwargs=options,
+        warn_independent_sampling=False,
         **kwargs,
     )
+    sampler.engine._surrogate_kwargs = dict(options)
+    return sampler
 
 
 def main() -> None:
@@ -128,13 +131,13 @@ def main() -> None:
             for name in args.models:
                 spec, _, options = name.partition(":")
                 model, _, weights = spec.partition("+")
-                engine = _engine(
+                sampler = _sampler(
                     hub, model, weights or None, seed, json.loads(options) if options else {}
                 )
                 study = _study(hub, alloc)
                 t0 = time.perf_counter()
                 try:
-                    forecasts = optuna_fms.forecast(study, hub.configs, engine=engine)
+                    forecasts = optuna_fms.forecast(study, hub.configs, sampler=sampler)
                     pred = np.array([f.mean for f in forecasts])
                     taus = [
                         kendall_tau(pred, final),

@@ -68,12 +68,13 @@ def _score(
     hub: Any, study: Any, seed: int, options: dict[str, Any], seen: np.ndarray
 ) -> list[float]:
     import optuna_fms
-    from optuna_fms._engine import Engine
     from optuna_fms.bench._metrics import kendall_tau
 
     options = dict(options)
     query_budget = options.pop("query_budget", None)
-    engine = Engine(seed=seed, max_steps=hub.n_epochs, surrogate="gp", surrogate_kwargs=options)
+    sampler = optuna_fms.FMSSampler(seed=seed, max_steps=hub.n_epochs, surrogate="gp")
+    engine = sampler.engine
+    engine._surrogate_kwargs = dict(options)  # GPSurrogate keywords FMSSampler does not take
     engine.refresh(study, eager=True)
     surrogate = engine.surrogate(study)
     if query_budget is not None and surrogate is not None:
@@ -86,7 +87,7 @@ def _score(
             return predict(rows)
 
         surrogate.predict = at_budget  # type: ignore[method-assign]
-    forecasts = optuna_fms.forecast(study, list(hub.configs), engine=engine)
+    forecasts = optuna_fms.forecast(study, list(hub.configs), sampler=sampler)
     # Forecasts are in the objective's units; the hub's scores are higher-is-better.
     sign = 1.0 if study.direction.name == "MAXIMIZE" else -1.0
     pred = sign * np.array([f.mean for f in forecasts])

@@ -176,7 +176,7 @@ class DashboardReport:
         if engine is None or study._is_multi_objective():
             return None
         try:
-            forecast = recommend(study, engine=engine)
+            forecast = recommend(study)
         except (SurrogateFitError, ValueError):
             return None
         finite = math.isfinite(forecast.mean) and math.isfinite(forecast.std)

@@ -6,9 +6,8 @@ from typing import TYPE_CHECKING
 
 from optuna.study import Study
 
-from optuna_fms._engine import Engine
 from optuna_fms._engine import fitted
-from optuna_fms._forecast import engine_for
+from optuna_fms._forecast import engine_of_sampler
 from optuna_fms._surrogate import Diagnostics as Diagnostics
 
 
@@ -16,9 +15,7 @@ if TYPE_CHECKING:
     from optuna_fms._sampler import FMSSampler
 
 
-def diagnose(
-    study: Study, *, sampler: FMSSampler | None = None, engine: Engine | None = None
-) -> Diagnostics:
+def diagnose(study: Study, *, sampler: FMSSampler | None = None) -> Diagnostics:
     """Fitted noise, lengthscales and training vs held-out error of the study's surrogate.
 
     Parameters
@@ -29,8 +26,6 @@ def diagnose(
     sampler:
         The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to read instead of
         the study's sampler.
-    engine:
-        Kept for the benchmarks: the engine to read (``sampler.engine``).
 
     Raises
     ------
@@ -52,6 +47,6 @@ def diagnose(
     >>> d.n_configurations, sorted(d.lengthscales), d.held_out_rmse >= 0
     (4, ['log_budget', 'lr'], True)
     """
-    _, fit = fitted(study, engine_for(sampler, engine))
+    _, fit = fitted(study, engine_of_sampler(sampler))
     data = fit.model.data
     return fit.model.surrogate.report(data.rows, data.y, data.owner, len(fit.curves))

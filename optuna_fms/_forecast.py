@@ -53,7 +53,6 @@ def forecast(
     params: Sequence[Mapping[str, Any]] | None = None,
     *,
     sampler: FMSSampler | None = None,
-    engine: Engine | None = None,
 ) -> list[Forecast]:
     """Forecast the final score of configurations with the study's surrogate.
 
@@ -73,9 +72,6 @@ def forecast(
         The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to use instead of
         the study's sampler (one built for several calls on a study run with another
         sampler, for example).
-    engine:
-        Kept for the benchmarks, which build the sampler's engine with settings the
-        sampler does not take: the engine to use (``sampler.engine``).
 
     Returns
     -------
@@ -112,7 +108,7 @@ def forecast(
     """
     if study._is_multi_objective():
         raise ValueError("forecast supports single-objective studies only.")
-    engine, fit = fitted(study, engine_for(sampler, engine))
+    engine, fit = fitted(study, engine_of_sampler(sampler))
     final = engine.forecaster.forecast_final(study, fit, params)
     out = []
     for p, curve, m, s in zip(final.params, final.curves, final.mean, final.std):
@@ -122,9 +118,7 @@ def forecast(
     return out
 
 
-def recommend(
-    study: Study, *, sampler: FMSSampler | None = None, engine: Engine | None = None
-) -> Forecast:
+def recommend(study: Study, *, sampler: FMSSampler | None = None) -> Forecast:
     """The configuration to use, the best last observed score, with the forecast of its
     final score.
 
@@ -148,8 +142,6 @@ def recommend(
     sampler:
         The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to use instead of
         the study's sampler.
-    engine:
-        Kept for the benchmarks: the engine to use (``sampler.engine``).
 
     Returns
     -------
@@ -177,7 +169,7 @@ def recommend(
     """
     if study._is_multi_objective():
         raise ValueError("recommend supports single-objective studies only.")
-    engine, fit = fitted(study, engine_for(sampler, engine))
+    engine, fit = fitted(study, engine_of_sampler(sampler))
     curves = longest_curves(fit)
     last = np.array([c.values[-1] for c in curves])  # Curve values: higher is better
     steps = np.array([c.last_step for c in curves])
@@ -195,7 +187,7 @@ def recommend(
     )
 
 
-def engine_for(sampler: FMSSampler | None, engine: Engine | None) -> Engine | None:
-    """The engine a public function reads with: the ``sampler``'s, else ``engine`` (``None``:
-    the study's sampler's, see :func:`~optuna_fms._engine.fitted`)."""
-    return sampler.engine if sampler is not None else engine
+def engine_of_sampler(sampler: FMSSampler | None) -> Engine | None:
+    """The engine a public function reads with: the ``sampler``'s (``None``: the study's
+    sampler's, see :func:`~optuna_fms._engine.fitted`)."""
+    return None if sampler is None else sampler.engine

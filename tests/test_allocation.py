@@ -219,8 +219,7 @@ def test_recommend_never_picks_a_diverged_configuration() -> None:
     for lr, curve in ((0.01, [0.5, 0.7, 0.8, 0.85]), (0.02, [0.55, 0.72, 0.82])):
         _add(study, space, lr, curve)
     _add(study, space, 0.001, [0.2, 0.25])
-    engine = optuna_fms._engine.Engine(max_steps=10)
-    best = optuna_fms.recommend(study, engine=engine)
+    best = optuna_fms.recommend(study, sampler=optuna_fms.FMSSampler(max_steps=10))
     assert best.params["lr"] in (0.01, 0.02)
     assert 0.0 <= best.mean - best.std and best.mean + best.std <= 1.0
 
@@ -231,12 +230,11 @@ def test_forecasts_stay_in_the_metric_range() -> None:
     for i, lr in enumerate((0.002, 0.01, 0.05, 0.2, 0.6)):
         # Steep curves that end near 1: a linear extrapolation would leave [0, 1].
         _add(study, space, lr, [min(1.0, 0.2 + 0.18 * (s + 1) * (i + 1) / 3) for s in range(4)])
-    engine = optuna_fms._engine.Engine(max_steps=30)
-    forecasts = optuna_fms.forecast(study, engine=engine)
+    forecasts = optuna_fms.forecast(study, sampler=optuna_fms.FMSSampler(max_steps=30))
     assert all(0.0 <= f.mean - f.std and f.mean + f.std <= 1.0 for f in forecasts)
     # Declared otherwise, the range is the declared one.
-    wide = optuna_fms._engine.Engine(max_steps=30, metric_range=(-5.0, 5.0))
-    unbounded = optuna_fms.forecast(study, engine=wide)
+    wide = optuna_fms.FMSSampler(max_steps=30, metric_range=(-5.0, 5.0))
+    unbounded = optuna_fms.forecast(study, sampler=wide)
     assert any(f.mean + f.std > 1.0 for f in unbounded)
     with pytest.raises(ValueError, match="metric_range"):
         optuna_fms._engine.Engine(metric_range=(1.0, 0.0))
