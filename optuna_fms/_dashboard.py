@@ -192,93 +192,8 @@ class DashboardReport:
             reverse=maximize,
         )
         leading, others = ranked[: self.top], ranked[self.top :]
-        data: list[dict[str, Any]] = []
-        if others:
-            xs: list[Any] = []
-            ys: list[Any] = []
-            texts: list[Any] = []
-            for chain in others:
-                steps, values, owners = chain.points()
-                xs += [*steps, None]
-                ys += [*values, None]
-                texts += [*(f"trial {n}" for n in owners), None]
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "name": f"other configurations ({len(others)})",
-                    "x": xs,
-                    "y": ys,
-                    "text": texts,
-                    "hoverinfo": "x+y+text",
-                    "line": {"color": "rgba(140,140,140,0.45)", "width": 1},
-                }
-            )
-        for rank, chain in enumerate(leading):
-            color = _COLORS[rank % len(_COLORS)]
-            steps, values, owners = chain.points()
-            name = "trial " + "→".join(str(t.number) for t in chain.trials)
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": name,
-                    "legendgroup": name,
-                    "x": steps,
-                    "y": values,
-                    "text": [f"trial {n}" for n in owners],
-                    "hoverinfo": "x+y+text+name",
-                    "line": {"color": color, "width": 2},
-                    "marker": {"size": 4, "color": color},
-                }
-            )
-            band = _band(chain, steps, values, final_step)
-            if band is not None:
-                trace, mean, std, at = band
-                data.append({**trace, "legendgroup": name, "fillcolor": _alpha(color, 0.18)})
-                data.append(
-                    {
-                        "type": "scatter",
-                        "mode": "markers",
-                        "name": f"{name} forecast",
-                        "legendgroup": name,
-                        "showlegend": False,
-                        "x": [final_step],
-                        "y": [mean],
-                        "error_y": {
-                            "type": "data",
-                            "array": [2 * std if std is not None else 0],
-                            "color": color,
-                            "visible": True,
-                        },
-                        "text": [f"forecast made at step {at}: mean ± 2σ"],
-                        "hoverinfo": "x+y+text",
-                        "marker": {"symbol": "diamond", "size": 9, "color": color},
-                    }
-                )
-        for continued, label, symbol in (
-            (False, "paused", "x"),
-            (True, "paused, then continued", "circle-open"),
-        ):
-            marks = [p for c in chains for p in c.pauses if p[3] == continued]
-            if marks:
-                data.append(
-                    {
-                        "type": "scatter",
-                        "mode": "markers",
-                        "name": label,
-                        "x": [m[0] for m in marks],
-                        "y": [m[1] for m in marks],
-                        "text": [m[2] for m in marks],
-                        "hoverinfo": "x+y+text",
-                        "marker": {
-                            "symbol": symbol,
-                            "size": 9,
-                            "color": "#d62728" if not continued else "#2ca02c",
-                            "line": {"width": 2},
-                        },
-                    }
-                )
+        data = _others_trace(others) + _leading_traces(leading, final_step)
+        data += _pause_traces(chains)
         direction = "maximize" if maximize else "minimize"
         layout = {
             "title": {"text": "FMS learning curves", "x": 0.02},
@@ -348,26 +263,11 @@ class DashboardReport:
             where = f"trial {recommended.trial}, step {recommended.last_step}"
             params = json.dumps(recommended.params, default=str)
             lines.append(
-                "| Recommended (best forecast of the furthest trained) | "
+                "| Recommended (best last observed score; forecast of its final) | "
                 f"{recommended.mean:.6g} ± {recommended.std:.2g} ({where}): `{params}` |"
             )
         if children:
-            lines += [
-                "",
-                f"### Latest continuations ({min(len(children), self.max_continuations)} "
-                f"of {len(children)})",
-                "",
-                "| Paused trial | Paused at step | Continued by | State |",
-                "|---|---|---|---|",
-            ]
-            for child in children[-self.max_continuations :]:
-                ref = lineage.continuation(child)
-                assert ref is not None
-                parent = by_id.get(ref.trial_id)
-                number = parent.number if parent is not None else ref.trial
-                lines.append(
-                    f"| {number} | {ref.step} | {child.number} | {child.state.name.lower()} |"
-                )
+            lines += _continuations_table(children, lineage, by_id, self.max_continuations)
         lines += [
             "",
             "Per trial, the user attributes show `fms:forecast` (forecast of the final score "
@@ -396,6 +296,133 @@ class _Chain:
         steps = sorted(self.curve)
         values = [_round(self.curve[s][0]) for s in steps]
         return steps, values, [self.curve[s][1] for s in steps]
+
+
+def _others_trace(others: Sequence[_Chain]) -> list[dict[str, Any]]:
+    """One grey trace for every configuration outside the leading ones (none if none)."""
+    data: list[dict[str, Any]] = []
+    if others:
+        xs: list[Any] = []
+        ys: list[Any] = []
+        texts: list[Any] = []
+        for chain in others:
+            steps, values, owners = chain.points()
+            xs += [*steps, None]
+            ys += [*values, None]
+            texts += [*(f"trial {n}" for n in owners), None]
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"other configurations ({len(others)})",
+                "x": xs,
+                "y": ys,
+                "text": texts,
+                "hoverinfo": "x+y+text",
+                "line": {"color": "rgba(140,140,140,0.45)", "width": 1},
+            }
+        )
+    return data
+
+
+def _leading_traces(leading: Sequence[_Chain], final_step: int) -> list[dict[str, Any]]:
+    """A coloured curve per leading configuration, with its forecast band and final mark."""
+    data: list[dict[str, Any]] = []
+    for rank, chain in enumerate(leading):
+        color = _COLORS[rank % len(_COLORS)]
+        steps, values, owners = chain.points()
+        name = "trial " + "→".join(str(t.number) for t in chain.trials)
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": name,
+                "legendgroup": name,
+                "x": steps,
+                "y": values,
+                "text": [f"trial {n}" for n in owners],
+                "hoverinfo": "x+y+text+name",
+                "line": {"color": color, "width": 2},
+                "marker": {"size": 4, "color": color},
+            }
+        )
+        band = _band(chain, steps, values, final_step)
+        if band is not None:
+            trace, mean, std, at = band
+            data.append({**trace, "legendgroup": name, "fillcolor": _alpha(color, 0.18)})
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": f"{name} forecast",
+                    "legendgroup": name,
+                    "showlegend": False,
+                    "x": [final_step],
+                    "y": [mean],
+                    "error_y": {
+                        "type": "data",
+                        "array": [2 * std if std is not None else 0],
+                        "color": color,
+                        "visible": True,
+                    },
+                    "text": [f"forecast made at step {at}: mean ± 2σ"],
+                    "hoverinfo": "x+y+text",
+                    "marker": {"symbol": "diamond", "size": 9, "color": color},
+                }
+            )
+    return data
+
+
+def _pause_traces(chains: Sequence[_Chain]) -> list[dict[str, Any]]:
+    """Markers where trials were paused, and where a paused trial was then continued."""
+    data: list[dict[str, Any]] = []
+    for continued, label, symbol in (
+        (False, "paused", "x"),
+        (True, "paused, then continued", "circle-open"),
+    ):
+        marks = [p for c in chains for p in c.pauses if p[3] == continued]
+        if marks:
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": label,
+                    "x": [m[0] for m in marks],
+                    "y": [m[1] for m in marks],
+                    "text": [m[2] for m in marks],
+                    "hoverinfo": "x+y+text",
+                    "marker": {
+                        "symbol": symbol,
+                        "size": 9,
+                        "color": "#d62728" if not continued else "#2ca02c",
+                        "line": {"width": 2},
+                    },
+                }
+            )
+    return data
+
+
+def _continuations_table(
+    children: Sequence[FrozenTrial],
+    lineage: Lineage,
+    by_id: dict[int, FrozenTrial],
+    limit: int,
+) -> list[str]:
+    """Markdown lines: the latest ``limit`` continuations, each beside the trial it continued."""
+    lines = [
+        "",
+        f"### Latest continuations ({min(len(children), limit)} of {len(children)})",
+        "",
+        "| Paused trial | Paused at step | Continued by | State |",
+        "|---|---|---|---|",
+    ]
+    for child in children[-limit:]:
+        ref = lineage.continuation(child)
+        assert ref is not None
+        parent = by_id.get(ref.trial_id)
+        number = parent.number if parent is not None else ref.trial
+        lines.append(f"| {number} | {ref.step} | {child.number} | {child.state.name.lower()} |")
+    return lines
 
 
 def _chains(trials: Sequence[FrozenTrial]) -> list[_Chain]:
