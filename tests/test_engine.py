@@ -235,13 +235,13 @@ class _Fixed:
     def __init__(self, keeps: bool) -> None:
         self.keeps, self.asked = keeps, 0
 
-    def choose(self, view, fresh, paused):  # noqa: ANN001, ANN201
+    def choose(self, view, fresh, paused):
         return OneStepEI().choose(view, fresh, paused)
 
-    def alternative(self, view, fresh, paused) -> float:  # noqa: ANN001
+    def alternative(self, view, fresh, paused) -> float:
         return 0.0
 
-    def keeps_running(self, view, running, alternative, tolerance) -> bool:  # noqa: ANN001
+    def keeps_running(self, view, running, alternative, tolerance) -> bool:
         self.asked += 1
         return self.keeps
 
