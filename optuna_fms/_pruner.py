@@ -135,8 +135,8 @@ class FMSPruner(BasePruner):
         if restart is not None and step <= restart:
             return False  # trained again from scratch to go past where it was pruned
         value = trial.intermediate_values[step]
-        finished = study._storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+        finished = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
         )
         if len(finished) < self._n_startup_trials:
             # DyHPO's start: many configurations at one step each, continued later by EI.
@@ -171,6 +171,6 @@ class FMSPruner(BasePruner):
         if self._unsaved.get(trial_id) != step:
             return
         self._unsaved.pop(trial_id, None)
-        trial = study._storage.get_trial(trial_id)
+        trial = self.engine(study).freeze_thaw(study).trial(trial_id)
         if trial.state == TrialState.RUNNING and trial.last_step == step:
             self._pause(study, trial)

@@ -302,9 +302,7 @@ class FMSSampler(BaseSampler):
         self._independent_sampler.reseed_rng()
 
     def _ready(self, study: Study) -> bool:
-        trials = study._storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-        )
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         return len(trials) >= self._n_startup_trials
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
@@ -396,9 +394,7 @@ class FMSSampler(BaseSampler):
             if params is not None:
                 return params
         tried = [
-            t.params
-            for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
-            if t._trial_id != trial._trial_id
+            t.params for t in study.get_trials(deepcopy=False) if t._trial_id != trial._trial_id
         ]
         return self._engine.random_params(search_space, tried)
 

@@ -78,6 +78,12 @@ class FreezeThaw:
         return self._claims_id
 
     # ------------------------------------------------------------------ the study
+    def trial(self, trial_id: int) -> FrozenTrial:
+        """The study's trial with storage id ``trial_id``, as stored now (for the pruner, which
+        reads a trial by id outside Optuna's hooks). Raises :class:`KeyError` if there is none.
+        """
+        return self._storage.get_trial(trial_id)
+
     def continuation_off(self) -> bool:
         """Whether continuations are off for the study: an objective finished a continued
         trial without calling :func:`~optuna_fms.resume` (see :meth:`end_continuation`)."""
