@@ -12,10 +12,13 @@ from optuna_fms._surrogate import Diagnostics as Diagnostics
 
 
 if TYPE_CHECKING:
+    from optuna_fms._engine import Engine
     from optuna_fms._sampler import FMSSampler
 
 
-def diagnose(study: Study, *, sampler: FMSSampler | None = None) -> Diagnostics:
+def diagnose(
+    study: Study, *, sampler: FMSSampler | None = None, engine: Engine | None = None
+) -> Diagnostics:
     """Fitted noise, lengthscales and training vs held-out error of the study's surrogate.
 
     Parameters
@@ -26,9 +29,17 @@ def diagnose(study: Study, *, sampler: FMSSampler | None = None) -> Diagnostics:
     sampler:
         The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to read instead of
         the study's sampler.
+    engine:
+        The engine to read: ``sampler.engine`` of an :class:`~optuna_fms.FMSSampler`.
+
+        .. deprecated:: 0.1.0
+            ``engine`` will be removed in 0.3.0. Pass ``sampler=``, the
+            :class:`~optuna_fms.FMSSampler` whose ``engine`` it is, instead.
 
     Raises
     ------
+    ValueError
+        If both ``sampler`` and ``engine`` are given.
     optuna_fms.SurrogateFitError
         If the surrogate has no fit on the study.
 
@@ -47,6 +58,6 @@ def diagnose(study: Study, *, sampler: FMSSampler | None = None) -> Diagnostics:
     >>> d.n_configurations, sorted(d.lengthscales), d.held_out_rmse >= 0
     (4, ['log_budget', 'lr'], True)
     """
-    _, fit = fitted(study, engine_of_sampler(sampler))
+    _, fit = fitted(study, engine_of_sampler("diagnose", sampler, engine))
     data = fit.model.data
     return fit.model.surrogate.report(data.rows, data.y, data.owner, len(fit.curves))

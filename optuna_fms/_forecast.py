@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
+import warnings
 
 import numpy as np
 from optuna.study import Study
@@ -18,6 +19,12 @@ from optuna_fms._engine import longest_curves
 
 if TYPE_CHECKING:
     from optuna_fms._sampler import FMSSampler
+
+
+_ENGINE_DEPRECATED_IN = "0.1.0"
+_ENGINE_REMOVED_IN = "0.3.0"
+"""The ``engine`` argument of :func:`forecast`, :func:`recommend` and
+:func:`~optuna_fms.diagnose`: deprecated in this version, removed in that one."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ def forecast(
     params: Sequence[Mapping[str, Any]] | None = None,
     *,
     sampler: FMSSampler | None = None,
+    engine: Engine | None = None,
 ) -> list[Forecast]:
     """Forecast the final score of configurations with the study's surrogate.
 
@@ -72,6 +80,12 @@ def forecast(
         The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to use instead of
         the study's sampler (one built for several calls on a study run with another
         sampler, for example).
+    engine:
+        The engine to use: ``sampler.engine`` of an :class:`~optuna_fms.FMSSampler`.
+
+        .. deprecated:: 0.1.0
+            ``engine`` will be removed in 0.3.0. Pass ``sampler=``, the
+            :class:`~optuna_fms.FMSSampler` whose ``engine`` it is, instead.
 
     Returns
     -------
@@ -80,8 +94,8 @@ def forecast(
     Raises
     ------
     ValueError
-        If a configuration lies outside the search space the surrogate models, or the study
-        is multi-objective.
+        If a configuration lies outside the search space the surrogate models, the study
+        is multi-objective, or both ``sampler`` and ``engine`` are given.
     optuna_fms.SurrogateFitError
         If the surrogate cannot be fitted yet (fewer than two learning curves) or its fit
         failed.
@@ -108,7 +122,7 @@ def forecast(
     """
     if study._is_multi_objective():
         raise ValueError("forecast supports single-objective studies only.")
-    engine, fit = fitted(study, engine_of_sampler(sampler))
+    engine, fit = fitted(study, engine_of_sampler("forecast", sampler, engine))
     final = engine.forecaster.forecast_final(study, fit, params)
     out = []
     for p, curve, m, s in zip(final.params, final.curves, final.mean, final.std):
@@ -118,7 +132,9 @@ def forecast(
     return out
 
 
-def recommend(study: Study, *, sampler: FMSSampler | None = None) -> Forecast:
+def recommend(
+    study: Study, *, sampler: FMSSampler | None = None, engine: Engine | None = None
+) -> Forecast:
     """The configuration to use, the best last observed score, with the forecast of its
     final score.
 
@@ -142,6 +158,12 @@ def recommend(study: Study, *, sampler: FMSSampler | None = None) -> Forecast:
     sampler:
         The :class:`~optuna_fms.FMSSampler` whose settings and surrogate to use instead of
         the study's sampler.
+    engine:
+        The engine to use: ``sampler.engine`` of an :class:`~optuna_fms.FMSSampler`.
+
+        .. deprecated:: 0.1.0
+            ``engine`` will be removed in 0.3.0. Pass ``sampler=``, the
+            :class:`~optuna_fms.FMSSampler` whose ``engine`` it is, instead.
 
     Returns
     -------
@@ -150,6 +172,8 @@ def recommend(study: Study, *, sampler: FMSSampler | None = None) -> Forecast:
 
     Raises
     ------
+    ValueError
+        If the study is multi-objective, or both ``sampler`` and ``engine`` are given.
     optuna_fms.SurrogateFitError
         If the surrogate cannot be fitted yet.
 
@@ -169,7 +193,7 @@ def recommend(study: Study, *, sampler: FMSSampler | None = None) -> Forecast:
     """
     if study._is_multi_objective():
         raise ValueError("recommend supports single-objective studies only.")
-    engine, fit = fitted(study, engine_of_sampler(sampler))
+    engine, fit = fitted(study, engine_of_sampler("recommend", sampler, engine))
     curves = longest_curves(fit)
     last = np.array([c.values[-1] for c in curves])  # Curve values: higher is better
     steps = np.array([c.last_step for c in curves])
@@ -187,7 +211,28 @@ def recommend(study: Study, *, sampler: FMSSampler | None = None) -> Forecast:
     )
 
 
-def engine_of_sampler(sampler: FMSSampler | None) -> Engine | None:
-    """The engine a public function reads with: the ``sampler``'s (``None``: the study's
-    sampler's, see :func:`~optuna_fms._engine.fitted`)."""
-    return None if sampler is None else sampler.engine
+def engine_of_sampler(
+    function: str, sampler: FMSSampler | None, engine: Engine | None = None
+) -> Engine | None:
+    """The engine the public ``function`` reads with: the ``sampler``'s, else the deprecated
+    ``engine`` argument (``None``: the study's sampler's, see
+    :func:`~optuna_fms._engine.fitted`).
+
+    Passing ``engine`` emits a :class:`FutureWarning`; passing both is a :class:`ValueError`.
+    """
+    if engine is None:
+        return None if sampler is None else sampler.engine
+    if sampler is not None:
+        raise ValueError(
+            f"optuna_fms.{function}() takes sampler= or the deprecated engine=, not both: "
+            "pass only sampler= (its engine is sampler.engine)."
+        )
+    warnings.warn(
+        f"The engine argument of optuna_fms.{function}() is deprecated since "
+        f"v{_ENGINE_DEPRECATED_IN} and is scheduled for removal in v{_ENGINE_REMOVED_IN}. "
+        "Pass sampler=, an optuna_fms.FMSSampler, instead: the call uses its engine "
+        "(sampler.engine).",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return engine
