@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import optuna
 
 
 MAX_STEPS = 20
+
+
+def add_curve(
+    study: optuna.Study,
+    params: dict[str, Any],
+    distributions: dict[str, optuna.distributions.BaseDistribution],
+    curve: list[float],
+    state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE,
+    value: float | None = None,
+    **kwargs: Any,
+) -> None:
+    """Add a finished trial of ``params`` that reported ``curve`` at steps 0, 1, ...
+
+    A complete trial's value is its last report unless ``value`` is given; other keywords go
+    to :func:`optuna.trial.create_trial` (``system_attrs``, ``user_attrs``).
+    """
+    if value is None and state == optuna.trial.TrialState.COMPLETE and curve:
+        value = curve[-1]
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=params,
+            distributions=distributions,
+            intermediate_values=dict(enumerate(curve)),
+            state=state,
+            value=value if state == optuna.trial.TrialState.COMPLETE else None,
+            **kwargs,
+        )
+    )
 
 
 def final_score(x: float, y: float) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from synthetic import add_curve
 import torch
 
 import optuna_fms
@@ -200,15 +201,7 @@ def test_make_rule_names_and_objects() -> None:
 
 
 def _add(study, space, lr, curve, state=optuna.trial.TrialState.PRUNED):
-    study.add_trial(
-        optuna.trial.create_trial(
-            params={"lr": lr},
-            distributions=space,
-            intermediate_values=dict(enumerate(curve)),
-            state=state,
-            value=curve[-1] if state == optuna.trial.TrialState.COMPLETE else None,
-        )
-    )
+    add_curve(study, {"lr": lr}, space, curve, state)
 
 
 def test_recommend_never_picks_a_diverged_configuration() -> None:

@@ -14,6 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import TrialState
 import pytest
+from synthetic import add_curve
 from synthetic import make_objective
 
 import optuna_fms
@@ -40,18 +41,7 @@ SPACE = {"x": FloatDistribution(0, 1)}
 
 def _add(study: optuna.Study, x: float, curve: list[float], **kwargs) -> None:
     """A trial of ``x`` that reported ``curve`` (complete unless ``state`` says otherwise)."""
-    state = kwargs.pop("state", TrialState.COMPLETE)
-    value = curve[-1] if state == TrialState.COMPLETE and curve else kwargs.pop("value", None)
-    study.add_trial(
-        optuna.trial.create_trial(
-            params={"x": x},
-            distributions=SPACE,
-            intermediate_values=dict(enumerate(curve)),
-            state=state,
-            value=value,
-            **kwargs,
-        )
-    )
+    add_curve(study, {"x": x}, SPACE, curve, **kwargs)
 
 
 def _studied(n: int, steps: int = 3, direction: str = "maximize") -> optuna.Study:
