@@ -795,8 +795,8 @@ def summarize(path: Path) -> dict[str, Any]:
     }
 
 
-def main_build(argv: list[str] | None = None) -> int:
-    """``optuna-fms build-hub``: build a benchmark hub into a cache directory."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``optuna-fms build-hub``."""
     parser = argparse.ArgumentParser(
         prog="optuna-fms build-hub",
         description="Build a benchmark hub (learning curves and per-epoch checkpoints) by "
@@ -809,7 +809,12 @@ def main_build(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="full", choices=SIZES)
     parser.add_argument("--force", action="store_true", help="rebuild an existing hub")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_build(argv: list[str] | None = None) -> int:
+    """``optuna-fms build-hub``: build a benchmark hub into a cache directory."""
+    args = build_parser().parse_args(argv)
     path = build_hub(
         args.hub,
         Path(args.out),

@@ -254,7 +254,8 @@ def plot(results: Sequence[RunResult], methods: Sequence[str], hub: str, path: P
     return path
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``optuna-fms bench``."""
     parser = argparse.ArgumentParser(
         prog="optuna-fms bench",
         description="Replay a benchmark hub with several HPO methods (real Optuna studies) and "
@@ -282,6 +283,11 @@ def main(argv: list[str]) -> int:
         help="read results saved with --save (repeatable) and add them to the table; with "
         "--seeds 0 nothing is run",
     )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -203,10 +203,8 @@ def pretrain_metanetwork(
     return net
 
 
-def main_pretrain(argv: list[str] | None = None) -> int:
-    """``optuna-fms pretrain-metanet``: pretrain the metanetwork on built hubs."""
-    from optuna_fms.bench._cli import resolve_hub
-
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``optuna-fms pretrain-metanet``."""
     parser = argparse.ArgumentParser(
         prog="optuna-fms pretrain-metanet",
         description="Train the graph metanetwork to predict how checkpoints fine-tune, on the "
@@ -220,7 +218,14 @@ def main_pretrain(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200, help="runs sampled per hub")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_pretrain(argv: list[str] | None = None) -> int:
+    """``optuna-fms pretrain-metanet``: pretrain the metanetwork on built hubs."""
+    from optuna_fms.bench._cli import resolve_hub
+
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     hubs = [Hub.load(resolve_hub(h)) for h in args.hubs]
     held = [Hub.load(resolve_hub(h)) for h in args.eval]
