@@ -30,7 +30,7 @@ class FMSPruner(BasePruner):
 
     A pause without a checkpoint at its step (or with continuations off) is a final stop,
     decided by successive halving alone
-    (:class:`~optuna_fms._surrogate.allocation.ModelBasedRungs` with Hyperband's brackets, on
+    (the internal ``ModelBasedRungs`` allocation rule with Hyperband's brackets, on
     rungs ``min_steps * 3**k`` raised to the steps it decides at): such a trial stops only at
     a rung, outside the top third of the forecasts there. Without checkpoints the one-step
     rules stopped nearly every configuration after one step, and letting them keep a trial

@@ -87,8 +87,8 @@ class FMSSampler(BaseSampler):
         deep-kernel GP (an MLP feature extractor over hyperparameters, budget, a Conv1d
         summary of the learning curve and the weight embedding, trained jointly by Adam),
         kept for comparisons: with 5-50 curves it overfits (see docs/experiments.md). Or a
-        model class (:class:`~optuna_fms._surrogate.SurrogateModel`: it declares what it
-        reads, how it is built and which of this sampler's keywords it takes).
+        model class (the internal protocol ``optuna_fms._surrogate.SurrogateModel``: it
+        declares what it reads, how it is built and which of this sampler's keywords it takes).
     gp_trend:
         ``surrogate="gp"`` only: the prior mean's dependence on the hyperparameters.
         ``"linear-budget"`` (default): a linear trend in each numeric hyperparameter whose
@@ -159,7 +159,7 @@ class FMSSampler(BaseSampler):
     allocation:
         How the next step of compute is chosen, shared with the study's
         :class:`~optuna_fms.FMSPruner` (a name, or a rule object of
-        :mod:`optuna_fms._surrogate.allocation`): ``"rungs"`` (model-based asynchronous
+        the internal ``optuna_fms._surrogate.allocation``): ``"rungs"`` (model-based asynchronous
         successive halving: trials are compared only at 1, 3, 9, ... steps, a trial goes on
         while its forecast final score is in the top third of those that reached its rung,
         and a paused trial that later ranks there is continued before anything new starts),

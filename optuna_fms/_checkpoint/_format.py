@@ -45,7 +45,7 @@ class CheckpointError(Exception):
     """A checkpoint is missing, truncated, corrupt or not a checkpoint of this library.
 
     The message names the trial number, the step and the artifact id (raised by
-    :func:`read_file` directly, it gives the reason only).
+    the internal ``read_file`` directly, it gives the reason only).
 
     Examples
     --------

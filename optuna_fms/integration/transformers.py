@@ -50,7 +50,7 @@ class FMSTrainerCallback(TrainerCallback, _Reporting):
        :func:`optuna_fms.save_checkpoint`,
     2. reports ``metrics[metric]`` at that step with ``trial.report``,
     3. asks ``trial.should_prune()``; if so, it sets ``control.should_training_stop`` so the
-       Trainer ends cleanly, and remembers it in :attr:`pruned_step`.
+       Trainer ends cleanly, and remembers it in ``pruned_step``.
 
     The Trainer does not know about Optuna, so the objective raises the pruning itself after
     ``trainer.train()`` returns, with :meth:`check_pruned` (see the example). Forgetting it

@@ -33,9 +33,9 @@ class PretrainedMetanetwork(torch.nn.Module):
     moments of the pretraining data; the head maps them to
     :data:`TARGETS`, predictions of the fine-tuning runs' final score as a quantile of the task's
     runs. :meth:`predict` is the low-dimensional embedding the GP surrogate reads; the deep
-    kernel reads the metanetwork's embedding (:attr:`gmn`). Weights and settings are stored in
-    one safetensors file (tensors, and JSON metadata: settings, training data, the command and
-    the recorded prediction of a fixed reference network), loaded without pickle.
+    kernel reads the metanetwork's embedding (its ``gmn`` submodule). Weights and settings are
+    stored in one safetensors file (tensors, and JSON metadata: settings, training data, the
+    command and the recorded prediction of a fixed reference network), loaded without pickle.
 
     Parameters
     ----------
@@ -87,7 +87,7 @@ class PretrainedMetanetwork(torch.nn.Module):
             self.train(was)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write weights, settings and :attr:`info` to a safetensors file at ``path``."""
+        """Write weights, settings and ``info`` to a safetensors file at ``path``."""
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}

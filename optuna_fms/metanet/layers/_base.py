@@ -16,8 +16,8 @@ from optuna_fms.metanet._writer import Neurons
 class Layer(abc.ABC):
     """How the modules of some types become nodes and edges of the parameter graph.
 
-    A handler names the module classes it reads (:attr:`modules`, as ``type(m).__name__``),
-    declares the edge types it introduces (:attr:`edge_types`), draws its nodes and edges with
+    A handler names the module classes it reads (``modules``, as ``type(m).__name__``),
+    declares the edge types it introduces (``edge_types``), draws its nodes and edges with
     a :class:`~optuna_fms.metanet.layers.GraphWriter` in :meth:`build`, and may recognise its
     modules from their tensors alone in :meth:`infer`. Handlers keep no state: one instance
     serves every call. Register one in a :class:`~optuna_fms.metanet.layers.LayerRegistry`.
