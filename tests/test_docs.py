@@ -1,12 +1,15 @@
 """The documentation site (docs/): built with warnings as errors, it documents every public name.
 
 The build runs ``sphinx-build -W --keep-going`` on a copy of docs/ (autosummary writes its stub
-pages into the source folder), once per session; the tests read its warnings and its
-``objects.inv``, the inventory of every documented Python object.
+pages into the source folder), once per test run, shared by the pytest-xdist workers; the tests
+read its warnings and its ``objects.inv``, the inventory of every documented Python object.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 from pathlib import Path
 import shutil
 import subprocess
@@ -30,14 +33,14 @@ class _Site:
         self.out = out
         self.returncode = returncode
         self.log = log
-        with open(out / "objects.inv", "rb") as f:
-            inventory = InventoryFile.load(f, "", lambda base, uri: uri)
-        self.objects = {name for entries in inventory.values() for name in entries}
+        self.objects: set[str] = set()
+        if (out / "objects.inv").is_file():
+            with open(out / "objects.inv", "rb") as f:
+                inventory = InventoryFile.load(f, "", lambda base, uri: uri)
+            self.objects = {name for entries in inventory.values() for name in entries}
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> _Site:
-    root = tmp_path_factory.mktemp("docs")
+def _build(root: Path) -> dict[str, object]:
     src = root / "src"
     shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "generated"))
     out = root / "html"
@@ -48,7 +51,24 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> _Site:
         text=True,
         timeout=600,
     )
-    return _Site(out, proc.returncode, proc.stdout + proc.stderr)
+    return {"out": str(out), "returncode": proc.returncode, "log": proc.stdout + proc.stderr}
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> _Site:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:  # one process: a fresh folder
+        root = tmp_path_factory.mktemp("docs")
+    else:  # the first xdist worker builds, the others wait for it and read its result
+        root = tmp_path_factory.getbasetemp().parent / f"docs-{run}"
+        root.mkdir(exist_ok=True)
+    result_file = root / "result.json"
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result_file.exists():
+            result_file.write_text(json.dumps(_build(root)))
+    result = json.loads(result_file.read_text())
+    return _Site(Path(result["out"]), result["returncode"], result["log"])
 
 
 def test_docs_build_without_warnings(site: _Site) -> None:
