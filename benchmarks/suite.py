@@ -95,7 +95,15 @@ def _regret(r: RunResult, b: int) -> float:
     return _carry(r.regret, b)
 
 
+def _same_seeds(base: list[RunResult], runs: list[RunResult]) -> list[RunResult]:
+    """The baseline's runs on the seeds ``runs`` has: a candidate with 5 seeds is compared
+    with the baseline's first 5, not with the mean of all its seeds."""
+    seeds = {r.seed for r in runs}
+    return [r for r in base if r.seed in seeds]
+
+
 def _score(runs: list[RunResult], base: list[RunResult], marks: list[int]) -> float:
+    base = _same_seeds(base, runs)
     logs = []
     for b in marks:
         mine = np.nanmean([_regret(r, b) for r in runs])
@@ -113,7 +121,8 @@ def _targets(
     single: float | None,
     base_name: str = BASELINE,
 ) -> str:
-    """One row of the targets table: ``method`` against ``base`` on ``hub``."""
+    """One row of the targets table: ``method`` against ``base`` on ``hub`` (same seeds)."""
+    base = _same_seeds(base, runs)
     cells = [hub, method, base_name]
     for b in MARKS:
         if b not in marks:
@@ -199,23 +208,19 @@ def _report(args: argparse.Namespace) -> None:
             for m in methods:
                 if m in CANDIDATES or m == "fms":
                     targets.append(_targets(hub_name, m, by[m], base, marks, single.get(hub_name)))
-            if "fms-no-checkpoints" in by and "tpe-median" in by:
-                targets.append(
-                    _targets(
-                        hub_name,
-                        "fms-no-checkpoints",
-                        by["fms-no-checkpoints"],
-                        by["tpe-median"],
-                        marks,
-                        None,
-                        "tpe-median",
+            for m in methods:
+                # Without checkpoints a pause is a prune: the fair baseline is TPE + Median.
+                plain = m.removesuffix("-no-checkpoints")
+                if m != plain and (plain in CANDIDATES or plain == "fms") and "tpe-median" in by:
+                    targets.append(
+                        _targets(hub_name, m, by[m], by["tpe-median"], marks, None, "tpe-median")
                     )
-                )
             for m in methods:
                 if m in CANDIDATES:
                     scores.setdefault(m, {})[hub_name] = _score(by[m], base, marks)
                     r200 = mean_se([_regret(r, min(200, budget)) for r in by[m]])[0]
-                    b200 = mean_se([_regret(r, min(200, budget)) for r in base])[0]
+                    same = _same_seeds(base, by[m])
+                    b200 = mean_se([_regret(r, min(200, budget)) for r in same])[0]
                     ratios.setdefault(m, {})[hub_name] = max(r200, FLOOR) / max(b200, FLOOR)
     if not scores:
         return
