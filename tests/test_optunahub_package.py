@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import os
 from pathlib import Path
 import re
 import shutil
@@ -30,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from extras import require
 from packaging.requirements import InvalidRequirement
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion
@@ -50,16 +50,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
 NOT_SUBMITTED = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 HTML = re.compile(r"<!--|</?[A-Za-z][A-Za-z0-9-]*(\s[^<>]*)?/?>")
 EXAMPLE_TIMEOUT_S = 60
-
-
-def _require(module: str) -> None:
-    """Fail under CI, else skip, when ``module`` (a ``dev`` extra) is not installed."""
-    if importlib.util.find_spec(module) is not None:
-        return
-    reason = f"{module} is needed (pip install -c constraints.txt -e '.[dev]')"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must provide it: {reason}")
-    pytest.skip(reason)
 
 
 # --- The registry's rules ----------------------------------------------------------------
@@ -326,8 +316,8 @@ def test_registry_check_accepts_an_image_the_readme_shows(tmp_path: Path) -> Non
 
 def test_readme_is_formatted_as_the_registry_pre_commit_wants() -> None:
     # The registry's pre-commit runs mdformat with mdformat-myst (front matter included).
-    _require("mdformat")
-    _require("mdformat_myst")
+    require("mdformat")
+    require("mdformat_myst")
     import mdformat
 
     readme = (PACKAGE / "README.md").read_text(encoding="utf-8")
@@ -382,7 +372,7 @@ def test_package_vendors_nothing() -> None:
 
 
 def test_load_local_module_gives_the_installed_optuna_fms() -> None:
-    _require("optunahub")
+    require("optunahub")
     import optunahub
 
     import optuna_fms
@@ -410,11 +400,11 @@ if importlib.util.find_spec("optunahub") is not None:
 else:
 
     def test_optunahub_package_tests() -> None:
-        _require("optunahub")
+        require("optunahub")
 
 
 def test_example_runs_offline_in_under_a_minute(tmp_path: Path) -> None:
-    _require("optunahub")
+    require("optunahub")
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(PACKAGE / "example.py")],

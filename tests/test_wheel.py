@@ -34,7 +34,6 @@ skipped elsewhere, saying what to install.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -46,6 +45,7 @@ import sysconfig
 import tarfile
 import zipfile
 
+from extras import require
 from packaging.requirements import Requirement
 import pytest
 
@@ -62,16 +62,6 @@ SHIPPED_DATA = {
 }
 MAX_SDIST_BYTES = 2_000_000
 MAX_WHEEL_BYTES = 2_000_000
-
-
-def _require(module: str) -> None:
-    """Fail under CI, else skip, when ``module`` (a ``dev`` extra) is not installed."""
-    if importlib.util.find_spec(module) is not None:
-        return
-    reason = f"{module} is needed (pip install -c constraints.txt -e '.[dev]')"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must provide it: {reason}")
-    pytest.skip(reason)
 
 
 def _version() -> str:
@@ -110,7 +100,7 @@ def _run(cmd: list[str], cwd: Path, timeout: float, **env: str) -> subprocess.Co
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The sdist and the wheel (built from that sdist) of the working tree, in a temp folder."""
-    _require("build")
+    require("build")
     tmp = tmp_path_factory.mktemp("build")
     src = tmp / "src"
     src.mkdir()
