@@ -2,7 +2,7 @@
 # The test suite on a bare machine (Python 3.11 + pip): installs what it needs, checks the
 # import contracts (lint-imports), starts a PostgreSQL server on loopback for the storage
 # tests, runs pytest on 2 workers.
-FMS_EXTRAS=dev,dashboard,lightning,transformers
+FMS_EXTRAS=dev,dashboard,lightning,transformers,peft
 source "$(dirname "$0")/_env.sh"
 # Import-layer contracts (.importlinter) first: a second or so, and no point testing if broken.
 lint-imports --no-cache || { echo "lint-imports: import contracts broken (see above)" >&2; exit 1; }
