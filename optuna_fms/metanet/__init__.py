@@ -1,6 +1,8 @@
 """Parameter graphs and graph metanetworks: featurising checkpoints for the FMS surrogate.
 
 - :func:`describe_module` records a module's structure (stored with each checkpoint);
+- :func:`canonical_lora` reads a LoRA adapter's update in a form invariant to the adapter's
+  own symmetry (any invertible change of basis of the rank);
 - :func:`build_graph` turns ``(state_dict, structure)`` into a :class:`ParamGraph`, through
   the handler of each module type in :mod:`optuna_fms.metanet.layers` (one per file);
 - :class:`GraphMetanetwork` embeds a batch of parameter graphs (invariant to permutations of
@@ -22,6 +24,7 @@ from optuna_fms.metanet._graph import NODE_FEATURES
 from optuna_fms.metanet._graph import NODE_TYPES
 from optuna_fms.metanet._graph import ParamGraph
 from optuna_fms.metanet._graph import build_graph
+from optuna_fms.metanet._lora import canonical_lora
 from optuna_fms.metanet._pretrained import TARGETS
 from optuna_fms.metanet._pretrained import PretrainedMetanetwork
 from optuna_fms.metanet._stats import NUM_DEPTH_SLOTS
@@ -48,6 +51,7 @@ __all__ = [
     "TARGETS",
     "UnsupportedArchitectureError",
     "build_graph",
+    "canonical_lora",
     "describe_module",
     "weight_statistics",
 ]

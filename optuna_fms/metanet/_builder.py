@@ -97,7 +97,7 @@ class _Builder:
                     f"module '{path}' ({target}) does not read the network's data flow"
                 )
             return None
-        layer = self.layers.get(target)
+        layer = self.layers.claimant(params) or self.layers.get(target)
         if layer is not None:
             call = ModuleCall(
                 path, src, params, node.get("shapes", {}), node.get("attrs", {}), node, env
@@ -166,7 +166,7 @@ class _Builder:
         for key, tensor in self.sd.items():
             if not isinstance(tensor, torch.Tensor):
                 continue
-            prefix, _, local = key.rpartition(".")
+            prefix, local = self.layers.split_key(key)
             modules.setdefault(prefix, {})[local] = key
         current = self.graph.group(None, "input")
         for prefix, locals_ in modules.items():
@@ -176,12 +176,13 @@ class _Builder:
                 for k, t in tensors.items()
                 if t.is_floating_point() and k not in {"weight", "bias", *_STAT_BUFFERS}
             ]
-            if extra:
+            layer = self.layers.claimant(locals_)
+            if extra and layer is None:
                 raise UnsupportedArchitectureError(
                     f"cannot infer the role of '{locals_[extra[0]]}' without the structure; "
                     "pass structure=describe_module(model)"
                 )
-            layer = self.layers.infer(tensors)
+            layer = layer or self.layers.infer(tensors)
             if layer is None:
                 first = next(iter(locals_.values()))
                 raise UnsupportedArchitectureError(

@@ -10,7 +10,17 @@ import torch
 from optuna_fms.metanet._graph import EDGE_FEATURES
 from optuna_fms.metanet._graph import NODE_FEATURES
 from optuna_fms.metanet._graph import ParamGraph
+from optuna_fms.metanet._writer import edge_features
 
+
+FIRST_EDGE_FEATURES = edge_features(
+    (
+        *("linear", "conv", "embedding", "bias", "gamma", "beta", "residual"),
+        *("attn_q", "attn_k", "attn_v", "attn_out"),
+    )
+)
+"""The edge features before the LoRA edge types (``lora_a``, ``lora_b``) were added: what the
+shipped metanetwork was trained on, and what a saved one that records no list reads."""
 
 _NODE_LAYER_COL = NODE_FEATURES.index("layer")
 _EDGE_LAYER_COL = EDGE_FEATURES.index("layer")
@@ -74,7 +84,13 @@ class GraphMetanetwork(torch.nn.Module):
         self.hidden = hidden
         self.node_readout = node_readout
         self.node_encoder = _mlp(len(NODE_FEATURES), hidden)
-        self.edge_encoder = _mlp(len(EDGE_FEATURES) + 1, hidden)
+        # Drawn for FIRST_EDGE_FEATURES, with zero columns for the edge types added since: the
+        # same initial weights, and the same embedding of graphs without those edges, as before.
+        self.edge_encoder = _mlp(len(FIRST_EDGE_FEATURES) + 1, hidden)
+        first = self.edge_encoder[0]
+        assert isinstance(first, torch.nn.Linear)
+        first.weight = torch.nn.Parameter(edge_columns(first.weight.detach(), FIRST_EDGE_FEATURES))
+        first.in_features = len(EDGE_FEATURES) + 1
         self.blocks = torch.nn.ModuleList(_Block(hidden) for _ in range(num_layers))
         self.head = torch.nn.Linear(hidden * (2 if node_readout else 1), out_dim)
         self._batch_key: tuple[int, ...] | None = None
@@ -113,6 +129,29 @@ class GraphMetanetwork(torch.nn.Module):
         if self.node_readout:
             pooled.append(_scatter_mean(h, batch.batch, num_graphs))
         return self.head(torch.cat(pooled, 1))
+
+
+def edge_columns(weight: torch.Tensor, features: Sequence[str]) -> torch.Tensor:
+    """The edge encoder's first weight, read for ``features`` (and the ``asinh`` of the value,
+    last), laid out for :data:`EDGE_FEATURES`: columns matched by name, zero where ``features``
+    lacks one (an edge type added since the weight was made).
+
+    Raises
+    ------
+    ValueError
+        If ``weight`` does not have one column per feature, or a feature is not known here.
+    """
+    unknown = [f for f in features if f not in EDGE_FEATURES]
+    if weight.dim() != 2 or weight.shape[1] != len(features) + 1 or unknown:
+        raise ValueError(
+            f"an edge encoder of shape {list(weight.shape)} for the edge features "
+            f"{list(features)} cannot read {list(EDGE_FEATURES)}"
+        )
+    if tuple(features) == EDGE_FEATURES:
+        return weight
+    out = weight.new_zeros(weight.shape[0], len(EDGE_FEATURES) + 1)
+    out[:, [EDGE_FEATURES.index(f) for f in features] + [len(EDGE_FEATURES)]] = weight
+    return out
 
 
 def _mlp(in_dim: int, hidden: int) -> torch.nn.Sequential:

@@ -182,7 +182,9 @@ def build_graph(
     74
     """
     builder = _Builder(state_dict, max_edges_per_layer, LAYERS if layers is None else layers)
-    if structure is None:
+    if builder.layers.build_alone(builder.graph, structure):
+        pass  # an adapter saved without its base network (layers/lora.py)
+    elif structure is None:
         builder.run_inferred()
     else:
         builder.run_structure(structure)

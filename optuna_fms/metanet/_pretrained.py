@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
+from optuna_fms.metanet._gmn import FIRST_EDGE_FEATURES
 from optuna_fms.metanet._gmn import GraphMetanetwork
+from optuna_fms.metanet._gmn import edge_columns
+from optuna_fms.metanet._graph import EDGE_FEATURES
 from optuna_fms.metanet._graph import ParamGraph
 
 
@@ -96,6 +99,7 @@ class PretrainedMetanetwork(torch.nn.Module):
             "settings": json.dumps(self.settings),
             "targets": json.dumps(list(TARGETS)),
             "max_edges_per_layer": str(MAX_EDGES_PER_LAYER),
+            "edge_features": json.dumps(list(EDGE_FEATURES)),
             "info": json.dumps(self.info),
         }
         save_file(tensors, str(path), metadata=meta)
@@ -135,6 +139,7 @@ class PretrainedMetanetwork(torch.nn.Module):
             raise ValueError(f"{file} has malformed metadata ({err}).") from err
         if targets != list(TARGETS):
             raise ValueError(f"{file} predicts {meta.get('targets')}, expected {list(TARGETS)}.")
+        _read_edge_features(file, meta, tensors)
         _check_settings(file, settings, tensors)
         net = cls(**settings, info=info if isinstance(info, dict) else {})
         try:
@@ -142,6 +147,25 @@ class PretrainedMetanetwork(torch.nn.Module):
         except RuntimeError as err:
             raise ValueError(f"{file} does not match its own settings: {err}") from err
         return net.eval()
+
+
+def _read_edge_features(
+    file: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]
+) -> None:
+    """Lay the file's edge encoder out for this version's :data:`EDGE_FEATURES` (in place): a
+    file written before an edge type was added (``edge_features`` not recorded: the
+    ``FIRST_EDGE_FEATURES``) reads that type through a zero column, so it embeds every graph
+    without such edges as it did when it was trained."""
+    key = "gmn.edge_encoder.0.weight"
+    try:
+        features = json.loads(meta["edge_features"]) if "edge_features" in meta else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} has malformed metadata ({err}).") from err
+    if key in tensors:
+        try:
+            tensors[key] = edge_columns(tensors[key], features or FIRST_EDGE_FEATURES)
+        except ValueError as err:
+            raise ValueError(f"{file} does not fit this version's edge features: {err}") from err
 
 
 _MAX_LAYERS = 64

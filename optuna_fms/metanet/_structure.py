@@ -107,7 +107,8 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)):
             return False
-        return super().is_leaf_module(m, module_qualified_name)
+        lora = isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict)  # peft: layers/lora.py
+        return lora or super().is_leaf_module(m, module_qualified_name)
 
 
 # Hook tables of a module that ``nn.Module.__call__`` runs; emptied on the shadow of a leaf,
@@ -381,6 +382,8 @@ def _module_attrs(sub: torch.nn.Module) -> dict[str, Any]:
             attrs[key] = value
         elif isinstance(value, (tuple, list)) and all(isinstance(v, _PRIMITIVES) for v in value):
             attrs[key] = list(value)
+        elif isinstance(value, dict) and all(isinstance(v, _PRIMITIVES) for v in value.values()):
+            attrs[key] = {str(k): v for k, v in value.items()}  # peft: scaling per adapter
         elif isinstance(value, Callable):  # type: ignore[arg-type]
             fname = getattr(value, "__name__", None)
             if isinstance(fname, str):

@@ -27,6 +27,7 @@ from optuna_fms.metanet.layers.group_norm import GroupNorm
 from optuna_fms.metanet.layers.instance_norm import InstanceNorm
 from optuna_fms.metanet.layers.layer_norm import LayerNorm
 from optuna_fms.metanet.layers.linear import Linear
+from optuna_fms.metanet.layers.lora import LoRA
 from optuna_fms.metanet.layers.norm import Normalization
 from optuna_fms.metanet.layers.rms_norm import RMSNorm
 
@@ -42,6 +43,7 @@ LAYERS = LayerRegistry(
     GroupNorm(),
     RMSNorm(),
     MultiheadAttention(),
+    LoRA(),
 )
 """Every supported module type. The order is the column order of the edge types (the
 metanetwork reads the one-hot columns by position: add new layers at the end) and the order in
@@ -59,6 +61,7 @@ __all__ = [
     "LayerNorm",
     "LayerRegistry",
     "Linear",
+    "LoRA",
     "ModuleCall",
     "MultiheadAttention",
     "Neurons",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from collections.abc import Mapping
+from typing import Any
 from typing import ClassVar
 
 import torch
@@ -66,6 +68,24 @@ class Layer(abc.ABC):
         ``tensors`` maps local names (``"weight"``, ``"running_var"``, ...) to the state-dict
         tensors of one module. The default recognises nothing: such modules need a structure.
         """
+        return False
+
+    def claims(self, names: Collection[str]) -> bool:
+        """Whether this handler builds a module holding tensors of these local ``names``,
+        whatever its class name (a wrapper such as peft's LoRA ``Linear``, named like the
+        layer it wraps). Checked before the class name and before :meth:`infer`, the handlers
+        registered last first. The default claims nothing."""
+        return False
+
+    def split_key(self, key: str) -> tuple[str, str] | None:
+        """Without a structure, ``(module path, local name)`` of a state-dict key of a module
+        this handler claims, where the module's tensors lie deeper than one level (``None``:
+        split at the last dot)."""
+        return None
+
+    def build_alone(self, graph: GraphWriter, structure: Mapping[str, Any] | None) -> bool:
+        """Draw a state dict that holds only this handler's tensors (an adapter saved without
+        its base network) and return ``True``; ``False`` to leave it to the builder."""
         return False
 
     def __repr__(self) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Iterator
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from optuna_fms.metanet._writer import STRUCTURAL_EDGE_TYPES
+from optuna_fms.metanet._writer import GraphWriter
 from optuna_fms.metanet._writer import edge_features
 from optuna_fms.metanet.layers._base import Layer
 
@@ -63,6 +66,24 @@ class LayerRegistry:
     def infer(self, tensors: Mapping[str, torch.Tensor]) -> Layer | None:
         """The first handler that recognises a module's ``tensors`` (see :meth:`Layer.infer`)."""
         return next((layer for layer in self.layers if layer.infer(tensors)), None)
+
+    def claimant(self, names: Collection[str]) -> Layer | None:
+        """The last-registered handler that claims a module's local tensor ``names``
+        (:meth:`Layer.claims`), so that one added by :meth:`with_layers` overrides."""
+        return next((layer for layer in reversed(self.layers) if layer.claims(names)), None)
+
+    def split_key(self, key: str) -> tuple[str, str]:
+        """``(module path, local name)`` of a state-dict key (:meth:`Layer.split_key`)."""
+        for layer in reversed(self.layers):
+            split = layer.split_key(key)
+            if split is not None:
+                return split
+        prefix, _, local = key.rpartition(".")
+        return prefix, local
+
+    def build_alone(self, graph: GraphWriter, structure: Mapping[str, Any] | None) -> bool:
+        """Whether a handler drew the whole state dict by itself (:meth:`Layer.build_alone`)."""
+        return any(layer.build_alone(graph, structure) for layer in reversed(self.layers))
 
     def with_layers(self, *layers: Layer) -> LayerRegistry:
         """A new registry with ``layers`` added at the end (their edge types last)."""

@@ -153,6 +153,8 @@ def test_without_a_structure_a_registered_handler_recognises_its_tensors() -> No
 
 def test_the_edge_type_columns_are_the_shipped_metanetwork_format() -> None:
     # A saved metanetwork reads the one-hot columns by position: this order must not change.
+    # Types added later go last (lora_a, lora_b: a file written before them reads them through
+    # zero columns, metanet/_gmn.py FIRST_EDGE_FEATURES).
     assert EDGE_TYPES == (
         "linear",
         "conv",
@@ -165,5 +167,7 @@ def test_the_edge_type_columns_are_the_shipped_metanetwork_format() -> None:
         "attn_k",
         "attn_v",
         "attn_out",
+        "lora_a",
+        "lora_b",
     )
     assert NODE_TYPES == ("input", "hidden", "output", "bias", "gamma", "beta")
