@@ -73,7 +73,7 @@ class Layer(abc.ABC):
     def claims(self, names: Collection[str]) -> bool:
         """Whether this handler builds a module holding tensors of these local ``names``,
         whatever its class name (a wrapper such as peft's LoRA ``Linear``, named like the
-        layer it wraps). Checked before the class name and before :meth:`infer`, the handlers
+        layer it wraps). Checked before the class name and before :meth:`Layer.infer`, the handlers
         registered last first. The default claims nothing."""
         return False
 
