@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import warnings
 
@@ -122,6 +123,15 @@ def test_reports_and_checkpoints_each_epoch(tmp_path: Path) -> None:
     trained_opt = seen["trainer"].optimizer.state_dict()
     assert opt_state["param_groups"][0]["lr"] == trained_opt["param_groups"][0]["lr"]
     assert torch.equal(opt_state["state"][0]["exp_avg"], trained_opt["state"][0]["exp_avg"])
+    # The Trainer's own state, for FMSTrainer to continue from: scheduler, step, random states.
+    hf = ckpt.extra_state["transformers"]
+    assert hf["scheduler"] == seen["trainer"].lr_scheduler.state_dict()
+    state = json.loads(hf["trainer_state"])
+    assert state["global_step"] == 6 and state["epoch"] == pytest.approx(3.0)
+    assert [h["eval_accuracy"] for h in state["log_history"] if "eval_accuracy" in h] == [
+        trial.intermediate_values[s] for s in range(3)
+    ]
+    assert hf["rng"]["cpu"].dtype == torch.uint8 and len(hf["rng"]["python"][1]) == 625
 
     # An evaluation after training (the trial is finished) is ignored by the callback.
     with warnings.catch_warnings():

@@ -20,6 +20,8 @@ import warnings
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from optuna_fms import _attrs
+from optuna_fms._checkpoint._adapter import adapter_state
+from optuna_fms._checkpoint._adapter import peft_model_of
 from optuna_fms._checkpoint._format import CheckpointError
 from optuna_fms._checkpoint._format import read_file
 from optuna_fms._checkpoint._format import write_file
@@ -56,8 +58,9 @@ class Checkpoint:
     Attributes
     ----------
     tensors:
-        ``{name: tensor}`` of the model, ready for ``model.load_state_dict``. Tied tensors come
-        back as one tensor under each name.
+        ``{name: tensor}`` of the model, ready for ``model.load_state_dict`` (for a PEFT
+        adapter, ``peft.set_peft_model_state_dict``). Tied tensors come back as one tensor
+        under each name.
     optimizer_state:
         The optimizer state dict with its original key and container types (ready for
         ``optimizer.load_state_dict``), or ``None`` when none was saved.
@@ -68,7 +71,11 @@ class Checkpoint:
         The step the checkpoint was read for.
     metadata:
         The decoded header: ``format_version``, ``trial_number``, ``step`` (ints, ``None``
-        when absent), ``structure`` (as above) and ``optimizer_class`` (``str`` or ``None``).
+        when absent), ``structure`` (as above), ``adapter`` (a PEFT adapter's description, see
+        docs/checkpoints.md, or ``None``) and ``optimizer_class`` (``str`` or ``None``).
+    extra_state:
+        The ``extra_state`` given to :func:`save_checkpoint` (same container types), or
+        ``None``.
 
     Examples
     --------
@@ -88,6 +95,7 @@ class Checkpoint:
     structure: Any
     step: int
     metadata: dict[str, Any]
+    extra_state: dict[str, Any] | None = None
 
     def __repr__(self) -> str:  # The tensors themselves would flood a console.
         return (
@@ -149,6 +157,7 @@ def save_checkpoint(
     artifact_store: ArtifactStore | None = None,
     keep_last: int | None = DEFAULT_KEEP_LAST,
     keep_every: int | None = None,
+    extra_state: Mapping[str, Any] | None = None,
 ) -> str:
     """Save the weights (and optimizer state) of ``trial`` at ``step`` as an Optuna artifact.
 
@@ -166,7 +175,9 @@ def save_checkpoint(
         The running trial.
     model_or_state_dict:
         A :class:`torch.nn.Module` (its ``state_dict()`` is saved, plus its ``structure`` for
-        the metanetwork) or a mapping from names to tensors. Shared (e.g. tied) and
+        the metanetwork; of a :class:`peft.PeftModel`, only its active adapter's tensors, as
+        ``save_pretrained`` writes them, and the ``adapter`` description) or a mapping from
+        names to tensors. Shared (e.g. tied) and
         non-contiguous tensors are supported; sparse, nested, quantized and meta tensors are
         not.
     step:
@@ -183,6 +194,9 @@ def save_checkpoint(
         Keep the checkpoints of the ``keep_last`` largest steps; ``None`` keeps all.
     keep_every:
         Also keep the checkpoints of steps divisible by ``keep_every``.
+    extra_state:
+        Any other state to restore from (LR scheduler, RNG states...), stored like the
+        optimizer's; :attr:`Checkpoint.extra_state` gives it back.
 
     Returns
     -------
@@ -237,9 +251,13 @@ def save_checkpoint(
     store = _resolve_artifact_store(getattr(trial, "study", None), artifact_store)
     _check_running(trial)
 
-    structure = None
+    structure = adapter = None
     if isinstance(model_or_state_dict, torch.nn.Module):
-        state_dict: Mapping[str, torch.Tensor] = model_or_state_dict.state_dict()
+        state_dict: Mapping[str, torch.Tensor] = {}
+        if peft_model_of(model_or_state_dict) is not None:  # The adapter, never the base.
+            state_dict, adapter = adapter_state(model_or_state_dict)
+        else:
+            state_dict = model_or_state_dict.state_dict()
         structure = _describe_structure(model_or_state_dict)
     elif isinstance(model_or_state_dict, Mapping):
         state_dict = model_or_state_dict
@@ -267,6 +285,8 @@ def save_checkpoint(
             optimizer_state=optimizer_state,
             structure=structure,
             optimizer_class=optimizer_class,
+            extra_state=extra_state,
+            adapter=adapter,
         )
 
     file_name = f"trial-{trial.number}-step-{step}.safetensors"
@@ -416,6 +436,7 @@ def read_checkpoint(
         optimizer_state=optimizer_state,
         structure=info["structure"],
         step=step,
+        extra_state=info.pop("extra_state"),
         metadata=info,
     )
 

@@ -1,9 +1,11 @@
 """The checkpoint file format: one safetensors file per ``(trial, step)``.
 
 The file holds the model's tensors under their state-dict names, the optimizer's tensors under
-the :data:`OPTIMIZER_PREFIX` prefix, and everything that is not a tensor (optimizer
-hyper-parameters, format version, trial number, step, the module's structure) as JSON strings in
-the safetensors header. See ``docs/checkpoints.md`` for the layout.
+the :data:`OPTIMIZER_PREFIX` prefix, the tensors of any other training state (``extra_state``:
+LR scheduler, RNG states...) under :data:`EXTRA_PREFIX`, and everything that is not a tensor
+(optimizer hyper-parameters, format version, trial number, step, the module's structure, a PEFT
+adapter's description) as JSON strings in the safetensors header. See ``docs/checkpoints.md``
+for the layout.
 
 This module knows nothing about Optuna: it turns tensors and an optimizer state dict into a file
 and back, and validates what it reads. Nothing here ever unpickles: files are parsed by
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_NAME",
+    "EXTRA_PREFIX",
     "FORMAT_VERSION",
     "OPTIMIZER_PREFIX",
     "CheckpointError",
@@ -39,6 +42,11 @@ FORMAT_VERSION = 1
 
 OPTIMIZER_PREFIX = "__fms_optimizer__/"
 """Prefix of the optimizer's tensors inside the safetensors file."""
+
+EXTRA_PREFIX = "__fms_extra__/"
+"""Prefix of the tensors of ``extra_state`` (any other training state) inside the file."""
+
+_RESERVED = (OPTIMIZER_PREFIX, EXTRA_PREFIX)
 
 
 class CheckpointError(Exception):
@@ -72,14 +80,14 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _unique_name(path: str, tensors: Mapping[str, torch.Tensor]) -> str:
+def _unique_name(path: str, tensors: Mapping[str, torch.Tensor], prefix: str) -> str:
     """The file name of the optimizer tensor at ``path``, never one already taken.
 
     Paths join keys with ``"."``, so different paths can give the same string (``{"a.b": x}``
     and ``{"a": {"b": y}}``; int key ``0`` and str key ``"0"``). The skeleton records the name
     actually used, so a ``~<n>`` suffix keeps each tensor apart and readers need nothing new.
     """
-    name = OPTIMIZER_PREFIX + path
+    name = prefix + path
     if name not in tensors:
         return name
     n = 1
@@ -88,28 +96,28 @@ def _unique_name(path: str, tensors: Mapping[str, torch.Tensor]) -> str:
     return f"{name}~{n}"
 
 
-def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     import torch
 
     if isinstance(obj, torch.Tensor):
-        name = _unique_name(path, tensors)
+        name = _unique_name(path, tensors, prefix)
         tensors[name] = obj.detach()
         return {_TENSOR: name}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, list):
-        return [_encode(v, _join(path, i), tensors) for i, v in enumerate(obj)]
+        return [_encode(v, _join(path, i), tensors, prefix) for i, v in enumerate(obj)]
     if isinstance(obj, tuple):
-        return {_TUPLE: [_encode(v, _join(path, i), tensors) for i, v in enumerate(obj)]}
+        return {_TUPLE: [_encode(v, _join(path, i), tensors, prefix) for i, v in enumerate(obj)]}
     if isinstance(obj, Mapping):
         plain = all(isinstance(k, str) and k not in (_TENSOR, _TUPLE, _DICT) for k in obj)
         if plain:
-            return {k: _encode(v, _join(path, k), tensors) for k, v in obj.items()}
+            return {k: _encode(v, _join(path, k), tensors, prefix) for k, v in obj.items()}
         items = []
         for k, v in obj.items():
             if not (k is None or isinstance(k, (bool, int, float, str))):
                 raise TypeError(f"Cannot store a dict key of type {type(k).__name__} at {path}.")
-            items.append([k, _encode(v, _join(path, k), tensors)])
+            items.append([k, _encode(v, _join(path, k), tensors, prefix)])
         return {_DICT: items}
     raise TypeError(
         f"Cannot store an object of type {type(obj).__name__} at {path!r} in a checkpoint: "
@@ -211,6 +219,8 @@ def write_file(
     optimizer_state: Mapping[str, Any] | None = None,
     structure: str | None = None,
     optimizer_class: str | None = None,
+    extra_state: Mapping[str, Any] | None = None,
+    adapter: str | None = None,
 ) -> None:
     """Write a checkpoint file: the tensors, the optimizer state and the header.
 
@@ -231,6 +241,13 @@ def write_file(
         JSON text of the module's structure, or ``None`` (no ``structure`` entry).
     optimizer_class:
         Informative ``module.qualname`` of the optimizer, or ``None``.
+    extra_state:
+        Any other training state (LR scheduler, RNG states...) or ``None``: stored like the
+        optimizer state, its tensors under :data:`EXTRA_PREFIX`, the rest in the ``extra``
+        header entry.
+    adapter:
+        JSON text describing a PEFT adapter whose tensors ``state_dict`` holds (see
+        ``optuna_fms._checkpoint._adapter``), or ``None`` (no ``adapter`` entry).
 
     Raises
     ------
@@ -239,7 +256,7 @@ def write_file(
         holds an object other than tensors, ``None``, bool, int, float, str, lists, tuples and
         dicts (checkpoints never use pickle).
     ValueError
-        A name uses the reserved prefix, or a tensor is sparse, nested, quantized or on the
+        A name uses a reserved prefix, or a tensor is sparse, nested, quantized or on the
         meta device (the message names it).
 
     Examples
@@ -266,24 +283,29 @@ def write_file(
         metadata["structure"] = structure
     if optimizer_class is not None:
         metadata["optimizer_class"] = optimizer_class
+    if adapter is not None:
+        metadata["adapter"] = adapter
 
     flat: dict[str, torch.Tensor] = {}
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"State dict keys must be str, got {type(name).__name__}.")
-        if name.startswith(OPTIMIZER_PREFIX):
-            raise ValueError(f"State dict key {name!r} uses the reserved {OPTIMIZER_PREFIX!r}.")
+        if name.startswith(_RESERVED):
+            raise ValueError(f"State dict key {name!r} uses a reserved prefix {_RESERVED}.")
         if not isinstance(value, torch.Tensor):
             raise TypeError(
                 f"State dict entry {name!r} is a {type(value).__name__}, not a tensor; "
                 "checkpoints store tensors only (no pickle)."
             )
         flat[name] = value.detach()
-    if optimizer_state is not None:
-        opt_tensors: dict[str, torch.Tensor] = {}
-        skeleton = _encode(dict(optimizer_state), "", opt_tensors)
-        metadata["optimizer"] = json.dumps(skeleton)
-        flat.update(opt_tensors)
+    for key, state, prefix in (
+        ("optimizer", optimizer_state, OPTIMIZER_PREFIX),
+        ("extra", extra_state, EXTRA_PREFIX),
+    ):
+        if state is not None:
+            state_tensors: dict[str, torch.Tensor] = {}
+            metadata[key] = json.dumps(_encode(dict(state), "", state_tensors, prefix))
+            flat.update(state_tensors)
     for name, t in flat.items():
         _check_storable(name, t)
     tensors, aliases = _prepare_tensors(flat)
@@ -320,8 +342,9 @@ def read_file(
     tuple
         The model's tensors (tied names share one tensor); the optimizer state dict rebuilt
         with its original key and container types, or ``None``; and ``info`` with
-        ``format_version``, ``trial_number``, ``step`` (ints), ``structure`` (decoded JSON or
-        ``None``) and ``optimizer_class`` (``str`` or ``None``).
+        ``format_version``, ``trial_number``, ``step`` (ints), ``structure`` and ``adapter``
+        (decoded JSON or ``None``), ``optimizer_class`` (``str`` or ``None``) and
+        ``extra_state`` (rebuilt like the optimizer state, or ``None``).
 
     Raises
     ------
@@ -372,19 +395,21 @@ def read_file(
         aliases: dict[str, str] = json.loads(metadata.get("aliases", "{}"))
         for name, canon in aliases.items():
             tensors[name] = tensors[canon]
-        model = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
-        optimizer_state = None
-        if "optimizer" in metadata:
-            optimizer_state = _decode(json.loads(metadata["optimizer"]), tensors)
-        structure = json.loads(metadata["structure"]) if "structure" in metadata else None
+        model = {k: v for k, v in tensors.items() if not k.startswith(_RESERVED)}
+        decoded = {
+            key: _decode(json.loads(metadata[key]), tensors) if key in metadata else None
+            for key in ("optimizer", "extra")
+        }
         info: dict[str, Any] = {
             "format_version": version,
             "trial_number": _parse_int(metadata, "trial_number"),
             "step": _parse_int(metadata, "step"),
-            "structure": structure,
+            "structure": json.loads(metadata["structure"]) if "structure" in metadata else None,
+            "adapter": json.loads(metadata["adapter"]) if "adapter" in metadata else None,
             "optimizer_class": metadata.get("optimizer_class"),
+            "extra_state": decoded["extra"],
         }
     # RecursionError: JSON nested too deeply; AttributeError: an entry of the wrong JSON type.
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"corrupt checkpoint header: {type(e).__name__}: {e}") from e
-    return model, optimizer_state, info
+    return model, decoded["optimizer"], info

@@ -3,7 +3,9 @@
 - :class:`optuna_fms.integration.lightning.FMSCallback` for Lightning
   (``pip install optuna-fms[lightning]``);
 - :class:`optuna_fms.integration.transformers.FMSTrainerCallback` for Hugging Face
-  ``transformers.Trainer`` (``pip install optuna-fms[transformers]``).
+  ``transformers.Trainer`` (``pip install optuna-fms[transformers]``), and
+  :class:`optuna_fms.integration.transformers.FMSTrainer`, whose ``hyperparameter_search``
+  pauses and continues trials (``pip install optuna-fms[peft]`` for LoRA adapters).
 
 The submodules are imported on first use, so importing this package needs neither library.
 
@@ -19,10 +21,11 @@ import importlib
 from typing import Any
 
 
-__all__ = ["FMSCallback", "FMSTrainerCallback"]
+__all__ = ["FMSCallback", "FMSTrainer", "FMSTrainerCallback"]
 
 _LAZY = {
     "FMSCallback": "optuna_fms.integration.lightning",
+    "FMSTrainer": "optuna_fms.integration.transformers",
     "FMSTrainerCallback": "optuna_fms.integration.transformers",
 }
 

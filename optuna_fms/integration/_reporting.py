@@ -53,8 +53,10 @@ class _Reporting:
         module: Any,
         optimizer: Any,
         where: str,
+        extra_state: dict[str, Any] | None = None,
     ) -> bool:
-        """Checkpoint ``module``, report ``metrics[name]`` at ``step``; True if pruned."""
+        """Checkpoint ``module`` (with ``extra_state``), report ``metrics[name]`` at ``step``;
+        True if pruned."""
         value = metrics.get(name)
         if value is None:
             available: Iterable[str] = sorted(metrics)
@@ -73,6 +75,7 @@ class _Reporting:
                 artifact_store=self.artifact_store,
                 keep_last=self.keep_last,
                 keep_every=self.keep_every,
+                extra_state=extra_state if self.save_optimizer else None,
             )
         self.trial.report(float(value), step=step)
         if self.trial.should_prune():

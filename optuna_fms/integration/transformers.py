@@ -1,4 +1,6 @@
-"""Hugging Face ``transformers.Trainer`` callback: report to an FMS trial, checkpoint it."""
+"""Hugging Face ``transformers``: a ``Trainer`` callback that reports to an FMS trial and
+checkpoints it, and :class:`FMSTrainer`, whose ``hyperparameter_search`` pauses and continues
+trials (freeze-thaw)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra.
     ) from e
 
 from optuna_fms._checkpoint import DEFAULT_KEEP_LAST
+from optuna_fms.integration._hf_state import trainer_extra_state
 from optuna_fms.integration._reporting import _Reporting
+from optuna_fms.integration._trainer import FMSTrainer
 
 
 if TYPE_CHECKING:
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from transformers import TrainingArguments
 
 
-__all__ = ["FMSTrainerCallback"]
+__all__ = ["FMSTrainer", "FMSTrainerCallback"]
 
 
 def _epoch_index(epoch: float) -> int:
@@ -46,8 +50,10 @@ class FMSTrainerCallback(TrainerCallback, _Reporting):
 
     On each ``on_evaluate`` (on the main process) the callback, in this order,
 
-    1. saves the model's checkpoint (and the optimizer's state) at the current step with
-       :func:`optuna_fms.save_checkpoint`,
+    1. saves the model's checkpoint at the current step with :func:`optuna_fms.save_checkpoint`
+       (of a ``peft.PeftModel``, only the adapter: see docs/checkpoints.md), with the
+       Trainer's state unless ``save_optimizer=False``: optimizer, LR scheduler, random
+       states and ``TrainerState``, all that :class:`FMSTrainer` needs to continue the trial,
     2. reports ``metrics[metric]`` at that step with ``trial.report``,
     3. asks ``trial.should_prune()``; if so, it sets ``control.should_training_stop`` so the
        Trainer ends cleanly, and remembers it in ``pruned_step``.
@@ -75,7 +81,8 @@ class FMSTrainerCallback(TrainerCallback, _Reporting):
     save_checkpoints:
         Save a checkpoint at each evaluation.
     save_optimizer:
-        Include the Trainer's optimizer state in the checkpoint.
+        Include the Trainer's state (optimizer, LR scheduler, random states, ``TrainerState``)
+        in the checkpoint.
     artifact_store, keep_last, keep_every:
         Passed to :func:`optuna_fms.save_checkpoint`.
     step_offset:
@@ -145,10 +152,14 @@ class FMSTrainerCallback(TrainerCallback, _Reporting):
             step_offset=step_offset,
         )
         self._training = False
+        self._strict = False
+        """Set by :class:`FMSTrainer`: a missing metric or a misconfigured Trainer raises."""
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if self._strict:
+            _check_arguments(args, self.step, self.trial)
         self._training = True
 
     def on_train_end(
@@ -175,8 +186,12 @@ class FMSTrainerCallback(TrainerCallback, _Reporting):
             return control  # e.g. trainer.evaluate() after training: already reported.
         step = self._current_step(state)
         module = getattr(model, "module", model)  # DistributedDataParallel wrapper.
+        metrics = dict(metrics or {})
+        if self._strict:
+            _check_metric(self.metric, metrics)
+        extra = trainer_extra_state(state, kwargs.get("lr_scheduler"))
         if self._report_step(
-            step, self.metric, dict(metrics or {}), module, optimizer, "the evaluation metrics"
+            step, self.metric, metrics, module, optimizer, "the evaluation metrics", extra
         ):
             control.should_training_stop = True
         return control
@@ -200,3 +215,45 @@ class FMSTrainerCallback(TrainerCallback, _Reporting):
         """
         if self.pruned_step is not None:
             raise optuna.TrialPruned(f"Trial was pruned at step {self.pruned_step}.")
+
+
+def _check_metric(metric: str, metrics: dict[str, Any]) -> None:
+    if metric not in metrics:
+        raise ValueError(
+            f"FMSTrainer(metric={metric!r}): the evaluation metrics are {sorted(metrics)}. Pass "
+            "one of them as metric=, or a compute_metrics= that returns it (the Trainer "
+            "prefixes its keys with 'eval_')."
+        )
+
+
+def _check_arguments(args: TrainingArguments, step: str, trial: optuna.trial.Trial) -> None:
+    """A ValueError saying what to change when FMS cannot pause and continue with ``args``."""
+    strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if strategy == "no":
+        raise ValueError(
+            "FMSTrainer reports at each evaluation and the Trainer never evaluates: set "
+            "TrainingArguments(eval_strategy='epoch') (or 'steps' with step='global_step')."
+        )
+    if args.load_best_model_at_end:
+        raise ValueError(
+            "TrainingArguments(load_best_model_at_end=True) reloads an earlier checkpoint when "
+            "a trial ends, also when FMS pauses it, so the paused state and the weights differ: "
+            "set load_best_model_at_end=False (FMS keeps each trial's checkpoints; "
+            "optuna_fms.load_checkpoint reads the best trial's)."
+        )
+    if step == "epoch" and (strategy != "epoch" or args.eval_on_start):
+        raise ValueError(
+            f"FMSTrainer(step='epoch') reports once per epoch, but eval_strategy={strategy!r}"
+            f"{' with eval_on_start=True' if args.eval_on_start else ''} evaluates more often: "
+            "use eval_strategy='epoch' without eval_on_start, or step='global_step'."
+        )
+    if len(trial.study.directions) > 1:
+        raise ValueError("FMSTrainer searches one objective; the study has several directions.")
+    max_steps = getattr(trial.study.pruner, "max_steps", None)
+    epochs = args.num_train_epochs
+    if step == "epoch" and args.max_steps <= 0 and max_steps not in (None, epochs):
+        raise ValueError(
+            f"The pruner's max_steps is {max_steps} but the Trainer trains {epochs} epochs "
+            "(TrainingArguments(num_train_epochs), possibly set by hp_space): make them equal, "
+            "since FMS counts epochs as steps."
+        )
