@@ -15,11 +15,8 @@ while optuna-fms is on the stack (an Optuna deprecation reached through our call
 its ``stacklevel``). Deprecations that other libraries raise inside themselves (torch's own
 modules, for example) are not optuna-fms's to fix and are left out.
 
-The oldest supported Optuna (``optuna>=4.8``, pyproject.toml) is not in CI. By hand: a venv
-(``python -m venv --without-pip``) whose site-packages gets a ``.pth`` file with this
-environment's site-packages (as in tests/test_wheel.py), ``<venv>/bin/python -m pip install
---no-deps --ignore-installed optuna==4.8.0``, then ``<venv>/bin/python -m pytest
-tests/test_deprecations.py`` from the repository root (passed with Optuna 4.8.0).
+The check is ``check_an_fms_study``, importable: tests/test_version_ends.py runs it under the
+oldest Optuna that pyproject.toml supports, in a subprocess.
 """
 
 from __future__ import annotations
@@ -71,7 +68,7 @@ def _inside(filename: str, folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _deprecations() -> Iterator[list[_Emitted]]:
+def deprecations() -> Iterator[list[_Emitted]]:
     """Record every deprecation warning emitted in the block, with the stack that emitted it."""
     emitted: list[_Emitted] = []
 
@@ -95,7 +92,8 @@ def _deprecations() -> Iterator[list[_Emitted]]:
         yield emitted
 
 
-def _ours(w: _Emitted) -> bool:
+def ours(w: _Emitted) -> bool:
+    """Whether ``w`` is optuna-fms's: emitted in its code, or in Optuna's below a frame of it."""
     if _inside(w.filename, PACKAGE):
         return True
     in_optuna = _inside(w.filename, OPTUNA)
@@ -106,7 +104,8 @@ _X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 _Y = (_X[:, 0] - _X[:, 1] > 0).long()
 
 
-def _objective(trial: optuna.Trial) -> float:
+def objective(trial: optuna.Trial) -> float:
+    """A tiny MLP trained for ``MAX_STEPS`` epochs, with checkpoints, resumable, prunable."""
     lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
     hidden = trial.suggest_int("hidden", 2, 16, log=True)
     torch.manual_seed(trial.number)
@@ -136,11 +135,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_an_fms_study_emits_no_deprecation_warning_from_optuna_fms(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'fms.db'}"
-    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
-    with _deprecations() as emitted:
+def check_an_fms_study(folder: Path) -> str:
+    """Run the short FMS study in ``folder``; fail on a deprecation warning from optuna-fms.
+
+    Importable (tests/test_version_ends.py runs it under the oldest supported Optuna). Returns
+    the study's SQLite storage URL (studies ``"first"`` and ``"second"``); the checkpoints are
+    in a ``FileSystemArtifactStore`` on ``folder``.
+    """
+    storage = f"sqlite:///{folder / 'fms.db'}"
+    store = optuna.artifacts.FileSystemArtifactStore(str(folder))
+    with deprecations() as emitted:
         sampler = optuna_fms.FMSSampler(
             artifact_store=store, seed=0, weights="gmn", n_scratch_epochs=30
         )
@@ -156,7 +160,7 @@ def test_an_fms_study_emits_no_deprecation_warning_from_optuna_fms(tmp_path: Pat
         if importlib.util.find_spec("optuna_dashboard") is not None:
             report = optuna_fms.DashboardReport(every=4)
             callbacks.append(report)
-        study.optimize(_objective, callbacks=callbacks)
+        study.optimize(objective, callbacks=callbacks)
         if report is not None:
             assert report.write(study)
 
@@ -182,10 +186,16 @@ def test_an_fms_study_emits_no_deprecation_warning_from_optuna_fms(tmp_path: Pat
             ),
             pruner=optuna_fms.FMSPruner(max_steps=MAX_STEPS),
         )
-        warm.optimize(_objective, n_trials=3)
+        warm.optimize(objective, n_trials=3)
 
-    ours = [w for w in emitted if _ours(w)]
-    assert not ours, "\n\n".join(map(str, ours))
+    found = [w for w in emitted if ours(w)]
+    assert not found, "\n\n".join(map(str, found))
+    return storage
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_fms_study_emits_no_deprecation_warning_from_optuna_fms(tmp_path: Path) -> None:
+    check_an_fms_study(tmp_path)
 
 
 def test_the_recorder_sees_a_deprecation_from_optuna_fms_code() -> None:
@@ -197,15 +207,15 @@ def test_the_recorder_sees_a_deprecation_from_optuna_fms_code() -> None:
         warnings.warn_explicit("optuna's", FutureWarning, str(OPTUNA / "x.py"), 1, module="x")
 
     called_from_package = compile("optuna_warns()", str(PACKAGE / "_caller.py"), "exec")
-    with _deprecations() as emitted:
+    with deprecations() as emitted:
         warnings.warn_explicit(
             "deprecated", FutureWarning, str(PACKAGE / "_forecast.py"), 1, module="optuna_fms"
         )
         warnings.warn("elsewhere", DeprecationWarning, stacklevel=1)
         exec(called_from_package, {"optuna_warns": optuna_warns})
         optuna_warns()  # from this test: not ours
-    assert [w.message for w in emitted if _ours(w)] == ["deprecated", "optuna's"]
-    assert [w.message for w in emitted if not _ours(w)] == ["elsewhere", "optuna's"]
+    assert [w.message for w in emitted if ours(w)] == ["deprecated", "optuna's"]
+    assert [w.message for w in emitted if not ours(w)] == ["elsewhere", "optuna's"]
 
 
 def test_the_deprecated_engine_keyword_is_the_one_deliberate_warning() -> None:
@@ -213,14 +223,14 @@ def test_the_deprecated_engine_keyword_is_the_one_deliberate_warning() -> None:
     # the details). Here only: the warning comes from a function of optuna_fms.
     study = optuna.create_study(direction="maximize")
     sampler = optuna_fms.FMSSampler(seed=0)
-    with _deprecations() as emitted, contextlib.suppress(Exception):
+    with deprecations() as emitted, contextlib.suppress(Exception):
         optuna_fms.forecast(study, engine=sampler.engine)
     # (A first import of gpytorch may add torch's own deprecations: not counted here.)
     deliberate = [w for w in emitted if "engine" in w.message]
     assert [w.category for w in deliberate] == [FutureWarning]
     assert "sampler=" in deliberate[0].message
     assert any(_inside(f.filename, PACKAGE) for f in deliberate[0].stack)
-    assert not any(_ours(w) for w in emitted)  # it points at the caller, this test
+    assert not any(ours(w) for w in emitted)  # it points at the caller, this test
 
 
 @pytest.mark.parametrize("name", ["RetryFailedTrialCallback", "constraints_func"])
