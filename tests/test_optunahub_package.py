@@ -226,11 +226,13 @@ BREAKAGES = {
         "'description' is missing or empty",
     ),
     "no optuna_versions": (
-        lambda p: _edit(p / "README.md", "optuna_versions: [5.1.0]", "optuna_versions: []"),
+        lambda p: _edit(p / "README.md", "optuna_versions: [4.8.0, 5.1.0]", "optuna_versions: []"),
         "'optuna_versions' is missing or empty",
     ),
     "bad version": (
-        lambda p: _edit(p / "README.md", "optuna_versions: [5.1.0]", "optuna_versions: [latest]"),
+        lambda p: _edit(
+            p / "README.md", "optuna_versions: [4.8.0, 5.1.0]", "optuna_versions: [latest]"
+        ),
         "'latest' is not a version",
     ),
     "no sampler tag": (

@@ -208,3 +208,13 @@ def test_the_floor_is_read_from_pyproject() -> None:
     assert floor <= Version(optuna.__version__), (floor, optuna.__version__)
     with pytest.raises(AssertionError, match="not a dependency"):
         _floor("no-such-package")
+
+
+def test_the_optunahub_package_lists_the_tested_floor() -> None:
+    # The registry's optuna_versions are the versions the package was tested with: the floor
+    # (tested above) is one of them.
+    readme = (ROOT / "optunahub" / "package" / "samplers" / "fms" / "README.md").read_text()
+    match = re.search(r"^optuna_versions: \[(.*)\]$", readme, re.MULTILINE)
+    assert match, "no optuna_versions line in the OptunaHub README"
+    listed = [Version(v.strip()) for v in match.group(1).split(",")]
+    assert _floor("optuna") in listed, listed
