@@ -7,6 +7,7 @@ trial's evaluation curve is the one an uninterrupted run of its configuration gi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import io
 import os
@@ -29,9 +30,13 @@ EPOCHS = 3
 
 
 @pytest.fixture(autouse=True)
-def _needs_peft() -> None:
+def _needs_peft() -> Iterator[None]:
     require("transformers")
     require("peft")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # Tiny models: several threads cost more than they give.
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def save_checkpoint(
         The running trial.
     model_or_state_dict:
         A :class:`torch.nn.Module` (its ``state_dict()`` is saved, plus its ``structure`` for
-        the metanetwork; of a :class:`peft.PeftModel`, only its active adapter's tensors, as
+        the metanetwork; of a ``peft.PeftModel``, only its active adapter's tensors, as
         ``save_pretrained`` writes them, and the ``adapter`` description) or a mapping from
         names to tensors. Shared (e.g. tied) and
         non-contiguous tensors are supported; sparse, nested, quantized and meta tensors are
@@ -196,7 +196,7 @@ def save_checkpoint(
         Also keep the checkpoints of steps divisible by ``keep_every``.
     extra_state:
         Any other state to restore from (LR scheduler, RNG states...), stored like the
-        optimizer's; :attr:`Checkpoint.extra_state` gives it back.
+        optimizer's; ``Checkpoint.extra_state`` gives it back.
 
     Returns
     -------
