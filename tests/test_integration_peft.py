@@ -121,10 +121,9 @@ def _search(tmp_path: Path, trainer: Any, n_trials: int, **kwargs: Any) -> optun
     return optuna.load_study(study_name="lora", storage=storage)
 
 
-def _uninterrupted_curve(tmp_path: Path, params: dict[str, Any]) -> list[float]:
-    trainer = _trainer(
-        tmp_path / "reference", model_init=lambda _: _model_init(optuna.trial.FixedTrial(params))
-    )
+def _uninterrupted_curve(tmp_path: Path, params: dict[str, Any], **kwargs: Any) -> list[float]:
+    kwargs.setdefault("model_init", lambda _: _model_init(optuna.trial.FixedTrial(params)))
+    trainer = _trainer(tmp_path / "reference", **kwargs)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
@@ -164,6 +163,42 @@ def test_search_pauses_and_continues_trials_exactly(tmp_path: Path) -> None:
         for step, value in child.intermediate_values.items():
             assert value == pytest.approx(reference[step], abs=1e-6, rel=0), (child.number, step)
     assert any(t.state == TrialState.COMPLETE for t in continued)
+
+
+def test_full_model_paused_between_epochs_continues_exactly(tmp_path: Path) -> None:
+    """No adapter (the whole model is checkpointed), evaluations every 2 of the 4 optimizer
+    steps of an epoch, pauses at global step 6: the continuation starts in the middle of an
+    epoch (the Trainer skips the batches already seen) and still follows the uninterrupted run."""
+
+    def full_model(trial: Any) -> torch.nn.Module:
+        return _model_init(None)  # The BERT without an adapter, whatever the trial.
+
+    def learning_rate(trial: optuna.Trial) -> dict[str, Any]:
+        return {"learning_rate": trial.suggest_categorical("learning_rate", [1e-3, 5e-3])}
+
+    steps = {"eval_strategy": "steps", "eval_steps": 2}
+    trainer = _trainer(tmp_path, model_init=full_model, step="global_step", args=steps)
+    study = _search(
+        tmp_path,
+        trainer,
+        n_trials=4,
+        hp_space=learning_rate,
+        pruner=optuna_fms.FMSPruner(max_steps=4 * EPOCHS, min_steps=7, n_startup_trials=2),
+    )
+    continued = [t for t in study.trials if t.user_attrs.get(_attrs.RESUMED)]
+    assert continued
+    for child in continued:
+        assert child.user_attrs[_attrs.CONTINUES]["step"] % 4 != 0  # In mid-epoch.
+        ckpt = optuna_fms.read_checkpoint(
+            study.trials[child.user_attrs[_attrs.CONTINUES]["trial"]],
+            artifact_store=FileSystemArtifactStore(tmp_path / "artifacts"),
+        )
+        assert ckpt.metadata["adapter"] is None and "classifier.weight" in ckpt.tensors
+        args = {**steps, **child.params}
+        reference = _uninterrupted_curve(tmp_path, {}, model_init=full_model, args=args)
+        assert sorted(child.intermediate_values) == list(range(2, 2 * len(reference) + 1, 2))
+        for step, value in child.intermediate_values.items():
+            assert value == pytest.approx(reference[step // 2 - 1], abs=1e-6, rel=0), step
 
 
 def test_search_without_a_completed_trial_says_why(tmp_path: Path) -> None:
