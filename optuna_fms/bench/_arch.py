@@ -12,6 +12,7 @@ An architecture name is a class key (``"mlp"``), optionally followed by ``/`` an
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -46,6 +47,37 @@ class SimpleCNN(nn.Module):
         x = self.act(self.conv2(x))
         x = self.act(self.conv3(x))
         return self.fc(self.flatten(self.pool(x)))
+
+
+class ConvMLP(nn.Module):
+    """:class:`SimpleCNN`'s convolutions and pooling, then a hidden linear layer and the head.
+
+    The CNN of the fine-tuning hub: its linear layers (``hidden``, ``fc``) are where a LoRA
+    adapter goes (LoRA on convolutions is not read by the metanetwork).
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, int, int] | list[int] = (8, 16, 16),
+        hidden: int = 32,
+        n_classes: int = N_CLASSES,
+    ) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.hidden = nn.Linear(c3, hidden)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.act(self.conv3(x))
+        return self.fc(self.act(self.hidden(self.flatten(self.pool(x)))))
 
 
 class Square(nn.Module):
@@ -171,11 +203,73 @@ class PatchTransformer(nn.Module):
         return self.fc(self.norm(tokens.mean(dim=1)))
 
 
+class AttentionBlock(nn.Module):
+    """A pre-norm transformer block written with plain linear layers.
+
+    Self-attention with separate ``query``, ``key``, ``value`` and ``out`` projections, then a
+    ReLU feed-forward layer (``fc1``, ``fc2``), each with a residual connection. Unlike
+    :class:`torch.nn.TransformerEncoderLayer`, whose evaluation fast path reads the projection
+    weights directly, every projection is called as a module, so a LoRA adapter on it acts.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(mlp, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        q, k, v = self._split(self.query(h)), self._split(self.key(h)), self._split(self.value(h))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+        attended = (weights @ v).transpose(1, 2).flatten(2)
+        x = x + self.out(attended)
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class LinearViT(nn.Module):
+    """A small vision transformer of :class:`AttentionBlock` s: 2x2 patches (16 tokens),
+    learned positions, mean pooling, a linear head (the transformer of the fine-tuning hub)."""
+
+    def __init__(
+        self,
+        dim: int = 32,
+        depth: int = 2,
+        heads: int = 4,
+        mlp: int = 64,
+        n_classes: int = N_CLASSES,
+    ) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 2, stride=2)
+        self.pos = nn.Parameter(torch.zeros(1, 16, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*(AttentionBlock(dim, heads, mlp) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.fc(self.norm(self.blocks(tokens).mean(dim=1)))
+
+
 _ARCHS: dict[str, type[nn.Module]] = {
     "simple_cnn": SimpleCNN,
     "mlp": MLP,
     "resnet": ResNet,
     "transformer": PatchTransformer,
+    "conv_mlp": ConvMLP,
+    "linear_vit": LinearViT,
 }
 
 
@@ -185,8 +279,9 @@ def build_module(arch: str, spec: dict[str, Any] | None = None) -> nn.Module:
     Parameters
     ----------
     arch:
-        ``"simple_cnn"``, ``"mlp"``, ``"resnet"`` or ``"transformer"``, optionally followed by
-        ``/`` and a label (``"mlp/d2-w64"``) that tells specs of one class apart in a hub.
+        ``"simple_cnn"``, ``"mlp"``, ``"resnet"``, ``"transformer"``, ``"conv_mlp"`` or
+        ``"linear_vit"``, optionally followed by ``/`` and a label (``"mlp/d2-w64"``) that
+        tells specs of one class apart in a hub.
     spec:
         Keyword arguments of the constructor (widths, depth...).
     """

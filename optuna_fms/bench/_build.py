@@ -17,6 +17,9 @@ The recipes (see ``docs/hubs.md``):
   (six hyper-parameters); the metric is the validation loss, minimised.
 - ``crossing``: MLPs with a quadratic activation trained full-batch on modular addition, where
   strong weight decay generalises late (grokking): learning curves cross late.
+- ``finetune``: a small vision transformer and a CNN, each pretrained in four variants on
+  MNIST digits 0-4, fine-tuned on scikit-learn digits 5-9 in full or with a LoRA adapter at a
+  grid of rank, alpha and learning rate (``_finetune.py``); LoRA checkpoints are adapters.
 - ``tiny``: a few-second miniature of ``zoo`` for the test suite (every recipe also has a
   ``size="tiny"`` miniature).
 
@@ -56,6 +59,12 @@ from optuna_fms.bench._data import TABULAR_CLASSES
 from optuna_fms.bench._data import TABULAR_FEATURES
 from optuna_fms.bench._data import TaskSpec
 from optuna_fms.bench._data import make_task
+from optuna_fms.bench._finetune import adapter_model
+from optuna_fms.bench._finetune import adapter_tensors
+from optuna_fms.bench._finetune import config_adapters
+from optuna_fms.bench._finetune import copy_shared_runs
+from optuna_fms.bench._finetune import finetune_recipe
+from optuna_fms.bench._finetune import shared_runs
 from optuna_fms.bench._hub import CURVES_FILE
 from optuna_fms.bench._hub import FORMAT_VERSION
 from optuna_fms.bench._hub import INDEX_FILE
@@ -75,7 +84,7 @@ from optuna_fms.bench._zoo import pretrain
 from optuna_fms.bench._zoo import sample_zoo
 
 
-HUB_NAMES = ("zoo", "zoo-mnist", "zoo-noisy", "arch", "tabular", "crossing", "tiny")
+HUB_NAMES = ("zoo", "zoo-mnist", "zoo-noisy", "arch", "tabular", "crossing", "finetune", "tiny")
 SIZES = ("full", "tiny")
 DEFAULT_OUT = "~/.cache/optuna-fms/hubs"
 
@@ -107,6 +116,10 @@ class Recipe:
     description: str
     metric: str = "val_accuracy"  # the curve that is the objective ("val_accuracy", "val_loss")
     direction: str = "maximize"  # of ``metric``: "maximize" or "minimize"
+    # params -> params of the configuration whose run it shares (None: every one runs)
+    shared_run: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # (arch, hyper-parameters) -> peft.LoraConfig keywords, None for full fine-tuning
+    adapter: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None
 
     @property
     def search_space(self) -> dict[str, BaseDistribution]:
@@ -436,6 +449,8 @@ def make_recipe(name: str, size: str = "full", seed: int = 0) -> Recipe:
         return _tabular_recipe(size, seed)
     if name == "crossing":
         return _crossing_recipe(size, seed)
+    if name == "finetune":
+        return finetune_recipe(size, seed)
     return _arch_recipe(size, seed)
 
 
@@ -478,7 +493,9 @@ def finetune(
     """Fine-tune one configuration; returns its curves and its per-epoch stored states.
 
     ``job`` holds ``config_id``, ``params``, ``seed``, ``n_epochs``, ``optimizer``, ``arch``,
-    ``spec``, ``target`` (TaskSpec JSON) and ``start`` (path of the start's safetensors file).
+    ``spec``, ``target`` (TaskSpec JSON), ``start`` (path of the start's safetensors file) and,
+    optionally, ``adapter`` (``peft.LoraConfig`` keywords: the start is fine-tuned through a
+    LoRA adapter, whose tensors alone are the stored states).
     ``params`` holds the hyper-parameters: ``lr``, ``weight_decay``, ``batch_size`` and,
     optionally, ``momentum`` (SGD), ``dropout`` (the rate of the network's dropout layers),
     ``passes`` (passes over the training data per epoch, default 1) and ``train_fraction``
@@ -495,6 +512,11 @@ def finetune(
     start = safetensors.torch.load_file(job["start"])
     model.load_state_dict(upcast(start))
     evaluator = build_module(job["arch"], job["spec"])
+    adapter = job.get("adapter")
+    if adapter is not None:  # LoRA on the start; the stored checkpoints are the adapter
+        evaluator.load_state_dict(upcast(start))
+        model = adapter_model(model, adapter)
+        evaluator = adapter_model(evaluator, adapter)
     task = make_task(TaskSpec.from_json(job["target"]))
     if "train_fraction" in params:  # the first pairs of the training split
         n_all = len(task.x_train) + len(task.x_val)
@@ -509,7 +531,7 @@ def finetune(
     states: list[dict[str, torch.Tensor]] = []
 
     def on_epoch(epoch: int, train_loss: float) -> None:
-        state = rounded_state(model)
+        state = rounded_state(model, None if adapter is None else adapter_tensors(model))
         evaluator.load_state_dict(upcast(state))
         acc, loss = evaluate(evaluator, task.x_val, task.y_val)
         curves["val_accuracy"][epoch] = acc
@@ -651,6 +673,8 @@ def build_hub(
     configs = grid_configs(recipe)
     start_keys = [s.key for s in recipe.starts]
     config_start = [_start_index(recipe, c) for c in configs]
+    run_of = shared_runs(recipe, configs)
+    adapters = config_adapters(recipe, configs, config_start)
 
     pool = None
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
@@ -672,6 +696,8 @@ def build_hub(
         archs = {s.arch: s.spec for s in recipe.starts}
         jobs = []
         for cid, params in enumerate(configs):
+            if run_of[cid] != cid:
+                continue
             s = recipe.starts[config_start[cid]]
             jobs.append(
                 {
@@ -684,6 +710,7 @@ def build_hub(
                     "spec": s.spec,
                     "target": recipe.target.to_json(),
                     "start": str(tmp / start_file(s.key)),
+                    **({} if adapters is None else {"adapter": adapters[cid]}),
                 }
             )
         curves: dict[str, np.ndarray] = {
@@ -696,6 +723,7 @@ def build_hub(
         ):
             for k, v in c.items():
                 curves[k][cid] = v
+        copy_shared_runs(tmp, curves, run_of)
     finally:
         if pool is not None:
             pool.close()
@@ -736,6 +764,7 @@ def build_hub(
             {**s.to_json(), "file": start_file(s.key), "info": infos[s.key]} for s in recipe.starts
         ],
         "start_keys": start_keys,
+        **({} if adapters is None else {"config_adapter": adapters, "shared_run": run_of}),
         "archs": arch_entries,
         "tasks": {"source": recipe.source.to_json(), "target": recipe.target.to_json()},
         "build": {

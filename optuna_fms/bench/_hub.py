@@ -145,7 +145,7 @@ class Hub:
     ----------
     name:
         ``"zoo"``, ``"zoo-mnist"``, ``"zoo-noisy"``, ``"arch"``, ``"tabular"``,
-        ``"crossing"`` or ``"tiny"``.
+        ``"crossing"``, ``"finetune"`` or ``"tiny"``.
     search_space:
         Parameter name -> :class:`optuna.distributions.BaseDistribution`: categorical choices
         for categories, ``IntDistribution(0, n - 1)`` (an index into ``grid[name]``) for
@@ -312,13 +312,29 @@ class Hub:
         """The architecture name of a configuration's network."""
         return self._start(config_id)["arch"]
 
+    def adapter(self, config_id: int) -> dict[str, Any] | None:
+        """The ``peft.LoraConfig`` keywords of a configuration fine-tuned through a LoRA
+        adapter (``finetune`` hub), ``None`` for one fine-tuned in full (every other hub)."""
+        adapters = self.index.get("config_adapter")
+        return None if adapters is None else adapters[config_id]
+
     def module(self, config_id: int) -> torch.nn.Module:
         """A freshly initialised network of the configuration's architecture (float32).
 
         Load :meth:`checkpoint` or :meth:`start_weights` into it with ``load_state_dict``.
+        For a LoRA configuration (:meth:`adapter`) it is the ``peft.PeftModel`` the adapter
+        was trained in: the start's weights as its frozen base and a fresh adapter; load an
+        adapter checkpoint into it with ``load_state_dict`` (needs peft).
         """
         arch = self.arch(config_id)
-        return build_module(arch, self.index["archs"][arch]["spec"])
+        net = build_module(arch, self.index["archs"][arch]["spec"])
+        adapter = self.adapter(config_id)
+        if adapter is None:
+            return net
+        from optuna_fms.bench._finetune import adapter_model
+
+        net.load_state_dict(self.start_weights(config_id))
+        return adapter_model(net, adapter)
 
     def checkpoint(self, config_id: int, epoch: int) -> dict[str, torch.Tensor]:
         """The state dict after epoch ``epoch`` (0-based) of configuration ``config_id``.
@@ -357,8 +373,23 @@ class Hub:
         """
         arch = self.arch(config_id)
         if self._structures.get(arch) is None:
-            self._structures[arch] = describe_structure(self.module(config_id))
+            self._structures[arch] = describe_structure(
+                build_module(arch, self.index["archs"][arch]["spec"])
+            )
         return self._structures[arch]
+
+    def checkpoint_structure(self, config_id: int) -> dict[str, Any] | None:
+        """The structure that describes :meth:`checkpoint`: :meth:`structure`, or for a LoRA
+        configuration that of its ``peft.PeftModel`` (:meth:`module`), which records the
+        adapter's rank and scaling (what the metanetwork reads an adapter-only state dict
+        with)."""
+        adapter = self.adapter(config_id)
+        if adapter is None:
+            return self.structure(config_id)
+        key = f"{self.arch(config_id)}+lora:{json.dumps(adapter, sort_keys=True)}"
+        if key not in self._structures:
+            self._structures[key] = describe_structure(self.module(config_id))
+        return self._structures[key]
 
     # ------------------------------------------------------------------ validation data
     @functools.cached_property

@@ -71,7 +71,7 @@ def _hub_examples(hub: Hub, n_runs: int, epochs: list[int], rng: np.random.Gener
         key = str(start_of[c])
         for e in epochs:
             e = min(e, hub.n_epochs - 1)
-            graphs.append(_graph(hub.checkpoint(int(c), e), hub.structure(int(c))))
+            graphs.append(_graph(hub.checkpoint(int(c), e), hub.checkpoint_structure(int(c))))
             targets.append((q[c], top[key]))
             is_start.append(False)
     return _Examples(hub.name, graphs, np.array(targets), np.array(is_start))

@@ -40,10 +40,15 @@ def make_optimizer(model: nn.Module, opt: dict[str, Any]) -> torch.optim.Optimiz
     raise ValueError(f"Unknown optimizer {name!r}.")
 
 
-def rounded_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict as stored in a hub: floats as finite fp16, other tensors as-is."""
+def rounded_state(
+    model: nn.Module, tensors: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The model's state dict as stored in a hub: floats as finite fp16, other tensors as-is.
+
+    ``tensors``: store these instead of ``model.state_dict()`` (a LoRA model's adapter).
+    """
     out = {}
-    for k, v in model.state_dict().items():
+    for k, v in (model.state_dict() if tensors is None else tensors).items():
         v = v.detach()
         if v.is_floating_point():
             v = torch.nan_to_num(v.float(), nan=0.0, posinf=FP16_MAX, neginf=-FP16_MAX)
