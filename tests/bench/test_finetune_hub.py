@@ -218,3 +218,14 @@ def test_recipe(size: str) -> None:
         if runs[i] == i and c["method"] == "full"
     )
     assert stored < 100 * 2**20
+
+
+def test_build_is_independent_of_workers(hub: Hub, tmp_path) -> None:
+    other = Hub.load(build_hub("finetune", tmp_path, workers=2, size="tiny", progress=False))
+    assert other.configs == hub.configs
+    for k in ("val_accuracy", "val_loss", "train_loss"):
+        np.testing.assert_array_equal(other.curves[k], hub.curves[k])
+    assert other.index["shared_run"] == hub.index["shared_run"]
+    for c in (0, _lora(hub)[-1]):
+        a, b = hub.checkpoint(c, 2), other.checkpoint(c, 2)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
