@@ -14,7 +14,11 @@ A hub is a directory::
 start each config fine-tunes), ``start_param`` (the parameter that selects the start),
 ``starts`` (list of ``{"key", "arch", "file", "pretrain", "info"}``), ``archs`` (architecture
 name -> ``{"spec", "n_params", "structure"}``), ``tasks`` (``source``/``target`` split specs,
-see :class:`optuna_fms.bench._data.TaskSpec`) and ``build`` (timing, workers, versions).
+see :class:`optuna_fms.bench._data.TaskSpec`) and ``build`` (timing, workers, versions); the
+``finetune`` hub adds ``config_adapter`` (per configuration, ``peft.LoraConfig`` keywords or
+``null`` for full fine-tuning) and ``shared_run`` (per configuration, the configuration whose
+run, curves and checkpoint file it shares). A LoRA configuration's checkpoint file holds its
+adapter only, in peft's keys (``peft.get_peft_model_state_dict``).
 
 ``curves.npz`` holds ``val_accuracy``, ``val_loss`` and ``train_loss``, all
 ``[n_configs, n_epochs]`` float64, and ``seconds`` ``[n_configs]`` (fine-tuning wall time).
