@@ -48,8 +48,9 @@ from optuna_fms.bench._replay import run_many
 MARKS = (50, 100, 200, 500)
 BASELINE = "tpe-hyperband"
 FLOOR = 1e-3
-CANDIDATES = tuple(f"fms-{rule}" for rule in ALLOCATION_RULES)
-"""The methods a default is chosen among: FMS with each allocation rule."""
+CANDIDATES = ("fms", *(f"fms-{rule}" for rule in ALLOCATION_RULES))
+"""The methods a default is chosen among: the library's defaults (``fms``: 10 startup trials
+and the ``one-step-promoting`` rule) and FMS with each allocation rule and 5 startup trials."""
 
 
 def _budget(hub: Hub, budget: int) -> int:

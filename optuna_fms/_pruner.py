@@ -87,7 +87,7 @@ class FMSPruner(BasePruner):
         *,
         min_steps: int = 1,
         interval: int = 1,
-        n_startup_trials: int = 5,
+        n_startup_trials: int = 10,
         pause_startup: bool = True,
         tolerance: float = 0.5,
         seed: int | None = None,

@@ -210,7 +210,7 @@ class FMSSampler(BaseSampler):
         self,
         *,
         seed: int | None = None,
-        n_startup_trials: int = 5,
+        n_startup_trials: int = 10,
         max_steps: int | None = None,
         artifact_store: ArtifactStore | None = None,
         independent_sampler: BaseSampler | None = None,

@@ -199,8 +199,9 @@ def _fms(
 
 
 def _fms_gp(weights: str | None = None, **kwargs: Any) -> Factory:
-    """``_fms`` with the library's defaults: the GP and DyHPO's start (5 random trials, each
-    paused after one step)."""
+    """``_fms`` with the GP and DyHPO's start of 5 random trials, each paused after one step
+    (the library's defaults until December 2026's fifth pass of issue 21; the library now starts
+    with 10, which the method ``fms`` runs)."""
     return _fms(weights, 5, surrogate="gp", sampler_startup=5, pause_startup=True, **kwargs)
 
 
