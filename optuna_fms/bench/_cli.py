@@ -25,7 +25,7 @@ from optuna_fms.bench._replay import RunResult
 from optuna_fms.bench._replay import run_many
 
 
-NAMED_HUBS = ("zoo", "zoo-mnist", "zoo-noisy", "arch", "tabular", "crossing", "tiny")
+NAMED_HUBS = ("zoo", "zoo-mnist", "zoo-noisy", "arch", "tabular", "crossing", "finetune", "tiny")
 
 
 def resolve_hub(spec: str) -> Path:
