@@ -81,6 +81,7 @@ from optuna_fms.bench._train import train
 from optuna_fms.bench._train import upcast
 from optuna_fms.bench._zoo import StartRecipe
 from optuna_fms.bench._zoo import pretrain
+from optuna_fms.bench._zoo import pretrained_start
 from optuna_fms.bench._zoo import sample_zoo
 
 
@@ -248,23 +249,9 @@ def _arch_recipe(size: str, seed: int) -> Recipe:
     starts = []
     choices: list[dict[str, Any]] = []
     for i, (key, (arch, spec, opt)) in enumerate(_ARCH_SPECS.items()):
-        for v, (n_train, epochs, noise) in enumerate(variants):
-            task = TaskSpec(source.dataset, source.classes, n_train, source.n_val, seed)
-            starts.append(
-                StartRecipe(
-                    key=key if tiny else f"{key}-{v}",
-                    arch=arch,
-                    spec=spec,
-                    pretrain={
-                        "task": task.to_json(),
-                        "opt": opt,
-                        "epochs": epochs,
-                        "batch_size": 64,
-                        "label_noise": noise,
-                        "seed": int(np.random.default_rng([seed, 13, i, v]).integers(2**31 - 1)),
-                    },
-                )
-            )
+        for v, variant in enumerate(variants):
+            k = key if tiny else f"{key}-{v}"
+            starts.append(pretrained_start(k, arch, spec, opt, source, variant, seed, (13, i, v)))
             choices.append({"arch": key} if tiny else {"arch": key, "variant": v})
     grid: dict[str, list[Any]] = {"arch": list(_ARCH_SPECS)}
     if tiny:

@@ -30,6 +30,7 @@ from optuna_fms.bench._data import TaskSpec
 from optuna_fms.bench._hub import _resolve_hyperparameters
 from optuna_fms.bench._hub import checkpoint_file
 from optuna_fms.bench._zoo import StartRecipe
+from optuna_fms.bench._zoo import pretrained_start
 
 
 if TYPE_CHECKING:
@@ -69,24 +70,10 @@ def finetune_starts(
     variants = [(1000, 4, 0.0)] if tiny else VARIANTS
     starts, choices = [], []
     for i, (family, (arch, spec, opt, _)) in enumerate(FAMILIES.items()):
-        for v, (n_train, epochs, noise) in enumerate(variants):
-            task = TaskSpec(source.dataset, source.classes, n_train, source.n_val, seed)
+        for v, variant in enumerate(variants):
             key = f"{family}-{v}"
-            starts.append(
-                StartRecipe(
-                    key=key,
-                    arch=arch,
-                    spec=spec,
-                    pretrain={
-                        "task": task.to_json(),
-                        "opt": opt,
-                        "epochs": epochs,
-                        "batch_size": 64,
-                        "label_noise": noise,
-                        "seed": int(np.random.default_rng([seed, 19, i, v]).integers(2**31 - 1)),
-                    },
-                )
-            )
+            stream = (19, i, v)
+            starts.append(pretrained_start(key, arch, spec, opt, source, variant, seed, stream))
             choices.append({"base": key})
     return starts, choices
 

@@ -46,6 +46,36 @@ class StartRecipe:
         return {"key": self.key, "arch": self.arch, "spec": self.spec, "pretrain": self.pretrain}
 
 
+def pretrained_start(
+    key: str,
+    arch: str,
+    spec: dict[str, Any],
+    opt: dict[str, Any],
+    source: TaskSpec,
+    variant: tuple[int, int, float],
+    seed: int,
+    stream: tuple[int, ...],
+) -> StartRecipe:
+    """A start pretrained on ``source`` with ``variant = (training images, epochs, label
+    noise)``, batches of 64, its seed drawn from ``np.random.default_rng([seed, *stream])``
+    (the source subset is drawn with ``seed``)."""
+    n_train, epochs, noise = variant
+    task = TaskSpec(source.dataset, source.classes, n_train, source.n_val, seed)
+    return StartRecipe(
+        key=key,
+        arch=arch,
+        spec=spec,
+        pretrain={
+            "task": task.to_json(),
+            "opt": opt,
+            "epochs": epochs,
+            "batch_size": 64,
+            "label_noise": noise,
+            "seed": int(np.random.default_rng([seed, *stream]).integers(2**31 - 1)),
+        },
+    )
+
+
 def sample_zoo(
     n_members: int,
     *,
