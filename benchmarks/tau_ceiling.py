@@ -37,6 +37,7 @@ from optuna_fms.bench._metrics import fmt_mean_se
 from optuna_fms.bench._metrics import kendall_tau
 from optuna_fms.bench._metrics import reference_predictors
 from optuna_fms.bench._replay import RunResult
+from optuna_fms.bench._replay import predict_final_scores
 
 
 def _tau(hub: Hub, n: int, k: int, seed: int) -> float:
@@ -57,8 +58,8 @@ def _tau(hub: Hub, n: int, k: int, seed: int) -> float:
                 state=TrialState.COMPLETE if full else TrialState.PRUNED,
             )
         )
-    forecasts = optuna_fms.forecast(study, list(hub.configs))
-    return kendall_tau(hub.sign * np.array([f.mean for f in forecasts]), hub.final_scores())
+    predicted = predict_final_scores(study, hub)
+    return math.nan if predicted is None else kendall_tau(predicted, hub.final_scores())
 
 
 def _default_tau(hub_name: str, results: Path, method: str) -> str:
