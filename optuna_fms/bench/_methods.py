@@ -123,8 +123,19 @@ METANETS_DIR = Path(__file__).with_name("metanets")
 """Metanetworks pretrained without one hub each (``without-<hub>.safetensors``)."""
 
 
+def _shipped_metanetwork_hubs() -> list[str]:
+    """The hubs the metanetwork shipped with the package was pretrained on."""
+    from optuna_fms.metanet import PretrainedMetanetwork
+
+    return list(PretrainedMetanetwork.load(None).info.get("hubs", []))
+
+
 def held_out_metanetwork(hub: Hub) -> Path:
     """The metanetwork pretrained without ``hub``'s results, for benchmarks on it.
+
+    ``without-<hub>.safetensors`` in :data:`METANETS_DIR`, or the one shipped with the package
+    when its recorded training hubs do not include ``hub`` (a hub built after it, such as
+    ``finetune``).
 
     Raises
     ------
@@ -132,6 +143,10 @@ def held_out_metanetwork(hub: Hub) -> Path:
         If there is none for this hub (with the command that makes one).
     """
     path = METANETS_DIR / f"without-{hub.name}.safetensors"
+    if not path.exists() and hub.name not in _shipped_metanetwork_hubs():
+        from optuna_fms.metanet._pretrained import SHIPPED_FILE
+
+        return SHIPPED_FILE  # pretrained on other hubs only
     if not path.exists():
         raise FileNotFoundError(
             f"No metanetwork pretrained without hub {hub.name!r} ({path}); make one with "
@@ -214,6 +229,29 @@ def _fms_default(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler
     return sampler, FMSPruner(max_steps=hub.n_epochs, seed=seed)
 
 
+def _fms_default_weights(pretrained: bool) -> Factory:
+    """``_fms_default`` with ``weights="gmn"`` and the hub's ``start_weights``: the graph
+    metanetwork reads every checkpoint (an adapter-only one as its canonical LoRA update) and
+    the GP its two predictions; with ``pretrained`` the metanetwork pretrained without the
+    replayed hub (:func:`held_out_metanetwork`), else an untrained, seeded one."""
+
+    def factory(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
+        from optuna_fms import FMSPruner
+        from optuna_fms import FMSSampler
+
+        sampler = FMSSampler(
+            seed=seed,
+            artifact_store=store,
+            warn_independent_sampling=False,
+            weights="gmn",
+            start_weights=start_weights_fn(hub),
+            metanetwork=held_out_metanetwork(hub) if pretrained else None,
+        )
+        return sampler, FMSPruner(max_steps=hub.n_epochs, seed=seed)
+
+    return factory
+
+
 ALLOCATION_RULES = ("one-step", "final", "random-horizon", "rungs", "one-step-promoting")
 """The allocation rules benchmarked side by side (``fms-<rule>``)."""
 
@@ -235,6 +273,23 @@ METHODS: dict[str, Method] = {
             _fms_default,
             surrogate=True,
             checkpoints=False,
+        ),
+        Method(
+            "fms-weights",
+            "fms with weights='gmn' and start_weights: the GP also reads two predictions of "
+            "the metanetwork pretrained without this hub on every checkpoint (adapters "
+            "included) and start",
+            _fms_default_weights(pretrained=True),
+            surrogate=True,
+            requires=("weights", "start_weights", "metanetwork"),
+        ),
+        Method(
+            "fms-weights-untrained",
+            "fms-weights with an untrained (seeded) metanetwork: two principal components of "
+            "its embedding",
+            _fms_default_weights(pretrained=False),
+            surrogate=True,
+            requires=("weights", "start_weights", "metanetwork"),
         ),
         *(
             Method(
