@@ -300,3 +300,21 @@ def test_cli_end_to_end(hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture)
     # Re-rendering saved runs runs nothing.
     assert bench_main(["--load", str(save), "--seeds", "0", "--methods", "random"]) == 0
     assert "| random | 2 |" in capsys.readouterr().out
+
+
+def test_held_out_metanetwork_is_never_one_trained_on_the_hub(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optuna_fms.bench import _methods
+    from optuna_fms.metanet._pretrained import SHIPPED_FILE
+
+    monkeypatch.setattr(_methods, "METANETS_DIR", tmp_path)
+    # The shipped metanetwork was pretrained on other hubs: it stands in for this one.
+    assert hub.name not in _methods._shipped_metanetwork_hubs()
+    assert _methods.held_out_metanetwork(hub) == SHIPPED_FILE
+    # A hub it was pretrained on needs its own file, and says how to make it.
+    monkeypatch.setattr(_methods, "_shipped_metanetwork_hubs", lambda: [hub.name])
+    with pytest.raises(FileNotFoundError, match="pretrain-metanet"):
+        _methods.held_out_metanetwork(hub)
+    (tmp_path / f"without-{hub.name}.safetensors").write_bytes(SHIPPED_FILE.read_bytes())
+    assert _methods.held_out_metanetwork(hub) == tmp_path / f"without-{hub.name}.safetensors"
