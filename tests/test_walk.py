@@ -37,45 +37,34 @@ _BLACK_BOXES = re.compile(
     r"^(_checkpoint/|_attrs\.py$|_budget\.py$|_surrogate/(?!acquisition\.py$|allocation/))"
 )
 
+_ENGINE_RULE_CLAIMS = {
+    "_engine/_engine.py",
+    "_engine/_schedule.py",
+    "_engine/_shared_training.py",
+    "_engine/_curves.py",
+    "_engine/_records.py",
+    "_engine/_weights.py",
+    "_engine/_decisions.py",
+    "_surrogate/acquisition.py",
+    "_surrogate/allocation/_base.py",
+    "_surrogate/allocation/_one_step.py",
+    "_surrogate/allocation/_promoting.py",
+    "_surrogate/allocation/_rungs.py",
+    "_freeze_thaw/_protocol.py",
+    "_freeze_thaw/_claims.py",
+    "_freeze_thaw/_lineage.py",
+}
+"""What the pruner's pause and the sampler's continuation both run: the fit brought up to
+date, the decision, the allocation rule and the claims."""
+
 WALK = {
-    "pause": {
+    "pause": _ENGINE_RULE_CLAIMS
+    | {
         "_pruner.py",
         "_sampler.py",  # FMSSampler.engine: the pruner decides with the sampler's engine
-        "_engine/_engine.py",
-        "_engine/_schedule.py",
-        "_engine/_shared_training.py",
-        "_engine/_curves.py",
-        "_engine/_records.py",
-        "_engine/_weights.py",
-        "_engine/_decisions.py",
-        "_engine/_forecasting.py",
-        "_surrogate/acquisition.py",
-        "_surrogate/allocation/_base.py",
-        "_surrogate/allocation/_one_step.py",
-        "_surrogate/allocation/_promoting.py",
-        "_surrogate/allocation/_rungs.py",
-        "_freeze_thaw/_protocol.py",
-        "_freeze_thaw/_claims.py",
-        "_freeze_thaw/_lineage.py",
+        "_engine/_forecasting.py",  # the forecast recorded with the decision
     },
-    "continuation": {
-        "_sampler.py",
-        "_engine/_engine.py",
-        "_engine/_schedule.py",
-        "_engine/_shared_training.py",
-        "_engine/_curves.py",
-        "_engine/_records.py",
-        "_engine/_weights.py",
-        "_engine/_decisions.py",
-        "_surrogate/acquisition.py",
-        "_surrogate/allocation/_base.py",
-        "_surrogate/allocation/_one_step.py",
-        "_surrogate/allocation/_promoting.py",
-        "_surrogate/allocation/_rungs.py",
-        "_freeze_thaw/_protocol.py",
-        "_freeze_thaw/_claims.py",
-        "_freeze_thaw/_lineage.py",
-    },
+    "continuation": _ENGINE_RULE_CLAIMS | {"_sampler.py"},
     "resume": {
         "_resume.py",
         "_sampler.py",  # FMSSampler.artifact_store: where the checkpoints are, by default
