@@ -16,7 +16,7 @@ suite summary and the leave-one-hub-out choice of the allocation rule:
 - for each hub, the rule with the lowest total score on the *other* hubs is the
   leave-one-out default, and its numbers on the held-out hub are reported.
 
-    python benchmarks/suite.py run --hubs arch,zoo,tabular,crossing,zoo-noisy \\
+    python benchmarks/suite.py run --hubs arch,zoo,tabular,crossing,zoo-noisy,finetune \\
         --methods fms-rungs,fms-one-step,fms-final,fms-random-horizon,tpe-hyperband,\\
 tpe-median,random,gp --seeds 10 --workers 2 --save-dir benchmarks/results/suite
     python benchmarks/suite.py report --save-dir benchmarks/results/suite
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
-    run.add_argument("--hubs", default="arch,zoo,tabular,crossing,zoo-noisy")
+    run.add_argument("--hubs", default="arch,zoo,tabular,crossing,zoo-noisy,finetune")
     run.add_argument(
         "--methods",
         default="fms-rungs,fms-one-step,fms-final,fms-random-horizon,tpe-hyperband,"
