@@ -60,6 +60,8 @@ def evaluate(net, hub: Hub, n_runs: int, epochs: tuple[int, ...], seed: int) -> 
     out: dict[str, float] = {}
     for kind in ("full", "lora"):
         chosen = [c for c in runs if (hub.adapter(int(c)) is None) == (kind == "full")]
+        if len(chosen) < 3:
+            continue  # a hub without adapters (or without full fine-tuning)
         for e in epochs:
             e = min(e, hub.n_epochs - 1)
             graphs = [
