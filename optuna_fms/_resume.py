@@ -66,7 +66,7 @@ def resume(
     >>> optuna_fms.resume(trial, torch.nn.Linear(2, 1))
     0
     """
-    continuation = _continuation(trial, artifact_store)
+    continuation = open_continuation(trial, artifact_store)
     if continuation is None:
         return 0
     checkpoint = continuation.checkpoint
@@ -77,7 +77,7 @@ def resume(
 
 
 @dataclasses.dataclass(frozen=True)
-class _Continuation:
+class ClaimedContinuation:
     """A trial that continues a paused one, and the paused trial's checkpoint, read.
 
     :func:`resume` and :class:`optuna_fms.integration.transformers.FMSTrainer` restore the
@@ -116,7 +116,9 @@ def _give_up(trial: Trial, freeze_thaw: FreezeThaw, parent_number: int, reason: 
     freeze_thaw.record_resume_failed(trial._trial_id, reason)
 
 
-def _continuation(trial: Trial, artifact_store: ArtifactStore | None) -> _Continuation | None:
+def open_continuation(
+    trial: Trial, artifact_store: ArtifactStore | None
+) -> ClaimedContinuation | None:
     """The paused trial ``trial`` continues, with its checkpoint read; ``None`` when ``trial``
     continues none, does not hold the claim, or the checkpoint cannot be read (recorded)."""
     storage = trial.study._storage
@@ -144,4 +146,4 @@ def _continuation(trial: Trial, artifact_store: ArtifactStore | None) -> _Contin
     except CheckpointError as err:
         _give_up(trial, freeze_thaw, parent.number, str(err))
         return None
-    return _Continuation(trial, freeze_thaw, parent, checkpoint)
+    return ClaimedContinuation(trial, freeze_thaw, parent, checkpoint)

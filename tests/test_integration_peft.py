@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 import warnings
 
+from extras import cpu_training_args
 from extras import require
+from extras import tiny_bert_config
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
@@ -53,14 +55,8 @@ def _model_init(trial: Any) -> torch.nn.Module:
     import peft
     import transformers
 
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-    )  # Dropout 0.1 in the base and in LoRA: the random states matter for a continuation.
+    # Dropout 0.1 in the base and in LoRA: the random states matter for a continuation.
+    config = tiny_bert_config()
     base = transformers.BertForSequenceClassification(config)
     if trial is None:  # The Trainer's own call when it is built.
         return base
@@ -76,26 +72,14 @@ def _model_init(trial: Any) -> torch.nn.Module:
 
 
 def _trainer(tmp_path: Path, **kwargs: Any) -> Any:
-    import transformers
 
     from optuna_fms.integration.transformers import FMSTrainer
 
-    options: dict[str, Any] = dict(
-        output_dir=str(tmp_path / "out"),
-        num_train_epochs=EPOCHS,
-        per_device_train_batch_size=8,
-        learning_rate=5e-3,
-        eval_strategy="epoch",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    options: dict[str, Any] = dict(num_train_epochs=EPOCHS, learning_rate=5e-3)
     options.update(kwargs.pop("args", {}))
     kwargs.setdefault("model_init", _model_init)
     return FMSTrainer(
-        args=transformers.TrainingArguments(**options),
+        args=cpu_training_args(str(tmp_path / "out"), **options),
         train_dataset=_data(),
         eval_dataset=_data(),
         **kwargs,

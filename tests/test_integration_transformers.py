@@ -13,6 +13,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from extras import cpu_training_args  # noqa: E402
+from extras import tiny_bert_config  # noqa: E402
+
 from optuna_fms import _attrs  # noqa: E402
 from optuna_fms._checkpoint import read_checkpoint  # noqa: E402
 from optuna_fms.integration.transformers import FMSTrainerCallback  # noqa: E402
@@ -45,15 +48,7 @@ class _Data(torch.utils.data.Dataset):
 
 
 def _model() -> torch.nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
+    config = tiny_bert_config(num_labels=2)
     torch.manual_seed(0)
     return transformers.BertForSequenceClassification(config)
 
@@ -71,18 +66,11 @@ def _run(tmp_path: Path, pruner: optuna.pruners.BasePruner):  # type: ignore[no-
     seen: dict[str, object] = {}
 
     def objective(trial: optuna.Trial) -> float:
-        args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / "out"),
+        args = cpu_training_args(
+            str(tmp_path / "out"),
             num_train_epochs=3,
-            per_device_train_batch_size=8,
             per_device_eval_batch_size=16,
             learning_rate=1e-3,
-            eval_strategy="epoch",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
         )
         callback = FMSTrainerCallback(trial, metric="eval_accuracy", artifact_store=store)
         model = _model()

@@ -16,7 +16,7 @@ import optuna
 import transformers
 
 from optuna_fms._checkpoint import DEFAULT_KEEP_LAST
-from optuna_fms._resume import _continuation
+from optuna_fms._resume import open_continuation
 from optuna_fms.integration._hf_state import NotResumableError
 from optuna_fms.integration._hf_state import write_resume_dir
 
@@ -274,7 +274,7 @@ class FMSTrainer(transformers.Trainer):
 
     def _continue(self, trial: optuna.trial.Trial) -> str | None:
         """A Trainer checkpoint folder of the paused trial ``trial`` continues, or ``None``."""
-        continuation = _continuation(trial, self.artifact_store)
+        continuation = open_continuation(trial, self.artifact_store)
         if continuation is None:
             return None
         folder = tempfile.mkdtemp(prefix="optuna-fms-resume-")

@@ -33,6 +33,7 @@ from optuna_fms.metanet.layers import LoRA
 if str(Path(__file__).parents[1]) not in sys.path:  # tests/, for extras.py
     sys.path.insert(0, str(Path(__file__).parents[1]))
 from extras import require  # noqa: E402
+from extras import tiny_bert_config  # noqa: E402
 
 
 TOL = 1e-5
@@ -372,18 +373,10 @@ def test_a_bert_adapter_builds() -> None:
     from peft import LoraConfig
     from peft import get_peft_model
     from peft import get_peft_model_state_dict
-    from transformers import BertConfig
     from transformers import BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-    )
+    config = tiny_bert_config(num_hidden_layers=2)
     model = get_peft_model(BertModel(config), LoraConfig(r=4, target_modules=["query", "value"]))
     with torch.no_grad():
         for name, p in model.named_parameters():
