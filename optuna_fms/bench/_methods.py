@@ -220,20 +220,11 @@ def _fms_gp(weights: str | None = None, **kwargs: Any) -> Factory:
     return _fms(weights, 5, surrogate="gp", sampler_startup=5, pause_startup=True, **kwargs)
 
 
-def _fms_default(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
-    """What a new user writes: ``FMSSampler()`` + ``FMSPruner(max_steps)``, nothing else."""
-    from optuna_fms import FMSPruner
-    from optuna_fms import FMSSampler
-
-    sampler = FMSSampler(seed=seed, artifact_store=store, warn_independent_sampling=False)
-    return sampler, FMSPruner(max_steps=hub.n_epochs, seed=seed)
-
-
-def _fms_default_weights(pretrained: bool) -> Factory:
-    """``_fms_default`` with ``weights="gmn"`` and the hub's ``start_weights``: the graph
-    metanetwork reads every checkpoint (an adapter-only one as its canonical LoRA update) and
-    the GP its two predictions; with ``pretrained`` the metanetwork pretrained without the
-    replayed hub (:func:`held_out_metanetwork`), else an untrained, seeded one."""
+def _fms_default_with(
+    per_hub: Callable[[Hub], dict[str, Any]] | None = None, **options: Any
+) -> Factory:
+    """What a new user writes, ``FMSSampler()`` + ``FMSPruner(max_steps)``, with these
+    ``FMSSampler`` options, and those ``per_hub(hub)`` returns for the replayed hub."""
 
     def factory(hub: Hub, seed: int, store: ArtifactStore) -> tuple[BaseSampler, BasePruner]:
         from optuna_fms import FMSPruner
@@ -243,13 +234,27 @@ def _fms_default_weights(pretrained: bool) -> Factory:
             seed=seed,
             artifact_store=store,
             warn_independent_sampling=False,
-            weights="gmn",
-            start_weights=start_weights_fn(hub),
-            metanetwork=held_out_metanetwork(hub) if pretrained else None,
+            **options,
+            **(per_hub(hub) if per_hub is not None else {}),
         )
         return sampler, FMSPruner(max_steps=hub.n_epochs, seed=seed)
 
     return factory
+
+
+_fms_default = _fms_default_with()
+
+
+def _weights_of(hub: Hub, pretrained: bool) -> dict[str, Any]:
+    """``weights="gmn"`` with the hub's ``start_weights``: the graph metanetwork reads every
+    checkpoint (an adapter-only one as its canonical LoRA update) and the GP its two
+    predictions; with ``pretrained`` the metanetwork pretrained without the replayed hub
+    (:func:`held_out_metanetwork`), else an untrained, seeded one."""
+    return dict(
+        weights="gmn",
+        start_weights=start_weights_fn(hub),
+        metanetwork=held_out_metanetwork(hub) if pretrained else None,
+    )
 
 
 ALLOCATION_RULES = ("one-step", "final", "random-horizon", "rungs", "one-step-promoting")
@@ -274,12 +279,24 @@ METHODS: dict[str, Method] = {
             surrogate=True,
             checkpoints=False,
         ),
+        *(
+            Method(
+                f"fms-constant{suffix}",
+                "fms with gp_trend='constant' (no trend in the hyperparameters)"
+                + ("" if checkpoints else ", an objective that never saves a checkpoint"),
+                _fms_default_with(gp_trend="constant"),
+                surrogate=True,
+                requires=("gp_trend",),
+                checkpoints=checkpoints,
+            )
+            for checkpoints, suffix in ((True, ""), (False, "-no-checkpoints"))
+        ),
         Method(
             "fms-weights",
             "fms with weights='gmn' and start_weights: the GP also reads two predictions of "
             "the metanetwork pretrained without this hub on every checkpoint (adapters "
             "included) and start",
-            _fms_default_weights(pretrained=True),
+            _fms_default_with(lambda hub: _weights_of(hub, pretrained=True)),
             surrogate=True,
             requires=("weights", "start_weights", "metanetwork"),
         ),
@@ -287,7 +304,7 @@ METHODS: dict[str, Method] = {
             "fms-weights-untrained",
             "fms-weights with an untrained (seeded) metanetwork: two principal components of "
             "its embedding",
-            _fms_default_weights(pretrained=False),
+            _fms_default_with(lambda hub: _weights_of(hub, pretrained=False)),
             surrogate=True,
             requires=("weights", "start_weights", "metanetwork"),
         ),
