@@ -292,6 +292,15 @@ METHODS: dict[str, Method] = {
             for checkpoints, suffix in ((True, ""), (False, "-no-checkpoints"))
         ),
         Method(
+            "fms-final-no-checkpoints-10",
+            "fms-no-checkpoints with allocation='final': fresh configurations chosen by the "
+            "expected improvement of their forecast final score (the sixth hub's screen)",
+            _fms_default_with(allocation="final"),
+            surrogate=True,
+            requires=("allocation",),
+            checkpoints=False,
+        ),
+        Method(
             "fms-weights",
             "fms with weights='gmn' and start_weights: the GP also reads two predictions of "
             "the metanetwork pretrained without this hub on every checkpoint (adapters "
