@@ -223,6 +223,9 @@ def test_compute_objective_and_other_backends_are_refused(tmp_path: Path) -> Non
         trainer.hyperparameter_search(compute_objective=lambda m: m["eval_loss"])
     with pytest.raises(ValueError, match="backend='optuna'"):
         trainer.hyperparameter_search(backend="ray")
+    # The Trainer's Optuna backend would hand callbacks= to create_study (a TypeError there).
+    with pytest.raises(ValueError, match="passes no callbacks="):
+        trainer.hyperparameter_search(callbacks=[optuna_fms.EpochBudget(10)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,9 +174,11 @@ class FMSTrainer(transformers.Trainer):
         compute_objective:
             Must be ``None``: the objective is ``metrics[metric]``.
         n_trials, direction, hp_name, **kwargs:
-            As for the Trainer: ``kwargs`` go to :func:`optuna.create_study` (``sampler=``,
-            ``pruner=``, ``storage=``, ``study_name=``, ``load_if_exists=``) and to
-            :meth:`optuna.study.Study.optimize` (``timeout=``, ``callbacks=``...).
+            As for the Trainer: ``timeout=``, ``n_jobs=``, ``gc_after_trial=`` and ``catch=``
+            go to :meth:`optuna.study.Study.optimize`, every other keyword to
+            :func:`optuna.create_study` (``sampler=``, ``pruner=``, ``storage=``,
+            ``study_name=``, ``load_if_exists=``). The Trainer passes no ``callbacks=`` to
+            ``optimize``, so they are refused (a ``ValueError``).
         backend:
             ``"optuna"`` (the only one supported).
 
@@ -191,6 +193,13 @@ class FMSTrainer(transformers.Trainer):
             raise ValueError(
                 "FMSTrainer reports and returns metrics[metric]: pass FMSTrainer(metric=...) "
                 "(compute_metrics= can add a derived metric) instead of compute_objective."
+            )
+        if "callbacks" in kwargs:
+            raise ValueError(
+                "Trainer.hyperparameter_search passes no callbacks= to study.optimize (its "
+                "Optuna backend forwards only timeout, n_jobs, gc_after_trial and catch): bound "
+                "the search with timeout= or n_trials=, and write the dashboard note after it "
+                "with optuna_fms.DashboardReport(max_steps=...).write(study)."
             )
         self._n_completed = 0
         try:
