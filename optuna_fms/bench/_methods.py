@@ -245,16 +245,20 @@ def _fms_default_with(
 _fms_default = _fms_default_with()
 
 
-def _weights_of(hub: Hub, pretrained: bool) -> dict[str, Any]:
+def _weights_of(hub: Hub, pretrained: bool, replaces: bool = False) -> dict[str, Any]:
     """``weights="gmn"`` with the hub's ``start_weights``: the graph metanetwork reads every
     checkpoint (an adapter-only one as its canonical LoRA update) and the GP its two
     predictions; with ``pretrained`` the metanetwork pretrained without the replayed hub
-    (:func:`held_out_metanetwork`), else an untrained, seeded one."""
-    return dict(
+    (:func:`held_out_metanetwork`), else an untrained, seeded one; with ``replaces`` the
+    predictions replace the parameters that choose the start (``start_params``)."""
+    options: dict[str, Any] = dict(
         weights="gmn",
         start_weights=start_weights_fn(hub),
         metanetwork=held_out_metanetwork(hub) if pretrained else None,
     )
+    if replaces:
+        options["start_params"] = list(hub.index["start_params"])
+    return options
 
 
 ALLOCATION_RULES = ("one-step", "final", "random-horizon", "rungs", "one-step-promoting")
@@ -308,6 +312,14 @@ METHODS: dict[str, Method] = {
             _fms_default_with(lambda hub: _weights_of(hub, pretrained=True)),
             surrogate=True,
             requires=("weights", "start_weights", "metanetwork"),
+        ),
+        Method(
+            "fms-weights-replaces",
+            "fms-weights with start_params: the metanetwork's predictions of the start replace "
+            "the parameters that choose it (the pretrained base, the zoo member)",
+            _fms_default_with(lambda hub: _weights_of(hub, pretrained=True, replaces=True)),
+            surrogate=True,
+            requires=("weights", "start_weights", "metanetwork", "start_params"),
         ),
         Method(
             "fms-weights-untrained",
