@@ -49,8 +49,9 @@ def _predict(
             )
         emb = np.concatenate([net(graphs[i : i + 64]).numpy() for i in range(0, len(graphs), 64)])
     # Untrained: the coordinate that ranks best with the truth known (an upper bound).
-    taus = [abs(_tau(emb[:, j], truth)) for j in range(emb.shape[1])]
-    return emb[:, int(np.nanargmax(taus))] * np.sign(_tau(emb[:, int(np.nanargmax(taus))], truth))
+    taus = [_tau(emb[:, j], truth) for j in range(emb.shape[1])]
+    best = int(np.nanargmax(np.abs(taus)))
+    return emb[:, best] * np.sign(taus[best])
 
 
 def evaluate(net, hub: Hub, n_runs: int, epochs: tuple[int, ...], seed: int) -> dict[str, float]:
