@@ -22,7 +22,29 @@ from torch import nn
 N_CLASSES = 10
 
 
-class SimpleCNN(nn.Module):
+class _ConvTrunk(nn.Module):
+    """Three 3x3 convolutions (the last two with stride 2), each with a ReLU, and global average
+    pooling: the feature extractor :class:`SimpleCNN` and :class:`ConvMLP` share."""
+
+    def __init__(self, channels: tuple[int, int, int] | list[int]) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features, ``[batch, channels[2]]``."""
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.act(self.conv3(x))
+        return self.flatten(self.pool(x))
+
+
+class SimpleCNN(_ConvTrunk):
     """Three 3x3 convolutions (the last two with stride 2), global average pooling, a linear head.
 
     The shape of the CNN zoos of Unterthiner et al. (2020) used by the FMS paper, sized for
@@ -32,24 +54,14 @@ class SimpleCNN(nn.Module):
     def __init__(
         self, channels: tuple[int, int, int] | list[int] = (8, 16, 16), n_classes: int = N_CLASSES
     ) -> None:
-        super().__init__()
-        c1, c2, c3 = channels
-        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
-        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
-        self.act = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(c3, n_classes)
+        super().__init__(channels)
+        self.fc = nn.Linear(channels[2], n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
-        x = self.act(self.conv3(x))
-        return self.fc(self.flatten(self.pool(x)))
+        return self.fc(self.features(x))
 
 
-class ConvMLP(nn.Module):
+class ConvMLP(_ConvTrunk):
     """:class:`SimpleCNN`'s convolutions and pooling, then a hidden linear layer and the head.
 
     The CNN of the fine-tuning hub: its linear layers (``hidden``, ``fc``) are where a LoRA
@@ -62,22 +74,12 @@ class ConvMLP(nn.Module):
         hidden: int = 32,
         n_classes: int = N_CLASSES,
     ) -> None:
-        super().__init__()
-        c1, c2, c3 = channels
-        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
-        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
-        self.act = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.hidden = nn.Linear(c3, hidden)
+        super().__init__(channels)
+        self.hidden = nn.Linear(channels[2], hidden)
         self.fc = nn.Linear(hidden, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
-        x = self.act(self.conv3(x))
-        return self.fc(self.act(self.hidden(self.flatten(self.pool(x)))))
+        return self.fc(self.act(self.hidden(self.features(x))))
 
 
 class Square(nn.Module):

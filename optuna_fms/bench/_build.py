@@ -518,7 +518,7 @@ def finetune(
     states: list[dict[str, torch.Tensor]] = []
 
     def on_epoch(epoch: int, train_loss: float) -> None:
-        state = rounded_state(model, None if adapter is None else adapter_tensors(model))
+        state = rounded_state(model.state_dict() if adapter is None else adapter_tensors(model))
         evaluator.load_state_dict(upcast(state))
         acc, loss = evaluate(evaluator, task.x_val, task.y_val)
         curves["val_accuracy"][epoch] = acc

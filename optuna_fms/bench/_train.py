@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Mapping
 import math
 from typing import Any
 
@@ -40,15 +41,11 @@ def make_optimizer(model: nn.Module, opt: dict[str, Any]) -> torch.optim.Optimiz
     raise ValueError(f"Unknown optimizer {name!r}.")
 
 
-def rounded_state(
-    model: nn.Module, tensors: dict[str, torch.Tensor] | None = None
-) -> dict[str, torch.Tensor]:
-    """The model's state dict as stored in a hub: floats as finite fp16, other tensors as-is.
-
-    ``tensors``: store these instead of ``model.state_dict()`` (a LoRA model's adapter).
-    """
+def rounded_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as stored in a hub (a model's ``state_dict()``, or a LoRA model's adapter
+    tensors): floats as finite fp16, other tensors as-is."""
     out = {}
-    for k, v in (model.state_dict() if tensors is None else tensors).items():
+    for k, v in state.items():
         v = v.detach()
         if v.is_floating_point():
             v = torch.nan_to_num(v.float(), nan=0.0, posinf=FP16_MAX, neginf=-FP16_MAX)

@@ -138,7 +138,7 @@ def pretrain(recipe: StartRecipe) -> tuple[dict[str, torch.Tensor], dict[str, An
     model = build_module(recipe.arch, recipe.spec)
     if not p.get("epochs"):  # a start trained from scratch: its seeded initialisation
         info = {"source_val_accuracy": None, "source_val_loss": None, "seconds": 0.0}
-        return rounded_state(model), info
+        return rounded_state(model.state_dict()), info
     task = make_task(TaskSpec.from_json(p["task"]))
     y = task.y_train
     noise = p.get("label_noise", 0.0)
@@ -156,7 +156,7 @@ def pretrain(recipe: StartRecipe) -> tuple[dict[str, torch.Tensor], dict[str, An
         seed=p["seed"] + 2,
         y_train=y,
     )
-    state = rounded_state(model)
+    state = rounded_state(model.state_dict())
     model.load_state_dict(upcast(state))
     acc, loss = evaluate(model, task.x_val, task.y_val)
     info = {
